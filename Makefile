@@ -1,0 +1,31 @@
+# MTAL — every target does its own set-up on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 9090
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv run test lint bench demo clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.txt 2> >(grep -v "is ignored" >&2)
+	$(BIN)/pip install -q --no-deps -e . 2> >(grep -v "is ignored" >&2)
+	$(BIN)/python -c "import torch, torchvision; torchvision.ops.nms"
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
+	$(BIN)/python -m pytest
+
+bench: venv
+	@for m in $$(ls bench/*.py | grep -v __init__ | xargs -n1 basename | sed 's/\.py$$//'); do \
+		echo "== bench.$$m"; $(BIN)/python -m bench.$$m || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
