@@ -103,3 +103,15 @@ class MultiTaskNet(nn.Module, ABC):
     def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
         """MC-dropout: run the backbone once and the heads ``n`` times with dropout on.
         Returns, per dense modality, raw outputs stacked as [B, n, C, H, W]."""
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, given: Labels | None = None) -> dict[str, Tensor]:
+        """Inference outputs, activated: segmentation/binary probabilities [B, C, H, W], depth
+        [B, 1, H, W], unit normals [B, 3, H, W], detection padded [B, K, 6 + C]. Eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(images, given)
+        finally:
+            self.train(was_training)
+        return {k: self.modalities[k].activate(v) if self.modalities[k].dense else v for k, v in out.final.items()}
