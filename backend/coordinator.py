@@ -1,0 +1,246 @@
+"""Per-project training coordination in Redis: label counts, the run state machine, coalescing.
+
+State per project (a Redis hash ``mtal:project:<id>``)::
+
+    idle --request--> queued --begin--> training --trained--> ranking --finish--> idle
+                                                                        \\-> queued (follow-up)
+
+- A request while ``queued`` does nothing (the queued run reads every annotation from Label Studio
+  when it starts, so it will see the new labels).
+- A request while ``training``/``ranking`` sets ``follow_up``; however many arrive, finishing the run
+  enqueues exactly one follow-up run.
+- Label counts per modality (``mtal:project:<id>:counts``) accumulate from webhooks; reaching the
+  threshold requests a run. Counts are moved aside when a run begins and merged back if it fails, so
+  a failed run does not swallow them.
+Every transition is one Lua script, so concurrent webhooks and workers never interleave inside one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from backend.queueing import QueueHandle
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger(__name__)
+_RECOVER_AFTER_S = 30.0
+
+# KEYS: state hash. ARGV: now, job id. Returns 1 when the caller must enqueue a run with that id.
+_REQUEST = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'idle' then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
+  return 1
+elseif state == 'queued' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'follow_up', '1')
+return 0
+"""
+
+# KEYS: state, counts, counts_inflight. ARGV: now, job id, threshold, modality names...
+# Adds one to each modality; returns 1 to enqueue, 0 otherwise (a follow-up may have been flagged).
+_RECORD = """
+for i = 4, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
+if total < tonumber(ARGV[3]) then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'idle' then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
+  return 1
+elseif state == 'queued' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'follow_up', '1')
+return 0
+"""
+
+# KEYS: state, counts, counts_inflight. ARGV: now. Moves counts aside; state -> training.
+_BEGIN = """
+redis.call('DEL', KEYS[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
+redis.call('HSET', KEYS[1], 'state', 'training', 'follow_up', '0', 'updated', ARGV[1], 'started', ARGV[1],
+           'epoch', '0', 'step', '0', 'loss', '')
+return 1
+"""
+
+# KEYS: state, counts, counts_inflight. ARGV: now, failed ('1'/'0'), job id.
+# Ends a run: merges counts back on failure; returns 1 when a follow-up must be enqueued.
+_FINISH = """
+if ARGV[2] == '1' then
+  local kv = redis.call('HGETALL', KEYS[3])
+  for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
+end
+redis.call('DEL', KEYS[3])
+if redis.call('HGET', KEYS[1], 'follow_up') == '1' then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[3])
+  return 1
+end
+redis.call('HSET', KEYS[1], 'state', 'idle', 'updated', ARGV[1])
+return 0
+"""
+
+
+class Coordinator:
+    """Runs the state machine above and enqueues the job functions (given by import path)."""
+
+    def __init__(
+        self,
+        handle: QueueHandle,
+        train_job: str = "backend.jobs.train_job",
+        rank_job: str = "backend.jobs.rank_job",
+        job_timeout: int = 6 * 3600,
+    ) -> None:
+        self.handle = handle
+        self.redis = handle.connection
+        self.train_job = train_job
+        self.rank_job = rank_job
+        self.job_timeout = job_timeout
+        self._request = self.redis.register_script(_REQUEST)
+        self._record = self.redis.register_script(_RECORD)
+        self._begin = self.redis.register_script(_BEGIN)
+        self._finish = self.redis.register_script(_FINISH)
+
+    # ---- keys ------------------------------------------------------------------------------------
+    @staticmethod
+    def _keys(project: int | str) -> list[str]:
+        base = f"mtal:project:{project}"
+        return [base, f"{base}:counts", f"{base}:counts:inflight"]
+
+    # ---- triggers (called from the webhook: must take milliseconds) -------------------------------
+    def record_labels(self, project: int | str, modalities: Iterable[str], threshold: int) -> bool:
+        """Count one new label per modality; request a run when the count since the last run reaches
+        ``threshold``. Returns True if a run was enqueued now."""
+        names = [str(m) for m in modalities]
+        if not names:
+            return False
+        job_id = _new_job_id()
+        if self._record(keys=self._keys(project), args=[time.time(), job_id, max(1, int(threshold)), *names]):
+            self._enqueue(self.train_job, project, job_id)
+            return True
+        self._recover_lost_job(project)
+        return False
+
+    def request_training(self, project: int | str) -> str:
+        """Request a run now (START_TRAINING). Returns "enqueued", "queued" (one is already waiting) or
+        "follow_up" (a run is in progress; exactly one more will follow it)."""
+        job_id = _new_job_id()
+        if self._request(keys=self._keys(project)[:1], args=[time.time(), job_id]):
+            self._enqueue(self.train_job, project, job_id)
+            return "enqueued"
+        if self._recover_lost_job(project):
+            return "enqueued"
+        return "queued" if self._field(project, "state") == "queued" else "follow_up"
+
+    # ---- run lifecycle (called from the jobs) -----------------------------------------------------
+    def begin(self, project: int | str) -> None:
+        """A train job starts: counts move aside, state -> training."""
+        self._begin(keys=self._keys(project), args=[time.time()])
+
+    def progress(self, project: int | str, **fields: Any) -> None:
+        """Record progress fields (epoch, step, loss, ...) for /status."""
+        self.redis.hset(self._keys(project)[0], mapping={k: _text(v) for k, v in fields.items()})
+
+    def trained(self, project: int | str, version: str, metrics: dict[str, Any]) -> None:
+        """Training produced ``version``: record it and enqueue ranking (state -> ranking)."""
+        self.redis.hset(
+            self._keys(project)[0],
+            mapping={"state": "ranking", "version": version, "metrics": json.dumps(metrics), "error": ""},
+        )
+        self._enqueue(self.rank_job, project, _new_job_id())
+
+    def finish(self, project: int | str) -> bool:
+        """The run (train + rank) ended well. Returns True if a follow-up run was enqueued."""
+        return self._end(project, failed=False)
+
+    def fail(self, project: int | str, error: str) -> bool:
+        """The run failed: record the error, give the counts back. Returns True on a follow-up."""
+        log.error("project %s: run failed: %s", project, error)
+        self.redis.hset(self._keys(project)[0], mapping={"error": error[:2000], "failed_at": time.time()})
+        return self._end(project, failed=True)
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def status(self, project: int | str) -> dict[str, Any]:
+        """State, progress, last version + metrics, last error, label counts since the last run."""
+        state_key, counts_key, _ = self._keys(project)
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(state_key).items()}
+        counts = {k.decode(): int(v) for k, v in self.redis.hgetall(counts_key).items()}
+        return {
+            "project": str(project),
+            "state": raw.get("state", "idle"),
+            "follow_up": raw.get("follow_up") == "1",
+            "epoch": _num(raw.get("epoch")),
+            "step": _num(raw.get("step")),
+            "loss": _num(raw.get("loss")),
+            "version": raw.get("version") or None,
+            "metrics": json.loads(raw["metrics"]) if raw.get("metrics") else {},
+            "error": raw.get("error") or None,
+            "job_id": raw.get("job_id") or None,
+            "labels_since_last_run": counts,
+            "updated": _num(raw.get("updated")),
+        }
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _field(self, project: int | str, name: str) -> str | None:
+        value = self.redis.hget(self._keys(project)[0], name)
+        return value.decode() if value is not None else None
+
+    def _end(self, project: int | str, failed: bool) -> bool:
+        job_id = _new_job_id()
+        if self._finish(keys=self._keys(project), args=[time.time(), "1" if failed else "0", job_id]):
+            self._enqueue(self.train_job, project, job_id)
+            return True
+        return False
+
+    def _enqueue(self, func: str, project: int | str, job_id: str) -> None:
+        self.handle.queue.enqueue(
+            func, project, job_id=job_id, job_timeout=self.job_timeout, result_ttl=24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+        )
+        self.redis.hset(self._keys(project)[0], "job_id", job_id)
+        log.info("project %s: enqueued %s as job %s", project, func.rsplit(".", 1)[-1], job_id)
+
+    def _recover_lost_job(self, project: int | str) -> bool:
+        """If the state has said queued for a while but its job is gone or failed (a crash between
+        the state change and the enqueue, or a lost queue), enqueue again. Returns True if it did."""
+        if self._field(project, "state") != "queued":
+            return False
+        if time.time() - float(self._field(project, "updated") or 0) < _RECOVER_AFTER_S:
+            return False  # the requester is still between its state change and its enqueue
+        job_id = self._field(project, "job_id")
+        try:
+            status = Job.fetch(job_id, connection=self.redis).get_status() if job_id else None
+        except NoSuchJobError:
+            status = None
+        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+            return False
+        log.warning("project %s: queued run had no live job (%s); enqueuing again", project, status)
+        job_id = _new_job_id()
+        self.redis.hset(self._keys(project)[0], mapping={"job_id": job_id, "updated": time.time()})
+        self._enqueue(self.train_job, project, job_id)
+        return True
+
+
+def _new_job_id() -> str:
+    return f"mtal-{uuid.uuid4().hex}"
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def _num(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
