@@ -1,0 +1,47 @@
+"""``python -m backend.worker``: a separate training worker on the shared Redis queue.
+
+Start as many as you like (one per GPU) on any machine that reaches ``REDIS_URL`` and shares
+``MODEL_DIR`` with the server; each runs the train and rank jobs in its own process, on CUDA when
+it is present (``MTAL_DEVICE`` overrides). Without ``REDIS_URL`` there is nothing to join: the server
+runs jobs itself in its embedded queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rq import SimpleWorker
+
+from backend.queueing import QUEUE_NAME, open_queue
+from backend.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+    parser.add_argument("--name", default=None, help="worker name shown by `rq info` (default: host + pid)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.redis_url:
+        print("error: REDIS_URL is not set; without it the server runs jobs in its embedded queue", file=sys.stderr)
+        return 2
+    handle = open_queue(settings.redis_url)
+    logging.getLogger(__name__).info(
+        "worker on %s queue %r, device %s", settings.redis_url, QUEUE_NAME, settings.torch_device()
+    )
+    # SimpleWorker: jobs run in this process, so a CUDA context and the image cache stay warm between jobs.
+    SimpleWorker([handle.queue], connection=handle.connection, name=args.name).work(burst=args.burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
