@@ -1,0 +1,211 @@
+"""PAD-Net for dense modalities, with PartAL's ground-truth substitution and MTAL-WACV's pairwise committee.
+
+Data flow (h, w = input / 8)::
+
+    images [B,3,H,W] -> ResNet trunk -> c2..c5 -> MultiScaleFusion (stride 8) -> X [B,C,h,w]
+    initial head t:   X -> F_t [B,C,h,w], initial_t (upsampled to H, W)
+    (given labels:    F_a := LabelEncoder_a(GT_a) for the samples where a is present)
+    distillation:     F'_t = F_t + sum_{a != t} SA_{t<-a}(F_a),  SA(x) = conv(x) * sigmoid(conv(x))
+    final head t:     F'_t -> G_t [B,C,h,w] (head features), final_t (upsampled to H, W)
+    committee k<-j:   refined[k][j] = final_head_k(F_k + SA^pair_{k<-j}(F_j))
+
+Design choices:
+
+- Heads are light (one 3x3 conv block + Dropout2d + 1x1 prediction; SA gates are 3x3 grouped convs) so
+  that MC-dropout, which repeats only the heads, costs little next to the trunk.
+- Depth goes through softplus (metres, always > 0, matches the "<= 0 = invalid" label convention);
+  normals are L2-normalised; segmentation/binary stay logits. Initial, final and refined outputs share
+  these formats, so ``spec.loss`` applies to all of them.
+- Committee (MTAL-WACV §3.1.1): the paper adds two-task MMD blocks "only utilized for selection" and
+  keeps the original PAD-Net layers for inference, so the pair blocks are separate modules while the
+  refined prediction reuses the final head of task k. The committee members are then predictions of
+  the same head from different evidence, and the extra parameters are only the pair SA blocks.
+- ``losses`` averages the refined losses over j (one committee term per modality, whatever K is) and
+  does not apply ``spec.weight`` (w_t): the training loop combines modalities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtal_models.modalities import ModalitySpec
+from mtal_models.nets.backbone import MultiScaleFusion, build_backbone, check_images
+from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
+from mtal_models.nets.blocks import LabelEncoder, MultiModalDistillation, TaskHead, format_prediction, label_to_map
+from mtal_models.nets.config import NetConfig, get_config
+from mtal_models.nets.losses import masked_mean
+
+__all__ = ["PADNet"]
+
+_FUSION_INDEX = 1  # fuse at the stride-8 map (c3)
+
+
+class PADNet(MultiTaskNet):
+    """PAD-Net over dense modalities (segmentation, binary, depth, normals); see the module docstring."""
+
+    def __init__(
+        self, modalities: Mapping[str, ModalitySpec], config: str | NetConfig | Mapping[str, Any] = "default"
+    ) -> None:
+        super().__init__(modalities)
+        if not self.modalities:
+            raise ValueError("PADNet needs at least one modality")
+        for name, spec in self.modalities.items():
+            if not spec.dense:
+                raise ValueError(
+                    f"modality {name!r} is {spec.kind}: PADNet handles dense modalities only; "
+                    'use the "detseg" network for detection'
+                )
+        self.config = get_config(config)
+        cfg = self.config
+        names = list(self.modalities)
+        ch = cfg.head_channels
+        self.backbone = build_backbone(cfg)
+        self.fusion = MultiScaleFusion(self.backbone.out_channels, ch, target=_FUSION_INDEX)
+        specs = self.modalities.items()
+        self.initial_heads = nn.ModuleDict({n: TaskHead(ch, ch, s.channels, cfg.dropout) for n, s in specs})
+        self.distillation = MultiModalDistillation(names, ch)
+        self.final_heads = nn.ModuleDict({n: TaskHead(ch, ch, s.channels, cfg.dropout) for n, s in specs})
+        self.label_encoders = nn.ModuleDict({n: LabelEncoder(s, ch) for n, s in specs})
+        self.committee_blocks = MultiModalDistillation(names, ch)
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _encode_given(self, given: Labels | None, batch: int, size: torch.Size) -> dict[str, tuple[Tensor, Tensor]]:
+        """name -> (mask bool [B], encoded GT [B, C, h, w], zero where absent) for given modalities."""
+        if given is None:
+            return {}
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        device = next(self.parameters()).device
+        for name, target in given.values.items():
+            if name not in self.modalities:
+                raise ValueError(f"given label for unknown modality {name!r}; this network has {list(self.modalities)}")
+            if name not in given.present:
+                raise ValueError(f"given modality {name!r} has values but no present flags")
+            present = given.present[name]
+            if not isinstance(present, Tensor) or tuple(present.shape) != (batch,):
+                shape = tuple(present.shape) if isinstance(present, Tensor) else type(present).__name__
+                raise ValueError(f"given modality {name!r}: present must be bool [B]={batch}, got {shape}")
+            mask = present.to(device=device, dtype=torch.bool)
+            idx = mask.nonzero(as_tuple=True)[0]
+            if idx.numel() == 0:
+                continue
+            if not isinstance(target, Tensor) or target.dim() < 3 or target.shape[0] != batch:
+                shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+                raise ValueError(f"given modality {name!r}: label must be a tensor with batch {batch}, got {shape}")
+            label_map = label_to_map(self.modalities[name], target.to(device)[idx], size)
+            encoded = self.label_encoders[name](label_map)
+            full = encoded.new_zeros((batch, *encoded.shape[1:])).index_put((idx,), encoded)
+            out[name] = (mask, full)
+        return out
+
+    def _heads(
+        self,
+        fused: Tensor,
+        encoded: dict[str, tuple[Tensor, Tensor]],
+        size: tuple[int, int],
+        *,
+        initial: bool,
+        committee: bool,
+        mc: bool,
+        repeat: int = 1,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, dict[str, Tensor]], Tensor]:
+        """Heads on fused features [N, C, h, w] (N = B, or B * n with the encodings repeated).
+
+        Returns (initial, final, refined, head_features [N, K*C, h, w])."""
+        feats: dict[str, Tensor] = {}
+        initial_out: dict[str, Tensor] = {}
+        for name, spec in self.modalities.items():
+            f, raw = self.initial_heads[name](fused, mc=mc)
+            if initial:
+                initial_out[name] = format_prediction(spec, raw, size)
+            if name in encoded:
+                mask, enc = encoded[name]
+                f = torch.where(mask.repeat(repeat).view(-1, 1, 1, 1), enc.repeat(repeat, 1, 1, 1), f)
+            feats[name] = f
+        distilled = self.distillation(feats)
+        final: dict[str, Tensor] = {}
+        head_feats = []
+        for name, spec in self.modalities.items():
+            g, raw = self.final_heads[name](distilled[name], mc=mc)
+            head_feats.append(g)
+            final[name] = format_prediction(spec, raw, size)
+        refined: dict[str, dict[str, Tensor]] = {}
+        if committee:
+            for (k, j), msg in self.committee_blocks.messages(feats).items():
+                _, raw = self.final_heads[k](feats[k] + msg, mc=mc)
+                refined.setdefault(k, {})[j] = format_prediction(self.modalities[k], raw, size)
+        return initial_out, final, refined, torch.cat(head_feats, dim=1)
+
+    # ---- the contract ---------------------------------------------------------------------------
+    def forward(self, images: Tensor, given: Labels | None = None, committee: bool = False) -> MultiTaskOutput:
+        """images [B, 3, H, W] in [0, 1] -> initial/final (and refined) predictions at [H, W].
+
+        ``given``: labels substituted (through the label encoders) for the initial features of the
+        modalities present, per sample. ``committee=True`` also fills ``refined[k][j]``.
+        head_features: [B, K * head_channels, H/8, W/8]; pooled: [B, c5 channels].
+        """
+        check_images(images)
+        batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
+        feats = self.backbone(images)
+        fused = self.fusion(feats)
+        encoded = self._encode_given(given, batch, fused.shape[-2:])
+        initial, final, refined, head_features = self._heads(
+            fused, encoded, size, initial=True, committee=committee, mc=False
+        )
+        return MultiTaskOutput(
+            final=final,
+            initial=initial,
+            refined=refined,
+            head_features=head_features,
+            pooled=feats[-1].mean(dim=(2, 3)),
+        )
+
+    def losses(
+        self, out: MultiTaskOutput, labels: Labels, weights: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Per modality: masked mean over present samples of L(initial) + L(final) (+ mean_j L(refined_j)).
+
+        ``weights``: optional per-sample weights [B] per modality, multiplied in. Modalities absent
+        from ``labels`` (or absent for every sample) give 0. w_t (spec.weight) is not applied.
+        """
+        losses: dict[str, Tensor] = {}
+        for name, spec in self.modalities.items():
+            if name not in out.final:
+                raise ValueError(f"modality {name!r}: missing from the network output")
+            final = out.final[name]
+            batch = final.shape[0]
+            present = labels.is_present(name, batch).to(final.device)
+            if tuple(present.shape) != (batch,):
+                raise ValueError(f"modality {name!r}: present must be [B]={batch}, got {tuple(present.shape)}")
+            target = labels.values.get(name, final)
+            w = None if weights is None else weights.get(name)
+            total = masked_mean(spec.loss(final, target, present), present, w)
+            if name in out.initial:
+                total = total + masked_mean(spec.loss(out.initial[name], target, present), present, w)
+            refined = out.refined.get(name, {})
+            if refined:
+                terms = [masked_mean(spec.loss(r, target, present), present, w) for r in refined.values()]
+                total = total + torch.stack(terms).mean()
+            losses[name] = total
+        return losses
+
+    @torch.no_grad()
+    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
+        """MC-dropout: trunk + fusion once, heads ``n`` times (batched) with dropout on, even in eval mode.
+
+        Returns name -> final outputs [B, n, C, H, W] (same formats as ``forward``'s ``final``).
+        BatchNorm follows the module's mode (use eval mode for inference).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"mc_samples: n must be a positive int, got {n!r}")
+        check_images(images)
+        batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
+        fused = self.fusion(self.backbone(images))
+        encoded = self._encode_given(given, batch, fused.shape[-2:])
+        _, final, _, _ = self._heads(
+            fused.repeat(n, 1, 1, 1), encoded, size, initial=False, committee=False, mc=True, repeat=n
+        )
+        return {k: v.view(n, batch, *v.shape[1:]).transpose(0, 1) for k, v in final.items()}
