@@ -1,0 +1,279 @@
+"""Fetch task images and dense ground-truth arrays from Label Studio, safely.
+
+URL kinds (see ``docs/labeling.md``):
+
+- ``/data/upload/...``, ``/data/local-files/?d=...`` and other paths starting with ``/``: joined to
+  ``ls_url`` and sent with ``Authorization: Token <token>``.
+- absolute ``http(s)`` URLs on the LS host (same scheme, host and port as ``ls_url``): token sent.
+- other ``http(s)`` URLs: only when the host is in ``allow_hosts`` (``"example.com"`` or
+  ``"*.example.com"``); no token.
+- ``s3://``, ``gs://``, ``azure-blob://``: ``GET {ls_url}/tasks/{task_id}/presign/?fileuri=<urlsafe
+  base64 of the URI>`` (as label-studio-sdk does), token sent; LS answers with the bytes or a redirect
+  to a signed URL, which is followed without the token (any public host).
+
+SSRF rules: every other scheme (``file:``, ``data:``, ``ftp:``...) is refused; a host that resolves to a
+loopback, link-local, private, multicast, reserved or unspecified address is refused unless it is the
+LS host or in ``allow_hosts``; every redirect is re-checked (at most 5); the body is streamed and cut
+at ``max_bytes``; images over ``max_pixels`` are refused before decoding (``PIL.Image.MAX_IMAGE_PIXELS``
+is left alone). DNS is checked before connecting; a rebinding attack between the check and the
+connection is not prevented.
+
+Cache: raw bytes on disk under ``cache_dir``, file name = sha256 of the URL (for relative URLs, the
+absolute LS URL; for cloud URIs, the URI itself). Files behind LS URLs and cloud URIs are treated as
+immutable (LS stores uploads under unique names); so are allow-listed URLs. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import numpy as np
+import requests
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["CLOUD_SCHEMES", "ImageError", "ImageFetcher"]
+
+logger = logging.getLogger(__name__)
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+_MAX_REDIRECTS = 5
+_CHUNK = 64 * 1024
+
+
+class ImageError(ValueError):
+    """An image or array could not be fetched or decoded; the message names the URL."""
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    p = urlsplit(url)
+    port = p.port or (443 if p.scheme == "https" else 80)
+    return p.scheme.lower(), (p.hostname or "").lower(), port
+
+
+class ImageFetcher:
+    """Downloads task images/arrays from LS, cloud storage (via LS presign) or allow-listed hosts."""
+
+    def __init__(
+        self,
+        ls_url: str | None,
+        ls_token: str | None,
+        allow_hosts: Sequence[str] = (),
+        cache_dir: Path | None = None,
+        max_bytes: int = 50 * 1024 * 1024,
+        max_pixels: int = 40_000_000,
+        timeout: float = 10.0,
+        token_scheme: str = "Token",
+    ) -> None:
+        self.ls_url = ls_url.rstrip("/") if ls_url else None
+        if self.ls_url and urlsplit(self.ls_url).scheme not in ("http", "https"):
+            raise ValueError(f"ls_url must be an http(s) URL, got {ls_url!r}")
+        self.ls_token = ls_token
+        self.allow_hosts = tuple(h.lower().strip() for h in allow_hosts if h.strip())
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_bytes = int(max_bytes)
+        self.max_pixels = int(max_pixels)
+        self.timeout = float(timeout)
+        self.token_scheme = token_scheme
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies/netrc from the environment
+
+    # ---- public API --------------------------------------------------------------------------
+    def fetch_image(self, url: str, task_id: int | None = None) -> np.ndarray:
+        """Image at ``url`` -> uint8 [H, W, 3] RGB (EXIF orientation applied; gray/RGBA/16-bit converted)."""
+        data = self.fetch_bytes(url, task_id)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                self._check_pixels(im, url)
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(im, dtype=np.float64)
+                    arr = (arr / 257.0 if arr.max(initial=0) > 255 else arr).clip(0, 255).astype(np.uint8)
+                    return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+                return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        except ImageError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+            raise ImageError(f"{url}: cannot decode image: {e}") from e
+
+    def fetch_array(self, url: str, task_id: int | None = None) -> np.ndarray:
+        """Dense ground truth at ``url``: ``.npy`` (``allow_pickle=False``) as stored (float arrays as
+        float32); a 16-bit PNG is depth in millimetres -> float32 [H, W] metres (0 stays 0 = invalid);
+        an 8-bit RGB image is normals ``v / 127.5 - 1`` -> float32 [H, W, 3] (black pixels -> 0 = invalid)."""
+        data = self.fetch_bytes(url, task_id)
+        if data[:6] == b"\x93NUMPY":
+            try:
+                arr = np.load(io.BytesIO(data), allow_pickle=False)
+            except ValueError as e:
+                raise ImageError(f"{url}: cannot read .npy: {e}") from e
+            return arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                self._check_pixels(im, url)
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    return np.asarray(im, dtype=np.float32) / 1000.0
+                if im.mode == "RGB":
+                    rgb = np.asarray(im, dtype=np.float32)
+                    normals = rgb / 127.5 - 1.0
+                    normals[(rgb == 0).all(axis=2)] = 0.0
+                    return normals
+                raise ImageError(f"{url}: unsupported dense map mode {im.mode!r} (want .npy, 16-bit PNG or RGB)")
+        except ImageError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+            raise ImageError(f"{url}: cannot decode dense map: {e}") from e
+
+    def fetch_bytes(self, url: str, task_id: int | None = None) -> bytes:
+        """Raw bytes behind a task URL (cached when ``cache_dir`` is set)."""
+        if not isinstance(url, str) or not url.strip():
+            raise ImageError(f"{url!r}: image URL must be a non-empty string")
+        url = url.strip()
+        target, key = self._resolve(url, task_id)
+        path = self._cache_path(key)
+        if path is not None and path.is_file():
+            return path.read_bytes()
+        data = self._download(url, target)
+        if path is not None:
+            self._cache_write(path, data)
+        return data
+
+    # ---- URL policy --------------------------------------------------------------------------
+    def _resolve(self, url: str, task_id: int | None) -> tuple[str, str]:
+        """-> (http URL to GET, cache key)."""
+        scheme = url.split(":", 1)[0].lower() if ":" in url.split("/", 1)[0] else ""
+        if url.startswith("/") and not url.startswith("//"):
+            ls = self._need_ls(url)
+            full = ls + url
+            return full, full
+        if scheme in CLOUD_SCHEMES:
+            ls = self._need_ls(url)
+            if task_id is None:
+                raise ImageError(f"{url}: cloud storage URIs need the task id for LS's presign endpoint")
+            encoded = base64.urlsafe_b64encode(url.encode()).decode()
+            return f"{ls}/tasks/{int(task_id)}/presign/?fileuri={encoded}", url
+        if scheme in ("http", "https"):
+            return url, url
+        kinds = "http(s), /data/..., s3/gs/azure-blob"
+        raise ImageError(f"{url}: URL scheme {scheme or '(none)'!r} is not allowed ({kinds})")
+
+    def _need_ls(self, url: str) -> str:
+        if not self.ls_url:
+            raise ImageError(f"{url}: needs the Label Studio URL (LABEL_STUDIO_URL) to be resolved")
+        return self.ls_url
+
+    def _is_ls(self, url: str) -> bool:
+        return bool(self.ls_url) and _origin(url) == _origin(self.ls_url or "")
+
+    def _allowed_host(self, host: str) -> bool:
+        return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) for a in self.allow_hosts)
+
+    def _check_target(self, original: str, target: str, via_presign: bool) -> bool:
+        """Raise unless ``target`` may be fetched; returns whether the LS token may be sent."""
+        parts = urlsplit(target)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ImageError(f"{original}: refused URL {target!r} (only http(s) with a host)")
+        if self._is_ls(target):
+            return True
+        host = parts.hostname.lower()
+        allowed = self._allowed_host(host)
+        if not allowed and not via_presign:
+            raise ImageError(f"{original}: host {host!r} is neither the Label Studio host nor in the allowed hosts")
+        if not allowed:
+            self._check_public(original, host, parts.port or (443 if parts.scheme == "https" else 80))
+        return False
+
+    @staticmethod
+    def _check_public(original: str, host: str, port: int) -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError) as e:
+            raise ImageError(f"{original}: cannot resolve host {host!r}: {e}") from e
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+            if (
+                ip.is_loopback
+                or ip.is_link_local
+                or ip.is_private
+                or ip.is_multicast
+                or ip.is_unspecified
+                or ip.is_reserved
+            ):
+                raise ImageError(f"{original}: host {host!r} resolves to non-public address {ip}; refused")
+
+    # ---- HTTP --------------------------------------------------------------------------------
+    def _download(self, original: str, target: str) -> bytes:
+        via_presign = False
+        for _ in range(_MAX_REDIRECTS + 1):
+            send_token = self._check_target(original, target, via_presign)
+            headers = {"Accept": "*/*"}
+            if send_token and self.ls_token:
+                headers["Authorization"] = f"{self.token_scheme} {self.ls_token}"
+            try:
+                resp = self.session.get(
+                    target, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False
+                )
+            except requests.RequestException as e:
+                raise ImageError(f"{original}: request failed: {e}") from e
+            with resp:
+                if resp.is_redirect or resp.status_code in (301, 302, 303, 307, 308):
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise ImageError(f"{original}: redirect without Location")
+                    # only LS's presign endpoint may send us to a non-allow-listed (public) host
+                    via_presign = "/presign/" in urlsplit(target).path and self._is_ls(target)
+                    target = urljoin(target, location)
+                    continue
+                if resp.status_code != 200:
+                    raise ImageError(f"{original}: HTTP {resp.status_code} from {urlsplit(target).hostname}")
+                return self._read_limited(original, resp)
+        raise ImageError(f"{original}: more than {_MAX_REDIRECTS} redirects")
+
+    def _read_limited(self, original: str, resp: requests.Response) -> bytes:
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            raise ImageError(f"{original}: {length} bytes exceeds the limit of {self.max_bytes}")
+        buf = bytearray()
+        try:
+            for chunk in resp.iter_content(_CHUNK):
+                buf += chunk
+                if len(buf) > self.max_bytes:
+                    raise ImageError(f"{original}: more than {self.max_bytes} bytes; download aborted")
+        except requests.RequestException as e:
+            raise ImageError(f"{original}: download failed: {e}") from e
+        return bytes(buf)
+
+    def _check_pixels(self, im: Image.Image, url: str) -> None:
+        w, h = im.size
+        if w * h > self.max_pixels:
+            raise ImageError(f"{url}: {w}x{h} = {w * h} pixels exceeds the limit of {self.max_pixels}")
+
+    # ---- cache -------------------------------------------------------------------------------
+    def _cache_path(self, key: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+    @staticmethod
+    def _cache_write(path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:  # a failing cache must not fail the fetch
+            logger.warning("image cache write to %s failed: %s", path, e)
