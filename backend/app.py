@@ -1,0 +1,298 @@
+"""The HTTP side of the ML backend: a Flask 3 app factory implementing Label Studio's ML protocol.
+
+Endpoints (see ``docs/backend.md``): ``GET /health``, ``POST /setup``, ``POST /predict``,
+``POST /webhook``, ``GET /versions``, ``GET /metrics``. Every error answer is JSON
+``{"error": <name>, "message": <text>}``: 400 for malformed JSON or missing/invalid fields, 401 for
+bad basic auth, 404/405 for unknown routes/methods, and a logged 500 only for genuine bugs.
+
+Basic auth (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``) protects every endpoint except ``GET /health``,
+which answers ``{"status": "UP"}`` to anyone and adds details (versions, queue) to authenticated
+callers, so container health checks work without credentials.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from backend.labeling import LabelConfigError
+from backend.model import ModelSetupError, MTALModel, RecordingTrainer, Trainer
+from backend.settings import Settings
+from backend.store import ModelStore, StoreError
+
+__all__ = ["ApiError", "create_app", "parse_project_id"]
+
+log = logging.getLogger(__name__)
+FetcherFactory = Callable[[str | None, str | None], Any]
+
+
+class ApiError(Exception):
+    """An error answered as JSON with ``status`` (4xx)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_project_id(value: Any, field: str = "project") -> str:
+    """LS project reference -> id string: ``"12.1712345678"`` (id.created_ts), ``"12"``, ``12`` or
+    ``{"id": 12, ...}``. Raises ApiError(400) naming ``field``."""
+    if isinstance(value, dict):
+        value = value.get("id")
+        field = f"{field}.id"
+    if isinstance(value, bool) or value is None:
+        raise ApiError(400, f"missing or invalid field {field!r}: expected a project id")
+    if isinstance(value, int):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ApiError(400, f"field {field!r} must be a string or integer, got {type(value).__name__}")
+    pid = value.split(".", 1)[0].strip()
+    if not pid or not pid.replace("_", "").replace("-", "").isalnum() or len(pid) > 64 or not pid.isascii():
+        raise ApiError(400, f"field {field!r}: {value!r} is not a project id ('<id>' or '<id>.<created_ts>')")
+    return pid
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, f"missing field {name!r}")
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ApiError(400, f"field {name!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mtal_requests", "HTTP requests", ["endpoint", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "mtal_request_seconds",
+            "Request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100),
+            registry=self.registry,
+        )
+        self.predictions = Counter("mtal_predictions", "Predictions returned (one per task)", registry=self.registry)
+        self.failed = Counter("mtal_prediction_failures", "Tasks answered with an empty result", registry=self.registry)
+        self.errors = Counter("mtal_errors", "Unhandled errors (HTTP 500)", registry=self.registry)
+        self.events = Counter("mtal_webhook_events", "Webhook events", ["action"], registry=self.registry)
+
+
+class _State:
+    """What the views share: settings, store, trainer, image fetchers, /setup connection info."""
+
+    def __init__(
+        self, settings: Settings, store: ModelStore, trainer: Trainer, fetcher_factory: FetcherFactory
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.trainer = trainer
+        self.fetcher_factory = fetcher_factory
+        self.metrics = _Metrics()
+        self.connections: dict[str, tuple[str | None, str | None]] = {}
+        self._fetchers: dict[tuple[str | None, str | None], Any] = {}
+        self._lock = threading.Lock()
+
+    def fetcher(self, project_id: str) -> Any:
+        """Image fetcher for a project: LABEL_STUDIO_URL/API_KEY, else what /setup sent."""
+        url, token = self.connections.get(project_id, (None, None))
+        key = (self.settings.label_studio_url or url, self.settings.label_studio_api_key or token)
+        with self._lock:
+            if key not in self._fetchers:
+                self._fetchers[key] = self.fetcher_factory(*key)
+            return self._fetchers[key]
+
+    def model(self, project_id: str, label_config: str | None) -> MTALModel:
+        return MTALModel(
+            project_id, label_config, self.settings, self.store, self.trainer, fetcher=self.fetcher(project_id)
+        )
+
+
+def _default_fetcher_factory(settings: Settings) -> FetcherFactory:
+    def make(url: str | None, token: str | None) -> Any:
+        from backend.images import ImageFetcher
+
+        return ImageFetcher(url, token, allow_hosts=settings.allow_hosts, cache_dir=settings.cache_dir)
+
+    return make
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: ModelStore | None = None,
+    trainer: Trainer | None = None,
+    fetcher_factory: FetcherFactory | None = None,
+) -> Flask:
+    """Build the Flask app. Defaults: settings from the environment, a store under MODEL_DIR on the
+    configured device, a :class:`RecordingTrainer`, and :class:`backend.images.ImageFetcher`."""
+    settings = settings or Settings.from_env()
+    store = store or ModelStore(settings.model_dir, device=settings.torch_device())
+    state = _State(
+        settings, store, trainer or RecordingTrainer(store), fetcher_factory or _default_fetcher_factory(settings)
+    )
+    app = Flask("mtal-backend")
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["mtal"] = state
+    m = state.metrics
+
+    def authorized() -> bool:
+        if not settings.auth_enabled:
+            return True
+        auth = request.authorization
+        if auth is None or auth.type != "basic":
+            return False
+        ok_user = hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())  # type: ignore[union-attr]
+        ok_pass = hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())  # type: ignore[union-attr]
+        return ok_user and ok_pass
+
+    @app.before_request
+    def _start() -> Response | None:
+        g.t0 = time.perf_counter()
+        if request.endpoint != "health" and not authorized():
+            resp = jsonify(error="Unauthorized", message="valid HTTP basic auth credentials required")
+            resp.status_code = 401
+            resp.headers["WWW-Authenticate"] = 'Basic realm="mtal"'
+            return resp
+        return None
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        endpoint = request.endpoint or "unknown"
+        m.requests.labels(endpoint, request.method, str(resp.status_code)).inc()
+        m.latency.labels(endpoint).observe(time.perf_counter() - g.get("t0", time.perf_counter()))
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(e: ApiError) -> tuple[Response, int]:
+        log.info("%s %s -> %d: %s", request.method, request.path, e.status, e.message)
+        names = {400: "Bad Request", 422: "Unprocessable Entity"}
+        return jsonify(error=names.get(e.status, "Error"), message=e.message), e.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=e.name, message=e.description), e.code or 500
+
+    @app.errorhandler(Exception)
+    def _crash(e: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        m.errors.inc()
+        return jsonify(error="Internal Server Error", message=f"{type(e).__name__}: {e}"), 500
+
+    @app.get("/health")
+    def health() -> Response:
+        out: dict[str, Any] = {"status": "UP", "model_class": "MTALModel"}
+        if authorized():
+            try:
+                out["queue"] = state.trainer.state()
+            except Exception as e:  # the queue being down must not fail the health check
+                out["queue"] = {"error": f"{type(e).__name__}: {e}"}
+            versions = {p: store.current(p) for p in store.projects()}
+            out["model_versions"] = versions  # per project; a single project's also as model_version
+            out["model_version"] = next(iter(versions.values())) if len(versions) == 1 else None
+        return jsonify(out)
+
+    @app.post("/setup")
+    def setup() -> Response:
+        body = _body()
+        pid = parse_project_id(body.get("project"))
+        schema = _field(body, "schema", str)
+        hostname = _field(body, "hostname", str, required=False)
+        token = _field(body, "access_token", str, required=False)
+        if hostname or token:
+            state.connections[pid] = (hostname.rstrip("/") if hostname else None, token)
+        try:
+            version = state.model(pid, schema).setup()
+        except LabelConfigError as e:
+            raise ApiError(400, f"schema: {e}") from e
+        except ModelSetupError as e:
+            raise ApiError(422, str(e)) from e
+        return jsonify(model_version=version)
+
+    @app.post("/predict")
+    def predict() -> Response:
+        body = _body()
+        tasks = _field(body, "tasks", list)
+        pid = parse_project_id(body.get("project"))
+        label_config = _field(body, "label_config", str, required=False)
+        params = _field(body, "params", dict, required=False) or {}
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                raise ApiError(400, f"tasks[{i}] must be an object, got {type(task).__name__}")
+            if not isinstance(task.get("data"), dict):
+                raise ApiError(400, f"tasks[{i}]: missing object field 'data'")
+        model = state.model(pid, label_config)
+        try:
+            _ = model.label_config
+            model.schema  # noqa: B018 - parse now so config errors are 400s
+        except (LabelConfigError, ValueError) as e:
+            raise ApiError(400, f"label_config: {e}") from e
+        try:
+            results = model.predict(tasks, context=params.get("context"))
+        except ModelSetupError as e:
+            raise ApiError(422, str(e)) from e
+        m.predictions.inc(len(results))
+        m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
+        return jsonify(results=results, model_version=model.model_version)
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        body = _body()
+        action = _field(body, "action", str)
+        pid = parse_project_id(body.get("project"))
+        project = body.get("project")
+        label_config = project.get("label_config") if isinstance(project, dict) else None
+        model = state.model(pid, label_config if isinstance(label_config, str) else None)
+        m.events.labels(action[:64]).inc()
+        try:
+            answer = model.fit(action, body)
+        except ValueError as e:  # the trainer's payload validation (e.g. events.EventError)
+            raise ApiError(400, str(e)) from e
+        return jsonify(status="ok", action=action, project=pid, **{"result": answer})
+
+    @app.route("/versions", methods=["GET", "POST"])
+    def versions() -> Response:
+        body = request.get_json(force=True, silent=True) if request.method == "POST" else None
+        raw = request.args.get("project") or (body.get("project") if isinstance(body, dict) else None)
+        projects = [parse_project_id(raw)] if raw else store.projects()
+        try:
+            listed = {p: store.list_versions(p) for p in projects}
+        except StoreError as e:
+            raise ApiError(400, str(e)) from e
+        names = [meta["version"] for p in projects for meta in listed[p]]
+        return jsonify(
+            versions=names,
+            current={p: store.current(p) for p in projects},
+            details={p: [_summary(meta) for meta in listed[p]] for p in projects},
+        )
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(m.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _summary(meta: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source")
+    return {k: meta.get(k) for k in keys}

@@ -1,0 +1,222 @@
+"""MTALModel: the per-project model object with Label Studio's familiar class contract.
+
+``setup() -> model_version``, ``predict(tasks, context=None, **kwargs) -> [prediction, ...]`` and
+``fit(event, data, **kwargs)``. An instance is cheap (nothing is loaded in ``__init__``); the network
+comes from the :class:`~backend.store.ModelStore`, cached there across requests.
+
+Initial version (before any training): ``setup()`` — or the first ``predict()`` of a project the
+backend has not seen — publishes version 1: the checkpoint named by ``MTAL_INITIAL_CHECKPOINT`` when
+its modalities match the labeling config, else an untrained network built with ``MTAL_NET_CONFIG``
+from a fixed seed (``MTAL_SEED``, deterministic). When the labeling config changes its modalities,
+the next setup/predict publishes a fresh initial version (parent = the old one).
+
+Training is not done here: ``fit`` hands the event to a :class:`Trainer` (the queue seam) and returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from backend.labeling import ProjectSchema, parse_label_config
+from backend.settings import Settings
+from backend.store import ModelStore, StoreError
+
+__all__ = ["MTALModel", "ModelSetupError", "RecordingTrainer", "Trainer", "load_schema", "schema_compatible"]
+
+log = logging.getLogger(__name__)
+_setup_locks: dict[str, threading.Lock] = {}
+_setup_guard = threading.Lock()
+
+
+class ModelSetupError(ValueError):
+    """No network can be built for the project's modalities (answered with 422)."""
+
+
+class Trainer(Protocol):
+    """The seam to the training queue: route an event, answer in milliseconds, never train inline."""
+
+    def submit(self, project_id: str, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Handle one webhook event (``ANNOTATION_CREATED``, ``START_TRAINING``, ...) for a project."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """Queue state for /health."""
+        ...
+
+
+class RecordingTrainer:
+    """Default trainer until the queue is wired in: counts events per project in the store."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    def submit(self, project_id: str, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        counts = self.store.record_event(project_id, event)
+        return {"queued": False, "events": counts}
+
+    def state(self) -> dict[str, Any]:
+        return {"backend": "none", "detail": "no training queue configured; events are only recorded"}
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(xml: str, dense: tuple[tuple[str, str], ...]) -> ProjectSchema:
+    return parse_label_config(xml, dict(dense) or None)
+
+
+def load_schema(label_config: str, dense_fields: Mapping[str, str] | None = None) -> ProjectSchema:
+    """Parse (cached by text) a labeling config; raises LabelConfigError (ValueError)."""
+    return _parse_cached(label_config, tuple(sorted((dense_fields or {}).items())))
+
+
+def schema_compatible(metadata: Mapping[str, Any], schema: ProjectSchema) -> bool:
+    """True when a stored version predicts exactly ``schema``'s modalities with its network type."""
+    want = [s.to_dict() for s in schema.modalities.values()]
+    return metadata.get("modalities") == want and metadata.get("network") == schema.network
+
+
+def _lock_for(project_id: str) -> threading.Lock:
+    with _setup_guard:
+        return _setup_locks.setdefault(project_id, threading.Lock())
+
+
+class MTALModel:
+    """One Label Studio project's model.
+
+    project_id: LS project id (the part before the dot of ``"<id>.<created_ts>"``);
+    label_config: the labeling config XML (None: the one stored by the last /setup).
+    """
+
+    def __init__(
+        self,
+        project_id: str,
+        label_config: str | None,
+        settings: Settings,
+        store: ModelStore,
+        trainer: Trainer | None = None,
+        fetcher: Any = None,
+    ) -> None:
+        self.project_id = str(project_id)
+        store.project_dir(self.project_id)  # validates the id
+        self.settings = settings
+        self.store = store
+        self.trainer = trainer or RecordingTrainer(store)
+        self.fetcher = fetcher
+        self._label_config = label_config
+
+    # ---- schema --------------------------------------------------------------------------------
+    @property
+    def label_config(self) -> str:
+        if self._label_config:
+            return self._label_config
+        stored = self.store.project_info(self.project_id).get("label_config")
+        if not stored:
+            raise ValueError(f"project {self.project_id}: no label_config given and none stored by /setup")
+        return stored
+
+    @functools.cached_property
+    def schema(self) -> ProjectSchema:
+        return load_schema(self.label_config, self.settings.dense_fields)
+
+    @property
+    def model_version(self) -> str | None:
+        return self.store.current(self.project_id)
+
+    # ---- the LS contract -----------------------------------------------------------------------
+    def setup(self) -> str:
+        """Remember the labeling config and make sure a compatible version exists; returns it."""
+        schema = self.schema
+        info = self.store.project_info(self.project_id)
+        if info.get("label_config") != self.label_config:
+            self.store.save_project_info(
+                self.project_id, {"label_config": self.label_config, "config_hash": schema.config_hash}
+            )
+        return self._ensure_version(schema)
+
+    def predict(self, tasks: Sequence[Mapping[str, Any]], context: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+        """One prediction per task, same order (see :func:`backend.predict.predict_tasks`)."""
+        from backend.predict import predict_tasks
+
+        if not tasks:
+            return []
+        schema = self.schema
+        loaded = None
+        if self.store.current(self.project_id) is not None:
+            loaded = self.store.load_model(self.project_id)
+        if loaded is None or not schema_compatible(loaded.metadata, schema):
+            self._ensure_version(schema)
+            loaded = self.store.load_model(self.project_id)
+        if self.fetcher is None:
+            raise RuntimeError("MTALModel.predict needs an image fetcher")
+        return predict_tasks(
+            loaded.model,
+            schema,
+            tasks,
+            self.fetcher,
+            model_version=loaded.version,
+            image_size=self.settings.image_size,
+            device=self.store.device,
+            batch_size=self.settings.predict_batch_size,
+            ranking=self.store.ranking(self.project_id),
+        )
+
+    def fit(self, event: str, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Route a webhook event to the trainer (queue); returns what it answered. Never trains here."""
+        return self.trainer.submit(self.project_id, event, data)
+
+    # ---- initial version -----------------------------------------------------------------------
+    def _ensure_version(self, schema: ProjectSchema) -> str:
+        with _lock_for(f"{self.store.root}:{self.project_id}"):
+            current = self.store.current(self.project_id)
+            if current is not None:
+                try:
+                    if schema_compatible(self.store.metadata(self.project_id, current), schema):
+                        return current
+                except StoreError:
+                    log.error("project %s: metadata of %s unreadable; new version", self.project_id, current)
+                log.warning("project %s: labeling config changed its modalities; new initial version", self.project_id)
+            return self._publish_initial(schema)
+
+    def _publish_initial(self, schema: ProjectSchema) -> str:
+        from mtal_models.nets import build_network
+        from mtal_models.nets.config import get_config
+        from mtal_models.training.checkpoint import load_checkpoint, save_checkpoint
+
+        cfg = get_config(self.settings.net_config)
+        meta: dict[str, Any] = {
+            "modalities": [s.to_dict() for s in schema.modalities.values()],
+            "network": schema.network,
+            "config_hash": schema.config_hash,
+            "schema": schema.to_dict(),
+            "net_config_name": self.settings.net_config,
+            "net_config": cfg.to_dict(),
+            "image_size": self.settings.image_size,
+            "normalization": {},
+            "metrics": {},
+            "initial": True,
+        }
+        src = self.settings.initial_checkpoint
+        if src is not None:
+            try:
+                net = load_checkpoint(src, map_location="cpu").model
+                if [s.to_dict() for s in net.modalities.values()] == meta["modalities"]:
+                    meta["source"] = f"initial checkpoint {src}"
+                    return self.store.publish(self.project_id, src, meta)
+                log.warning("MTAL_INITIAL_CHECKPOINT %s does not match project %s's modalities", src, self.project_id)
+            except Exception as e:
+                log.error("MTAL_INITIAL_CHECKPOINT %s unusable (%s); starting untrained", src, e)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.settings.seed)
+            try:
+                net = build_network(schema.network, schema.modalities, cfg)
+            except ValueError as e:
+                raise ModelSetupError(f"cannot build network {schema.network!r} for this labeling config: {e}") from e
+        meta["source"] = f"untrained (seed {self.settings.seed})"
+        tmp = self.store.tmp_dir(self.project_id) / f"initial-{threading.get_ident()}.pt"
+        save_checkpoint(tmp, net, extra={"mtal": meta})
+        return self.store.publish(self.project_id, tmp, meta, move=True)

@@ -1,0 +1,270 @@
+"""Batched inference for /predict: every task of a request goes through ONE forward pass.
+
+Steps: fetch all images concurrently (a task whose image cannot be fetched or decoded gets an empty
+prediction and a logged error; the others go on); resize each to ``image_size`` x ``image_size``
+(the original size is kept for the results); take the latest non-cancelled annotation of each task as
+ground truth for its labelled modalities (PartAL GT substitution, passed to the network as
+``given``); stack everything into one batch (chunks of ``batch_size``); run ``model.predict`` once
+per chunk; bring each task's outputs back to its original size and convert them to Label Studio
+results for the modalities that are not labelled yet (segmentation: argmax at the network size, then
+nearest-resized to the original size by :func:`backend.convert.predictions_to_results`; boxes
+scaled from the network input to original pixels).
+
+Task score (low = label first): the active-learning loop's stored score for the task id wins when
+the stored ranking belongs to the current model version; otherwise ``1 - u`` with ``u`` in [0, 1]
+the mean normalised per-pixel Shannon entropy of the categorical outputs (entropy / log C), or for a
+detection-only network ``1 - max box score``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtal_models.data.sample import Sample, collate
+from mtal_models.modalities import ModalitySpec, shannon_entropy
+
+__all__ = ["Fetcher", "latest_annotation", "predict_tasks", "task_score"]
+
+log = logging.getLogger(__name__)
+_FETCH_THREADS = 8
+
+
+class Fetcher(Protocol):
+    """What predict needs from :class:`backend.images.ImageFetcher`."""
+
+    def fetch_image(self, url: str, task_id: Any = None) -> np.ndarray: ...
+
+    def fetch_array(self, url: str, task_id: Any = None) -> np.ndarray: ...
+
+
+@dataclass
+class _Prepared:
+    """One task ready for the batch: resized image, resized labels, original size."""
+
+    index: int
+    task_id: Any
+    height: int
+    width: int
+    sample: Sample
+    labelled: set[str] = field(default_factory=set)
+
+
+def latest_annotation(task: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The most recent non-cancelled annotation of ``task`` (by updated_at, created_at, id), or None."""
+    anns = [
+        a
+        for a in task.get("annotations") or []
+        if isinstance(a, dict) and not a.get("was_cancelled") and isinstance(a.get("result"), list)
+    ]
+    if not anns:
+        return None
+    return max(anns, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), _num(a.get("id"))))
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -1.0
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3]."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be [H, W], [H, W, 1|3|4], got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def _resize_label(spec: ModalitySpec, label: Any, h: int, w: int, size: int) -> Any:
+    """A label in Sample format at (h, w) -> the same at (size, size) (nearest for maps)."""
+    if spec.kind == "detection":
+        boxes = np.asarray(label["boxes"], np.float32).reshape(-1, 4) * np.array(
+            [size / w, size / h, size / w, size / h], np.float32
+        )
+        return {"boxes": boxes, "labels": np.asarray(label["labels"], np.int64).reshape(-1)}
+    arr = np.asarray(label)
+    if arr.shape[:2] != (h, w):
+        raise ValueError(f"modality {spec.name!r}: label shape {arr.shape} does not match the image {h}x{w}")
+    dtype = arr.dtype
+    work = arr.astype(np.float32) if dtype not in (np.float32, np.uint8) else arr
+    out = cv2.resize(work, (size, size), interpolation=cv2.INTER_NEAREST)
+    if arr.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return out.astype(dtype)
+
+
+def _prepare(
+    index: int,
+    task: Mapping[str, Any],
+    schema: Any,
+    fetcher: Fetcher,
+    size: int,
+    annotation_to_labels: Any,
+) -> _Prepared:
+    """Fetch, decode and resize one task's image and its (partial) ground truth. Raises on failure."""
+    data = task.get("data")
+    task_id = task.get("id")
+    if not isinstance(data, dict):
+        raise ValueError("task has no 'data' object")
+    url = data.get(schema.image_key)
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"task data has no image URL under {schema.image_key!r}")
+    image = _as_rgb(fetcher.fetch_image(url, task_id=task_id))
+    h, w = image.shape[:2]
+    interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (size, size), interpolation=interp)
+    labels: dict[str, Any] = {}
+    present: dict[str, bool] = {}
+    ann = latest_annotation(task)
+    if ann is not None and ann["result"]:
+        try:
+            got, flags = annotation_to_labels(ann["result"], schema, h, w)
+            for name, flag in flags.items():
+                if flag and name in got and name in schema.modalities:
+                    labels[name] = _resize_label(schema.modalities[name], got[name], h, w, size)
+                    present[name] = True
+        except Exception as e:  # a broken annotation must not cost the prediction
+            log.error("predict: task %s: annotation ignored (%s)", task_id, e)
+            labels, present = {}, {}
+    for name, key in (schema.dense_fields or {}).items():
+        if name in schema.modalities and isinstance(data.get(key), str):
+            try:
+                arr = np.asarray(fetcher.fetch_array(data[key], task_id=task_id), np.float32)
+                if schema.modalities[name].kind == "depth" and arr.ndim == 3:
+                    arr = arr[..., 0]
+                labels[name] = _resize_label(schema.modalities[name], arr, h, w, size)
+                present[name] = True
+            except Exception as e:
+                log.warning("predict: task %s: dense field %r not used (%s)", task_id, key, e)
+    sample = Sample(id=str(task_id), image=resized, labels=labels, present=present)
+    return _Prepared(index, task_id, h, w, sample, {n for n, f in present.items() if f})
+
+
+def task_score(preds: Mapping[str, Tensor], modalities: Mapping[str, ModalitySpec]) -> float:
+    """``1 - u`` for one image (low = label first). ``preds``: activated outputs without batch axis,
+    dense [C, H, W], detection [K, 6 + C]. ``u``: mean over categorical modalities of the mean
+    per-pixel entropy / log(C); detection only: 1 - the highest box score; 0.5 if nothing applies."""
+    parts: list[float] = []
+    for name, p in preds.items():
+        spec = modalities[name]
+        if spec.kind == "segmentation":
+            parts.append(float(shannon_entropy(p.float(), dim=0).mean()) / math.log(spec.channels))
+        elif spec.kind == "binary":
+            probs = torch.cat([1 - p, p], dim=0).float()
+            parts.append(float(shannon_entropy(probs, dim=0).mean()) / math.log(2))
+    if not parts:
+        dets = [p for n, p in preds.items() if modalities[n].kind == "detection"]
+        if not dets:
+            return 0.5
+        scores = torch.cat([d[:, 4][d[:, 5] >= 0] for d in dets])
+        return float(scores.max()) if scores.numel() else 0.0
+    u = min(max(sum(parts) / len(parts), 0.0), 1.0)
+    return round(1.0 - u, 6)
+
+
+def predict_tasks(
+    model: torch.nn.Module,
+    schema: Any,
+    tasks: Sequence[Mapping[str, Any]],
+    fetcher: Fetcher,
+    *,
+    model_version: str,
+    image_size: int = 256,
+    device: str = "cpu",
+    batch_size: int = 32,
+    ranking: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One Label Studio prediction per task, in order: {"result", "score", "model_version"}.
+
+    model: a MultiTaskNet over ``schema.modalities``; tasks: LS task dicts (``data``, optional
+    ``id`` and ``annotations``). Tasks that fail get {"result": [], "model_version"} (no score).
+    """
+    from backend.convert import annotation_to_labels, predictions_to_results
+
+    size = int(image_size)
+    empty = [{"result": [], "model_version": model_version} for _ in tasks]
+    prepared: list[_Prepared] = []
+
+    def job(i: int) -> _Prepared | None:
+        try:
+            return _prepare(i, tasks[i], schema, fetcher, size, annotation_to_labels)
+        except Exception as e:
+            log.error("predict: task %s skipped: %s", tasks[i].get("id", f"#{i}"), e)
+            return None
+
+    if len(tasks) == 1:
+        results = [job(0)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(_FETCH_THREADS, len(tasks))) as pool:
+            results = list(pool.map(job, range(len(tasks))))
+    prepared = [p for p in results if p is not None]
+    if not prepared:
+        return empty
+
+    ranked = _usable_ranking(ranking, model_version)
+    out = empty
+    modalities = schema.modalities
+    for start in range(0, len(prepared), batch_size):
+        chunk = prepared[start : start + batch_size]
+        batch = collate([p.sample for p in chunk], modalities)
+        anyone = any(bool(v.any()) for v in batch.labels.present.values())
+        given = batch.labels.to(device) if anyone else None
+        with torch.inference_mode():
+            preds = model.predict(batch.images.to(device), given)
+        for j, p in enumerate(chunk):
+            try:
+                out[p.index] = _one_prediction(
+                    p, {k: v[j] for k, v in preds.items()}, schema, size, model_version, ranked, predictions_to_results
+                )
+            except Exception:
+                log.exception("predict: task %s: converting the prediction failed", p.task_id)
+    return out
+
+
+def _usable_ranking(ranking: Mapping[str, Any] | None, model_version: str) -> Mapping[str, Any]:
+    if not ranking or ranking.get("model_version") not in (None, model_version):
+        return {}
+    tasks = ranking.get("tasks")
+    return tasks if isinstance(tasks, Mapping) else {}
+
+
+def _one_prediction(
+    p: _Prepared,
+    preds: dict[str, Tensor],
+    schema: Any,
+    size: int,
+    model_version: str,
+    ranked: Mapping[str, Any],
+    predictions_to_results: Any,
+) -> dict[str, Any]:
+    modalities = schema.modalities
+    score = task_score(preds, modalities)
+    entry = ranked.get(str(p.task_id)) if p.task_id is not None else None
+    requested: list[str] | None = None
+    if isinstance(entry, Mapping):
+        if isinstance(entry.get("score"), int | float):
+            score = float(entry["score"])
+        if isinstance(entry.get("requested"), list):
+            requested = [m for m in entry["requested"] if m in modalities]
+    if requested is None:
+        requested = [m for m in schema.annotatable if m not in p.labelled]
+    todo = {name: pred for name, pred in preds.items() if name not in p.labelled}
+    result = predictions_to_results(todo, schema, p.height, p.width, requested=requested, input_size=(size, size))
+    return {"result": result, "score": score, "model_version": model_version}

@@ -1,0 +1,177 @@
+"""Backend settings: read once from the environment into one frozen, typed object.
+
+Every variable is optional; :meth:`Settings.from_env` raises ``ValueError`` naming the variable when a
+value cannot be used. See ``docs/backend.md`` for the reference table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "SettingsError"]
+
+_DEVICES = ("auto", "cpu", "cuda")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the backend cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All backend settings (environment variable in brackets).
+
+    label_studio_url [LABEL_STUDIO_URL]: base URL of Label Studio, used to fetch ``/data/...`` images.
+    label_studio_api_key [LABEL_STUDIO_API_KEY]: legacy token or personal access token.
+    model_dir [MODEL_DIR]: root of the model store (default ``./models``).
+    redis_url [REDIS_URL]: Redis for the training queue; None = embedded (in-process fakeredis).
+    port [PORT]: HTTP port (default 9090).
+    basic_auth_user / basic_auth_pass [BASIC_AUTH_USER / BASIC_AUTH_PASS]: HTTP basic auth (both or none).
+    device [MTAL_DEVICE]: "auto" (CUDA when present), "cpu" or "cuda".
+    net_config [MTAL_NET_CONFIG]: network size preset ("tiny", "small", "default").
+    strategy [MTAL_STRATEGY]: selection strategy name used by the active-learning loop.
+    train_threshold [MTAL_TRAIN_THRESHOLD]: new annotations that trigger a training job (0 = only on
+        START_TRAINING).
+    image_size [MTAL_IMAGE_SIZE]: square inference size in pixels, a multiple of 32 (default 256).
+    allow_hosts [MTAL_ALLOW_HOSTS]: comma list of extra hosts images may be fetched from.
+    dense_fields [MTAL_DENSE_FIELDS]: "modality=task_data_key" pairs for sensor ground truth.
+    cache_dir [MTAL_CACHE_DIR]: image cache directory (None = no cache).
+    initial_checkpoint [MTAL_INITIAL_CHECKPOINT]: checkpoint used as a project's first version.
+    predict_batch_size [MTAL_PREDICT_BATCH]: images per forward pass in /predict (default 32).
+    seed [MTAL_SEED]: seed of the untrained initial network (default 0).
+    log_level [LOG_LEVEL]: Python logging level (default INFO).
+    """
+
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    model_dir: Path = Path("models")
+    redis_url: str | None = None
+    port: int = 9090
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    device: str = "auto"
+    net_config: str = "small"
+    strategy: str = "mtal"
+    train_threshold: int = 0
+    image_size: int = 256
+    allow_hosts: tuple[str, ...] = ()
+    dense_fields: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    initial_checkpoint: Path | None = None
+    predict_batch_size: int = 32
+    seed: int = 0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.device not in _DEVICES:
+            raise SettingsError(f"MTAL_DEVICE must be one of {_DEVICES}, got {self.device!r}")
+        if not 1 <= self.port <= 65535:
+            raise SettingsError(f"PORT must be in 1..65535, got {self.port}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise SettingsError(f"MTAL_IMAGE_SIZE must be a positive multiple of 32, got {self.image_size}")
+        if self.train_threshold < 0:
+            raise SettingsError(f"MTAL_TRAIN_THRESHOLD must be >= 0, got {self.train_threshold}")
+        if self.predict_batch_size < 1:
+            raise SettingsError(f"MTAL_PREDICT_BATCH must be >= 1, got {self.predict_batch_size}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.log_level not in _LEVELS:
+            raise SettingsError(f"LOG_LEVEL must be one of {_LEVELS}, got {self.log_level!r}")
+        from mtal_models.nets.config import CONFIGS
+
+        if self.net_config not in CONFIGS:
+            raise SettingsError(f"MTAL_NET_CONFIG must be one of {sorted(CONFIGS)}, got {self.net_config!r}")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user)
+
+    def torch_device(self) -> str:
+        """The device string for torch: "auto" resolves to "cuda" when available, else "cpu"."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (default ``os.environ``); empty strings count as unset."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        def get_int(name: str, default: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+        def get_path(name: str) -> Path | None:
+            raw = get(name)
+            return Path(raw).expanduser() if raw else None
+
+        url = get("LABEL_STUDIO_URL")
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise SettingsError(f"LABEL_STUDIO_URL must start with http:// or https://, got {url!r}")
+        checkpoint = get_path("MTAL_INITIAL_CHECKPOINT")
+        if checkpoint is not None and not checkpoint.is_file():
+            raise SettingsError(f"MTAL_INITIAL_CHECKPOINT: no such file {str(checkpoint)!r}")
+        return cls(
+            label_studio_url=url.rstrip("/") if url else None,
+            label_studio_api_key=get("LABEL_STUDIO_API_KEY"),
+            model_dir=get_path("MODEL_DIR") or Path("models"),
+            redis_url=get("REDIS_URL"),
+            port=get_int("PORT", 9090),
+            basic_auth_user=get("BASIC_AUTH_USER"),
+            basic_auth_pass=get("BASIC_AUTH_PASS"),
+            device=(get("MTAL_DEVICE") or "auto").lower(),
+            net_config=get("MTAL_NET_CONFIG") or "small",
+            strategy=get("MTAL_STRATEGY") or "mtal",
+            train_threshold=get_int("MTAL_TRAIN_THRESHOLD", 0),
+            image_size=get_int("MTAL_IMAGE_SIZE", 256),
+            allow_hosts=tuple(h.strip() for h in (get("MTAL_ALLOW_HOSTS") or "").split(",") if h.strip()),
+            dense_fields=_parse_pairs("MTAL_DENSE_FIELDS", get("MTAL_DENSE_FIELDS")),
+            cache_dir=get_path("MTAL_CACHE_DIR"),
+            initial_checkpoint=checkpoint,
+            predict_batch_size=get_int("MTAL_PREDICT_BATCH", 32),
+            seed=get_int("MTAL_SEED", 0),
+            log_level=(get("LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def configure_logging(self) -> None:
+        """Set the root log level (handlers are left to gunicorn / the caller)."""
+        logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger().setLevel(self.log_level)
+
+
+def _parse_pairs(name: str, raw: str | None) -> dict[str, str]:
+    """"a=b,c=d" -> {"a": "b", "c": "d"}; a bare "a" means "a=a"."""
+    out: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), (value.strip() if sep else key.strip())
+        if not key or not value:
+            raise SettingsError(f"{name}: entries must look like modality=task_key, got {item!r}")
+        if key in out:
+            raise SettingsError(f"{name}: modality {key!r} listed twice")
+        out[key] = value
+    return out

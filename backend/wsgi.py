@@ -1,0 +1,16 @@
+"""WSGI entry point: ``gunicorn -c backend/gunicorn.conf.py backend.wsgi:app``.
+
+Settings are read from the environment when this module is imported (i.e. when gunicorn loads the
+app), not when :mod:`backend` is imported.
+"""
+
+from __future__ import annotations
+
+from backend.app import create_app
+from backend.settings import Settings
+
+__all__ = ["app"]
+
+settings = Settings.from_env()
+settings.configure_logging()
+app = create_app(settings)
