@@ -1,0 +1,100 @@
+"""Training options (one frozen dataclass), device resolution and seeding."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["TrainConfig", "resolve_device", "seed_everything"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    epochs:           total epochs (a resumed run continues up to this number).
+    batch_size:       samples per step (when ``fit`` builds the DataLoader itself).
+    lr, weight_decay: Adam settings; the LR decays as ``lr * (1 - it / total_its) ** poly_power`` per step.
+    amp:              mixed precision; ``None`` = on exactly when the device is CUDA (never on CPU).
+    device:           "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
+    seed:             seeds torch, numpy, random and the DataLoader's shuffling generator.
+    substitution_prob: PartAL GT substitution (PAD-Net): per sample and dense modality, with this
+                      probability a present label is passed to ``forward`` as ``given`` and that
+                      (sample, modality) drops out of the loss (no reward for copying; see docs/training.md).
+    committee:        ask ``forward`` for the pairwise committee outputs (MTAL-WACV) so they train.
+    mtpsl_weight:     weight of the MTPSL cross-task consistency term (0 = off).
+    grad_clip:        max global gradient norm (0 = no clipping).
+    num_workers:      DataLoader workers (0 = load in the training process).
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    amp: bool | None = None
+    device: str = "auto"
+    seed: int = 0
+    substitution_prob: float = 0.0
+    committee: bool = False
+    mtpsl_weight: float = 0.0
+    grad_clip: float = 0.0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("poly_power", self.poly_power >= 0, "must be >= 0"),
+            ("substitution_prob", 0.0 <= self.substitution_prob <= 1.0, "must be in [0, 1]"),
+            ("mtpsl_weight", self.mtpsl_weight >= 0, "must be >= 0"),
+            ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
+            ("num_workers", self.num_workers >= 0, "must be >= 0"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} {why}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+    def use_amp(self, device: torch.device) -> bool:
+        """AMP only ever on CUDA; ``amp=None`` means "on when CUDA"."""
+        return device.type == "cuda" and (self.amp is None or self.amp)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda if available else cpu; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"TrainConfig.device: invalid device {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU generator (for DataLoader shuffling) seeded alike."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
