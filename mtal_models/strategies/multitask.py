@@ -1,0 +1,171 @@
+"""Multi-task strategies: MTAL-WACV (committee inconsistency x auto-encoder diversity) and MTC BoxMask.
+
+MTAL-WACV (image-level; the paper labels all tasks of a chosen image):
+
+- s_hat_k(x) = max_j L_k(initial_k, refined_{k,j}) (:func:`~mtal_models.strategies.consistency.committee_inconsistency`)
+  for every modality with committee outputs; s_k = min-max over the current pool (eq. 2; refitted each
+  round, unlike PartAL, as in the paper).
+- div(x) = Euclidean distance of the auto-encoder code (512-d) of x's pooled concatenated head features
+  to the nearest labelled image's code (eq. 3). The auto-encoder is trained (MSE) on the whole pool's
+  features when ``select`` runs, i.e. after each training round. With no labelled image div = 1.
+- ``mtal``: s(x) = div(x) · max_k s_k(x) (eq. 4); ``mtal_inconsistency``: max_k s_k(x);
+  ``mtal_diversity``: div(x).
+- ``Selection.weights[k]`` = s_k(x): the per-sample loss weights of eq. 5 for the next training round
+  (modalities without committee outputs have no entry: weight 1).
+
+BoxMask (``boxmask``): MTC score of :mod:`~mtal_models.strategies.mtc`, image-level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from mtal_models.modalities import ModalitySpec
+from mtal_models.strategies.base import BatchOutputs, Needs, PoolScores, Strategy
+from mtal_models.strategies.baselines import require
+from mtal_models.strategies.consistency import committee_inconsistency
+from mtal_models.strategies.diversity import AutoEncoder, nearest_distance, pool_head_features, train_autoencoder
+from mtal_models.strategies.mtc import mtc_scores
+from mtal_models.strategies.selection import Selection, check_labelled, select_images
+from mtal_models.strategies.uncertainty import MinMaxNormalizer
+
+__all__ = ["MTAL", "BoxMask", "resolve_det_seg"]
+
+_INC = "inconsistency:"
+Mode = Literal["combined", "inconsistency", "diversity"]
+
+
+class MTAL(Strategy):
+    """MTAL-WACV selection; ``mode`` picks the combined score or one of its two factors."""
+
+    def __init__(
+        self,
+        mode: Mode = "combined",
+        code_dim: int = 512,
+        ae_epochs: int = 20,
+        seed: int = 0,
+        grid: int = 1,
+        chunk: int = 4096,
+    ) -> None:
+        if mode not in ("combined", "inconsistency", "diversity"):
+            raise ValueError(f"mtal: mode must be combined, inconsistency or diversity, got {mode!r}")
+        self.mode = mode
+        self.name = {"combined": "mtal", "inconsistency": "mtal_inconsistency", "diversity": "mtal_diversity"}[mode]
+        self.code_dim, self.ae_epochs, self.seed, self.grid, self.chunk = code_dim, ae_epochs, seed, grid, chunk
+        self.autoencoder: AutoEncoder | None = None
+        self.ae_history: list[float] = []
+        uses_div = mode != "inconsistency"
+        self.needs = Needs(
+            committee=mode != "diversity", embeddings="head" if uses_div else None, labelled=uses_div
+        )
+
+    def score_batch(self, out: BatchOutputs) -> PoolScores:
+        scores: PoolScores = {}
+        if self.needs.committee:
+            for k, spec in out.modalities.items():
+                if spec.dense and k in out.refined and out.refined[k] and k in out.initial:
+                    scores[_INC + k] = committee_inconsistency(spec, out.initial[k], out.refined[k])
+            if not scores:
+                raise ValueError(f"{self.name}: the network gave no committee (initial + refined) outputs")
+        if self.needs.embeddings == "head":
+            if out.head_features is None:
+                raise ValueError(f"{self.name}: needs head features [B, F, h, w] (out.head_features)")
+            scores["head"] = pool_head_features(out.head_features, self.grid)
+        return scores
+
+    def fit_autoencoder(self, features: Tensor) -> AutoEncoder:
+        """Train the diversity auto-encoder on features [N, F] (called by ``select`` each round)."""
+        self.autoencoder, self.ae_history = train_autoencoder(
+            features, epochs=self.ae_epochs, seed=self.seed, code_dim=self.code_dim
+        )
+        return self.autoencoder
+
+    def diversity(self, features: Tensor, labelled_any: Tensor) -> Tensor:
+        """div [N]: code distance to the nearest labelled image (1 everywhere if none is labelled)."""
+        ae = self.fit_autoencoder(features)
+        with torch.no_grad():
+            codes = torch.cat([ae.encode(c) for c in features.float().split(4096)])
+        if not labelled_any.any():
+            return torch.ones(features.shape[0])
+        return nearest_distance(codes, codes[labelled_any], self.chunk, self.chunk)
+
+    def select(self, pool: Mapping[str, Tensor], labelled: Mapping[str, Tensor], budget: int) -> Selection:
+        n = check_labelled(labelled)
+        inc_keys = [k for k in pool if k.startswith(_INC)]
+        weights: dict[str, Tensor] = {}
+        score = torch.ones(n)
+        if self.needs.committee:
+            if not inc_keys:
+                raise ValueError(f"{self.name}: pool has no committee inconsistency scores")
+            require(self.name, pool, inc_keys, labelled)
+            unknown = sorted(k[len(_INC):] for k in inc_keys if k[len(_INC):] not in labelled)
+            if unknown:
+                raise ValueError(f"{self.name}: inconsistency for modalities {unknown} without labelled masks")
+            raw = {k[len(_INC):]: pool[k].float() for k in inc_keys}
+            weights = {k: v.float() for k, v in MinMaxNormalizer(clip=True).fit(raw).transform(raw).items()}
+            score = torch.stack(list(weights.values()), dim=1).max(dim=1).values
+        if self.needs.embeddings == "head":
+            require(self.name, pool, ["head"], labelled)
+            any_labelled = torch.stack(list(labelled.values()), dim=1).any(dim=1)
+            score = score * self.diversity(pool["head"], any_labelled).float()
+        sel = select_images(score, labelled, budget)
+        sel.weights = weights
+        return sel
+
+
+def resolve_det_seg(modalities: Mapping[str, ModalitySpec], det: str | None, seg: str | None) -> tuple[str, str]:
+    """Names of the detection and segmentation modalities (given, or the only one of each kind)."""
+    names = []
+    for want, kind in ((det, "detection"), (seg, "segmentation")):
+        if want is not None:
+            if want not in modalities or modalities[want].kind != kind:
+                raise ValueError(f"boxmask: {want!r} is not a {kind} modality of {sorted(modalities)}")
+            names.append(want)
+            continue
+        found = [k for k, s in modalities.items() if s.kind == kind]
+        if len(found) != 1:
+            raise ValueError(f"boxmask: need exactly one {kind} modality (or name it), found {found}")
+        names.append(found[0])
+    return names[0], names[1]
+
+
+class BoxMask(Strategy):
+    """MTC det+seg consistency (higher = more inconsistent = label first); crops re-segmented by the net.
+
+    det_to_seg: long [C_det] seg class of each detection class (default c -> c + 1).
+    min_score: detections below this confidence are ignored. Crops from the net are logits.
+    """
+
+    name = "boxmask"
+
+    def __init__(
+        self,
+        tau: float = 0.3,
+        det_to_seg: Tensor | None = None,
+        det: str | None = None,
+        seg: str | None = None,
+        min_score: float = 0.0,
+        crop_size: int = 64,
+    ) -> None:
+        if not 0.0 <= tau < 1.0:
+            raise ValueError(f"boxmask: tau must be in [0, 1), got {tau}")
+        self.tau, self.det, self.seg, self.min_score = tau, det, seg, min_score
+        self.det_to_seg = None if det_to_seg is None else torch.as_tensor(det_to_seg, dtype=torch.long)
+        self.needs = Needs(crops=True, crop_size=crop_size, crop_source=det)
+
+    def score_batch(self, out: BatchOutputs) -> PoolScores:
+        det, seg = resolve_det_seg(out.modalities, self.det, self.seg)
+        if det not in out.final or seg not in out.final:
+            raise ValueError(f"boxmask: outputs lack {det!r} or {seg!r}; have {sorted(out.final)}")
+        n_det = out.modalities[det].channels
+        if self.det_to_seg is not None and self.det_to_seg.numel() != n_det:
+            raise ValueError(f"boxmask: det_to_seg has {self.det_to_seg.numel()} entries, {det!r} has {n_det} classes")
+        return mtc_scores(out.final[seg], out.final[det], out.crops, self.det_to_seg, self.tau, self.min_score)
+
+    def select(self, pool: Mapping[str, Tensor], labelled: Mapping[str, Tensor], budget: int) -> Selection:
+        require(self.name, pool, ["score"], labelled)
+        return select_images(pool["score"].flatten().float(), labelled, budget)
