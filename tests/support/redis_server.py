@@ -67,7 +67,8 @@ class RedisServer:
             if proc.poll() is not None:
                 raise RedisStartError(f"redis-server exited with {proc.returncode}: {server.log_tail()}")
             try:
-                if client.ping():
+                # Check the answer comes from our process, not another server already on the port.
+                if client.ping() and int(client.info("server")["process_id"]) == proc.pid:
                     client.close()
                     return server
             except redis.exceptions.ConnectionError:
