@@ -143,3 +143,13 @@ def test_class_names_unknown_modality():
     s = parse_label_config(_cfg(BRUSH))
     with pytest.raises(ValueError, match="nope"):
         s.class_names("nope")
+
+
+def test_docs_sample_config_parses():
+    import re
+
+    doc = (Path(__file__).parents[2] / "docs" / "labeling.md").read_text(encoding="utf-8")
+    xml = re.search(r"```xml\n(.*?)```", doc, re.S).group(1)
+    s = parse_label_config(xml)
+    assert list(s.modalities) == ["semantic", "boxes", "parts", "depth", "normals"]
+    assert s.choices_tag == "mtal_labelled" and s.network == "detseg"
