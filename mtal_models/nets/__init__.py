@@ -8,6 +8,7 @@ from typing import Any
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
 from mtal_models.nets.config import CONFIGS, NetConfig, get_config
+from mtal_models.nets.detseg import DetSegNet
 from mtal_models.nets.padnet import PADNet
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
 
 NETWORKS: dict[str, type[MultiTaskNet]] = {
     "padnet": PADNet,
-    # "detseg": DetSegNet,  <- added by the det+seg network's author (mtal_models/nets/detseg.py)
+    "detseg": DetSegNet,
 }
 
 

@@ -26,8 +26,13 @@ ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((8,), (16,), (32,), (64,), (128,))
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with as many groups as divide ``channels`` (up to 32), so tiny widths work."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm with gcd(32, channels // 2) groups: 32 for standard widths, and always >= 2 channels
+    per group so that 1x1 maps (P6/P7 of small images) of a single image can be normalised."""
+    return nn.GroupNorm(_groups(channels), channels)
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(32, max(1, channels // 2))
 
 
 class _ChannelsOnly(nn.Module):
@@ -51,11 +56,11 @@ def build_fcos(
     """A torchvision FCOS used for its head, anchor generator, box coder and target matching
     (``FCOS.compute_loss``). Its GeneralizedRCNNTransform (resizing) is never used.
 
-    The head towers use GroupNorm with gcd(32, channels) groups so that narrow FPNs work.
+    The head towers use :func:`group_norm`'s group count so that narrow FPNs work.
     """
     anchors = AnchorGenerator(ANCHOR_SIZES, ((1.0,),) * len(ANCHOR_SIZES))
     head = FCOSHead(channels, 1, num_classes, num_convs=0)  # towers replaced below (GN(32) needs 32 | channels)
-    norm = partial(nn.GroupNorm, math.gcd(32, channels))
+    norm = partial(nn.GroupNorm, _groups(channels))
     head.classification_head = FCOSClassificationHead(channels, 1, num_classes, num_convs, norm_layer=norm)
     head.regression_head = FCOSRegressionHead(channels, 1, num_convs, norm_layer=norm)
     return FCOS(
