@@ -1,0 +1,202 @@
+"""Batched /predict pipeline with a fake network whose outputs are known by construction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from backend.convert import rle_to_mask
+from backend.labeling import parse_label_config
+from backend.predict import _as_rgb, latest_annotation, predict_tasks, task_score
+from mtal_models.modalities import ModalitySpec
+from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="seg" toName="image"><Label value="Straße"/><Label value="猫"/></BrushLabels>
+  <RectangleLabels name="boxes" toName="image"><Label value="car"/><Label value="Fußgänger"/></RectangleLabels>
+  <PolygonLabels name="poly" toName="image"><Label value="road"/></PolygonLabels>
+  <Choices name="mtal_labelled" toName="image" choice="multiple">
+    <Choice value="seg"/><Choice value="boxes"/><Choice value="poly"/>
+  </Choices>
+</View>"""
+
+
+class FakeNet(MultiTaskNet):
+    """Segmentation: class 1 on the left half, background on the right (confident); detection: one box
+    over the top-left quarter, class 1, score 0.9. Records every forward's batch size and ``given``."""
+
+    def __init__(self, modalities: Mapping[str, ModalitySpec]) -> None:
+        super().__init__(modalities)
+        self.calls: list[tuple[int, Labels | None]] = []
+
+    def forward(self, images: Tensor, given: Labels | None = None, committee: bool = False) -> MultiTaskOutput:
+        b, _, h, w = images.shape
+        self.calls.append((b, given))
+        final: dict[str, Tensor] = {}
+        for name, spec in self.modalities.items():
+            if spec.kind == "segmentation":
+                logits = torch.zeros(b, spec.channels, h, w)
+                logits[:, 1, :, : w // 2] = 20.0
+                logits[:, 0, :, w // 2 :] = 20.0
+                final[name] = logits
+            elif spec.kind == "detection":
+                rows = torch.zeros(b, 3, 6 + spec.channels)
+                rows[:, :, 5] = -1  # padding
+                rows[:, 0, :6] = torch.tensor([0.0, 0.0, w / 2, h / 2, 0.9, 1.0])
+                rows[:, 0, 6 + 1] = 1.0
+                final[name] = rows
+        return MultiTaskOutput(final=final)
+
+    def losses(self, out: MultiTaskOutput, labels: Labels, weights: Any = None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+class DictFetcher:
+    """url -> image array; unknown URLs raise like an unreachable host."""
+
+    def __init__(self, images: dict[str, np.ndarray]) -> None:
+        self.images = images
+
+    def fetch_image(self, url: str, task_id: Any = None) -> np.ndarray:
+        if url not in self.images:
+            raise ValueError(f"{url}: 404")
+        return self.images[url]
+
+    def fetch_array(self, url: str, task_id: Any = None) -> np.ndarray:
+        raise ValueError("no arrays here")
+
+
+@pytest.fixture
+def schema() -> Any:
+    return parse_label_config(CONFIG)
+
+
+def _images() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "/data/upload/odd.png": rng.integers(0, 255, (333, 517, 3), dtype=np.uint8),
+        "/data/upload/gray.png": rng.integers(0, 255, (40, 60), dtype=np.uint8),
+        "/data/upload/rgba.png": rng.integers(0, 255, (50, 30, 4), dtype=np.uint8),
+    }
+
+
+def test_one_batched_forward_and_known_results(schema: Any) -> None:
+    net = FakeNet(schema.modalities)
+    tasks = [{"id": i, "data": {"image": url}} for i, url in enumerate(_images())]
+    preds = predict_tasks(net, schema, tasks, DictFetcher(_images()), model_version="v1", image_size=64)
+    assert [c[0] for c in net.calls] == [3]  # one forward over the whole request
+    assert len(preds) == 3
+    sizes = [(333, 517), (40, 60), (50, 30)]
+    for pred, (h, w) in zip(preds, sizes, strict=True):
+        assert pred["model_version"] == "v1"
+        assert 0.99 <= pred["score"] <= 1.0  # confident fake -> entropy ~0 -> score ~1 (label last)
+        by_tag = {}
+        for r in pred["result"]:
+            by_tag.setdefault(r["from_name"], []).append(r)
+        (brush,) = by_tag["seg"]
+        assert brush["value"]["brushlabels"] == ["Straße"]
+        assert (brush["original_height"], brush["original_width"]) == (h, w)
+        mask = rle_to_mask(brush["value"]["rle"], h, w) > 0
+        assert mask[:, : w // 2 - 1].all() and not mask[:, w // 2 + 1 :].any()
+        (rect,) = by_tag["boxes"]
+        assert rect["value"]["rectanglelabels"] == ["Fußgänger"]
+        for key in ("x", "y", "width", "height"):
+            assert rect["value"][key] == pytest.approx({"x": 0, "y": 0}.get(key, 50.0), abs=1e-3)
+        (choices,) = by_tag["mtal_labelled"]
+        assert choices["value"]["choices"] == ["seg", "boxes", "poly"]
+
+
+def test_broken_image_gets_empty_prediction_others_go_on(schema: Any, caplog: pytest.LogCaptureFixture) -> None:
+    net = FakeNet(schema.modalities)
+    urls = ["/data/upload/odd.png", "/data/upload/missing.png", "/data/upload/gray.png"]
+    tasks = [{"id": i, "data": {"image": u}} for i, u in enumerate(urls)]
+    tasks.append({"id": 9, "data": {"other": 1}})  # no image key
+    preds = predict_tasks(net, schema, tasks, DictFetcher(_images()), model_version="v1", image_size=64)
+    assert [bool(p["result"]) for p in preds] == [True, False, True, False]
+    assert preds[1] == {"result": [], "model_version": "v1"}
+    assert net.calls[0][0] == 2
+    assert "missing.png" in caplog.text and "task 9" in caplog.text
+
+
+def test_gt_substitution_for_partial_annotation(schema: Any) -> None:
+    net = FakeNet(schema.modalities)
+    box = {"x": 10, "y": 10, "width": 20, "height": 20, "rectanglelabels": ["car"]}
+    old = {"id": 1, "updated_at": "2024-01-01", "result": []}
+    new = {
+        "id": 2,
+        "updated_at": "2024-02-01",
+        "result": [
+            {"from_name": "boxes", "to_name": "image", "type": "rectanglelabels", "value": box},
+            {"from_name": "mtal_labelled", "to_name": "image", "type": "choices", "value": {"choices": ["boxes"]}},
+        ],
+    }
+    cancelled = {"id": 3, "updated_at": "2025-01-01", "was_cancelled": True, "result": []}
+    tasks = [
+        {"id": 1, "data": {"image": "/data/upload/odd.png"}, "annotations": [old, new, cancelled]},
+        {"id": 2, "data": {"image": "/data/upload/gray.png"}},
+    ]
+    preds = predict_tasks(net, schema, tasks, DictFetcher(_images()), model_version="v1", image_size=64)
+    given = net.calls[0][1]
+    assert given is not None
+    assert given.present["boxes"].tolist() == [True, False]
+    assert not given.present["seg"].any()
+    gt = given.values["boxes"][0]["boxes"]  # 20% of 64 px at (10%, 10%)
+    assert torch.allclose(gt, torch.tensor([[6.4, 6.4, 19.2, 19.2]]), atol=1e-3)
+    tags0 = {r["from_name"] for r in preds[0]["result"]}
+    assert "boxes" not in tags0 and "seg" in tags0  # labelled modality not predicted again
+    choices0 = next(r for r in preds[0]["result"] if r["from_name"] == "mtal_labelled")
+    assert choices0["value"]["choices"] == ["seg", "poly"]
+    assert "boxes" in {r["from_name"] for r in preds[1]["result"]}
+
+
+def test_stored_ranking_wins_only_for_current_version(schema: Any) -> None:
+    tasks = [{"id": 7, "data": {"image": "/data/upload/odd.png"}}]
+    ranking = {"model_version": "v2", "tasks": {"7": {"score": 0.125, "requested": ["poly"]}}}
+    fetch = DictFetcher(_images())
+    p = predict_tasks(FakeNet(schema.modalities), schema, tasks, fetch, model_version="v2", ranking=ranking)[0]
+    assert p["score"] == 0.125
+    assert next(r for r in p["result"] if r["from_name"] == "mtal_labelled")["value"]["choices"] == ["poly"]
+    stale = predict_tasks(FakeNet(schema.modalities), schema, tasks, fetch, model_version="v3", ranking=ranking)[0]
+    assert stale["score"] > 0.99
+
+
+def test_chunking_keeps_order(schema: Any) -> None:
+    net = FakeNet(schema.modalities)
+    images = {f"/u/{i}.png": np.full((20 + i, 30, 3), i, np.uint8) for i in range(5)}
+    tasks = [{"id": i, "data": {"image": f"/u/{i}.png"}} for i in range(5)]
+    preds = predict_tasks(net, schema, tasks, DictFetcher(images), model_version="v", image_size=32, batch_size=2)
+    assert [c[0] for c in net.calls] == [2, 2, 1]
+    assert [p["result"][0]["original_height"] for p in preds] == [20, 21, 22, 23, 24]
+
+
+def test_task_score_bounds() -> None:
+    mods = {"s": ModalitySpec("s", "segmentation", 4), "b": ModalitySpec("b", "binary", 1)}
+    uniform = {"s": torch.full((4, 8, 8), 0.25)}
+    onehot = {"s": torch.nn.functional.one_hot(torch.zeros(8, 8, dtype=torch.long), 4).permute(2, 0, 1).float()}
+    assert task_score(uniform, mods) == pytest.approx(0.0, abs=1e-6)
+    assert task_score(onehot, mods) == pytest.approx(1.0, abs=1e-6)
+    half = {"b": torch.full((1, 8, 8), 0.5)}
+    assert task_score(half, mods) == pytest.approx(0.0, abs=1e-6)
+    p = torch.tensor([0.7, 0.1, 0.1, 0.1])[:, None, None].expand(4, 2, 2)
+    h = -(p[:, 0, 0] * p[:, 0, 0].log()).sum().item()
+    assert task_score({"s": p}, mods) == pytest.approx(1 - h / math.log(4), abs=1e-5)
+
+
+def test_latest_annotation_and_rgb() -> None:
+    task = {"annotations": [{"id": 5, "result": []}, {"id": 9, "result": [], "was_cancelled": True}, "junk"]}
+    assert latest_annotation(task)["id"] == 5
+    assert latest_annotation({"annotations": None}) is None
+    assert _as_rgb(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+    assert _as_rgb(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        _as_rgb(np.zeros((4, 5, 3), np.float32))

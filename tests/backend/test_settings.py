@@ -1,0 +1,68 @@
+"""Settings from the environment: defaults, parsing, errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.port == 9090 and s.model_dir == Path("models") and s.redis_url is None
+    assert s.device == "auto" and s.net_config == "small" and s.strategy == "mtal" and s.image_size == 256
+    assert not s.auth_enabled and s.allow_hosts == () and s.dense_fields == {}
+    assert s.torch_device() in ("cpu", "cuda")
+
+
+def test_parsing(tmp_path: Path) -> None:
+    ckpt = tmp_path / "init.pt"
+    ckpt.write_bytes(b"x")
+    s = Settings.from_env(
+        {
+            "LABEL_STUDIO_URL": "http://ls:8080/",
+            "LABEL_STUDIO_API_KEY": "tok",
+            "MODEL_DIR": str(tmp_path),
+            "REDIS_URL": "redis://r:6379/0",
+            "PORT": "9191",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "p",
+            "MTAL_DEVICE": "CPU",
+            "MTAL_NET_CONFIG": "tiny",
+            "MTAL_TRAIN_THRESHOLD": "10",
+            "MTAL_IMAGE_SIZE": "320",
+            "MTAL_ALLOW_HOSTS": "a.example.com, *.b.org ,",
+            "MTAL_DENSE_FIELDS": "depth=depth_map, normals",
+            "MTAL_INITIAL_CHECKPOINT": str(ckpt),
+            "LOG_LEVEL": "debug",
+            "PORT_UNUSED": "x",
+        }
+    )
+    assert s.label_studio_url == "http://ls:8080" and s.label_studio_api_key == "tok"
+    assert s.port == 9191 and s.auth_enabled and s.device == "cpu" and s.torch_device() == "cpu"
+    assert s.allow_hosts == ("a.example.com", "*.b.org")
+    assert s.dense_fields == {"depth": "depth_map", "normals": "normals"}
+    assert s.initial_checkpoint == ckpt and s.log_level == "DEBUG" and s.train_threshold == 10
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PORT": "abc"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"MTAL_DEVICE": "tpu"}, "MTAL_DEVICE"),
+        ({"MTAL_IMAGE_SIZE": "100"}, "MTAL_IMAGE_SIZE"),
+        ({"MTAL_NET_CONFIG": "huge"}, "MTAL_NET_CONFIG"),
+        ({"MTAL_TRAIN_THRESHOLD": "-1"}, "MTAL_TRAIN_THRESHOLD"),
+        ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_USER"),
+        ({"LABEL_STUDIO_URL": "ls:8080"}, "LABEL_STUDIO_URL"),
+        ({"MTAL_DENSE_FIELDS": "depth=,x"}, "MTAL_DENSE_FIELDS"),
+        ({"MTAL_INITIAL_CHECKPOINT": "/nonexistent/x.pt"}, "MTAL_INITIAL_CHECKPOINT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(env)
