@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 9090
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv run test lint bench demo clean
+.PHONY: venv run test lint bench demo clean services ls-venv redis
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,17 @@ venv: $(BIN)/.installed
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv lint
+# Real services for the integration and end-to-end suites: redis-server (Debian package) and
+# Label Studio 1.23.2 in its own cached virtualenv (~/.cache/mtal/ls-venv; its pins conflict with ours).
+ls-venv:
+	scripts/ls_venv.sh >/dev/null
+
+redis:
+	scripts/ensure_redis.sh
+
+services: ls-venv redis
+
+test: venv lint services
 	$(BIN)/python -m pytest
 
 bench: venv
