@@ -199,26 +199,31 @@ class DetSegNet(MultiTaskNet):
         return {"boxes": boxes, "labels": cls.long()}
 
     @contextmanager
-    def _dropout_on(self) -> Iterator[None]:
-        """Switch only the dense heads' dropout layers to train mode (norm layers untouched)."""
-        drops = [m for m in self.dense_heads.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-        modes = [m.training for m in drops]
+    def _inference(self, dropout: bool) -> Iterator[None]:
+        """Eval mode (BatchNorm running stats, nothing updated), with the dense heads' dropout layers
+        switched on when ``dropout``; every module's previous mode is restored afterwards."""
+        modes = {m: m.training for m in self.modules()}
         try:
-            for m in drops:
-                m.train(True)
+            self.eval()
+            if dropout:
+                for m in self.dense_heads.modules():
+                    if isinstance(m, nn.modules.dropout._DropoutNd):
+                        m.train(True)
             yield
         finally:
-            for m, mode in zip(drops, modes, strict=True):
-                m.train(mode)
+            for m, mode in modes.items():
+                m.training = mode
 
     def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
         """Backbone + FPN + fusion once, each dense head ``n`` times with dropout on ->
-        {dense modality: raw outputs [B, n, C, H, W]}. Detection has no MC samples. No grad."""
+        {dense modality: outputs [B, n, C, H, W]} as in ``final`` (logits; unit normals). Runs in eval
+        mode apart from the heads' dropout, whatever the current mode; no grad. Detection has no MC
+        samples (use the MTC consistency scores)."""
         if n < 1:
             raise ValueError(f"mc_samples: n must be >= 1, got {n}")
         self._check_images(images)
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        with torch.no_grad(), self._dropout_on():
+        with torch.no_grad(), self._inference(dropout=True):
             fused = self.fusion(self._pyramid(images)[1])
             return {
                 name: torch.stack([head(fused, size)[0] for _ in range(n)], dim=1)
@@ -235,8 +240,8 @@ class DetSegNet(MultiTaskNet):
 
         images [B, 3, H, W] in [0, 1]; boxes: B tensors [N_i, 4] xyxy pixels -> B tensors
         [N_i, C, size, size] of probabilities (``modality``: which segmentation modality; default the
-        first). The crop covers the box only; resize to the box size to paste it back. Current mode
-        (call ``eval()`` first for deterministic masks).
+        first). The crop covers the box only; resize to the box size to paste it back. Runs in eval
+        mode (deterministic) whatever the current mode; no grad.
         """
         seg = [n for n in self.dense_names if self.modalities[n].kind == "segmentation"]
         name = modality if modality is not None else (seg[0] if seg else None)
@@ -257,7 +262,8 @@ class DetSegNet(MultiTaskNet):
             return [images.new_zeros(0, channels, size, size) for _ in boxes]
         crops = roi_align(images, boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
         probs = []
-        for part in crops.split(chunk):
-            fused = self.fusion(self._pyramid(part)[1])
-            probs.append(self.dense_heads[name](fused, (size, size))[0].softmax(dim=1))
+        with self._inference(dropout=False):
+            for part in crops.split(chunk):
+                fused = self.fusion(self._pyramid(part)[1])
+                probs.append(self.dense_heads[name](fused, (size, size))[0].softmax(dim=1))
         return list(torch.cat(probs).split(counts))
