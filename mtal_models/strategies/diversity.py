@@ -143,6 +143,6 @@ def train_autoencoder(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append(total / x.shape[0])
     return model.eval(), history

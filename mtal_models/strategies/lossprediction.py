@@ -1,11 +1,10 @@
 """LL4AL (Yoo & Kweon, "Learning Loss for Active Learning"): a loss-prediction module trained with the
 network through a pairwise margin ranking loss, and the hook that plugs it into training.
 
-How it plugs in: the trainer's ``fit`` accepts ``extra_loss(out, batch) -> scalar tensor`` added to the
-multi-task loss. Build it with :func:`make_ll4al_extra_loss` and give the module's parameters to the
-optimiser (``fit`` must optimise ``module.parameters()`` too, e.g. by passing ``extra_modules=[module]``
-or by attaching the module to the network before building the optimiser). At selection time the
-``ll4al`` strategy runs the same module on the pool's pooled features.
+How it plugs in: ``mtal_models.training.fit(..., extra_loss=hook)`` adds ``hook(out, batch)`` to each
+step's loss and, because the hook returned by :func:`make_ll4al_extra_loss` is an ``nn.Module``,
+optimises its parameters (the loss-prediction module) together with the network's. At selection time
+pass the same module to the ``ll4al`` strategy: ``get_strategy("ll4al", module=hook.module)``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ from mtal_models.data.sample import Batch
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import MultiTaskOutput
 
-__all__ = ["LossPredictionModule", "make_ll4al_extra_loss", "margin_ranking_loss", "multitask_sample_losses"]
+__all__ = [
+    "LL4ALExtraLoss",
+    "LossPredictionModule", "make_ll4al_extra_loss", "margin_ranking_loss", "multitask_sample_losses"]
 
 Features = Tensor | Sequence[Tensor]
 
@@ -92,6 +93,38 @@ def multitask_sample_losses(modalities: Mapping[str, ModalitySpec]) -> Callable[
     return losses
 
 
+class LL4ALExtraLoss(nn.Module):
+    """The trainer hook ``extra_loss(out, batch) -> scalar`` as an ``nn.Module`` holding the
+    :class:`LossPredictionModule`, so ``fit`` optimises the module's parameters with the network's:
+    weight · margin ranking loss between ``module(out.pooled)`` and the true per-sample losses, over the
+    samples with at least one label."""
+
+    def __init__(
+        self,
+        module: LossPredictionModule,
+        sample_losses: Callable[[MultiTaskOutput, Batch], Tensor],
+        weight: float = 1.0,
+        margin: float = 1.0,
+        detach_features: bool = True,
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.sample_losses = sample_losses
+        self.weight, self.margin, self.detach_features = weight, margin, detach_features
+
+    def forward(self, out: MultiTaskOutput, batch: Batch) -> Tensor:
+        if out.pooled is None:
+            raise ValueError("ll4al: the network output has no pooled features (out.pooled is None)")
+        feats = out.pooled.detach() if self.detach_features else out.pooled
+        predicted = self.module(feats)
+        true = self.sample_losses(out, batch)
+        labelled = torch.zeros(true.shape[0], dtype=torch.bool, device=true.device)
+        for name, present in batch.labels.present.items():
+            if name in batch.labels.values:
+                labelled |= present.to(true.device).bool()
+        return self.weight * margin_ranking_loss(predicted[labelled], true[labelled], self.margin)
+
+
 def make_ll4al_extra_loss(
     module: LossPredictionModule,
     modalities: Mapping[str, ModalitySpec] | None = None,
@@ -99,26 +132,12 @@ def make_ll4al_extra_loss(
     weight: float = 1.0,
     margin: float = 1.0,
     detach_features: bool = True,
-) -> Callable[[MultiTaskOutput, Batch], Tensor]:
-    """The trainer hook ``extra_loss(out, batch) -> scalar``: weight · margin ranking loss between
-    ``module(out.pooled)`` and the true per-sample losses (``sample_losses``, default
-    :func:`multitask_sample_losses` of ``modalities``). Only samples with a label count.
-    ``detach_features`` stops the ranking loss from reaching the backbone (LL4AL detaches late in training)."""
+) -> LL4ALExtraLoss:
+    """Build the ``extra_loss`` for ``fit``. True losses come from ``sample_losses`` or, by default,
+    :func:`multitask_sample_losses` of ``modalities``. ``detach_features`` stops the ranking loss from
+    reaching the backbone (LL4AL detaches late in training; detaching throughout is the safe default)."""
     if sample_losses is None:
         if modalities is None:
             raise ValueError("ll4al: give the modalities (or a sample_losses function) to compute true losses")
         sample_losses = multitask_sample_losses(modalities)
-
-    def extra_loss(out: MultiTaskOutput, batch: Batch) -> Tensor:
-        if out.pooled is None:
-            raise ValueError("ll4al: the network output has no pooled features (out.pooled is None)")
-        feats = out.pooled.detach() if detach_features else out.pooled
-        predicted = module(feats)
-        true = sample_losses(out, batch)
-        labelled = torch.zeros(true.shape[0], dtype=torch.bool, device=true.device)
-        for name, present in batch.labels.present.items():
-            if name in batch.labels.values:
-                labelled |= present.to(true.device).bool()
-        return weight * margin_ranking_loss(predicted[labelled], true[labelled], margin)
-
-    return extra_loss
+    return LL4ALExtraLoss(module, sample_losses, weight, margin, detach_features)

@@ -58,6 +58,12 @@ class Selection:
         """Number of (image, modality) labels requested."""
         return len(self.pairs)
 
+    def sample_weights(self, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``weights`` as sample id -> {modality: weight} (the trainer's ``sample_weights`` format)."""
+        if self.weights and any(len(ids) != w.shape[0] for w in self.weights.values()):
+            raise ValueError(f"sample_weights: {len(ids)} ids for a pool of {self.scores.shape[0]} images")
+        return {i: {m: float(w[n]) for m, w in self.weights.items()} for n, i in enumerate(ids)} if self.weights else {}
+
     def by_image(self) -> dict[int, list[str]]:
         """image index -> modalities requested for it (priority order of images kept)."""
         out: dict[int, list[str]] = {}
