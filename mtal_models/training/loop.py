@@ -9,6 +9,7 @@ See docs/training.md for the options and the GT-substitution rule.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -272,7 +273,9 @@ def fit(
     loader = _as_loader(train, model, config, True, generator)
     val_loader = None if val is None else _as_loader(val, model, replace(config, num_workers=0), False, generator)
     mtpsl = None
-    if config.mtpsl_weight > 0:
+    if config.mtpsl_weight > 0 and sum(s.dense for s in model.modalities.values()) < 2:
+        warnings.warn("mtpsl_weight > 0 but fewer than 2 dense modalities: MTPSL has no pairs, off", stacklevel=2)
+    elif config.mtpsl_weight > 0:
         mtpsl = MTPSLMapper(model.modalities, _probe_feature_dim(model, loader)).to(device)
         if start is not None and "mtpsl_state" in start.extra:
             mtpsl.load_state_dict(start.extra["mtpsl_state"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mtal_models.data.sample import collate
@@ -65,3 +66,13 @@ def test_fit_uses_term_only_when_weighted() -> None:
     fit(plain_net, samples, cfg, progress=lambda e, s, v: without.append(v))
     assert on.mtpsl is not None and with_term[0] > without[0]
     assert not torch.equal(on_net.heads["depth"].weight, plain_net.heads["depth"].weight)
+
+
+def test_single_dense_modality_warns_and_stays_off() -> None:
+    mods = {"sem": MODALITIES["sem"]}
+    samples = make_samples(2)
+    with pytest.warns(UserWarning, match="MTPSL"):
+        result = fit(TinyNet(mods), samples, TrainConfig(epochs=1, device="cpu", mtpsl_weight=1.0))
+    assert result.mtpsl is None
+    with pytest.raises(ValueError, match="dense"):
+        MTPSLMapper(mods, embed_dim=8)
