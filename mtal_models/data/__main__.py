@@ -49,7 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cell", type=int, default=128, help="cell size in the grid (px)")
     _add_synth_args(p, 8)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as e:  # DataError included: the message names the file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "synth-nyud":
         ds = _synth(args)
         write_nyud((ds[i] for i in range(len(ds))), args.out, ds.modalities, args.split)
