@@ -169,3 +169,19 @@ def test_partal_options_train(net: str, key: str) -> None:
     cfg = TrainConfig(epochs=1, batch_size=2, device="cpu", substitution_prob=0.5, committee=True, mtpsl_weight=mtpsl)
     result = fit(model, samples, cfg)
     assert all(math.isfinite(v) for v in result.step_losses)
+
+
+def test_substitution_trains_padnet_label_encoders() -> None:
+    if "padnet" not in NETWORKS:
+        pytest.skip("PAD-Net not registered")
+    mods = MODALITY_SETS["seg_depth_normals"]
+    samples = _samples(mods, 2)
+
+    def encoder_change(prob: float) -> float:
+        model = _build("padnet", mods)
+        before = {k: v.clone() for k, v in model.label_encoders.state_dict().items()}
+        fit(model, samples, TrainConfig(epochs=1, batch_size=2, device="cpu", substitution_prob=prob))
+        return sum(float((v - before[k]).abs().sum()) for k, v in model.label_encoders.state_dict().items())
+
+    assert encoder_change(0.0) == 0.0  # never given: the encoders get no gradient
+    assert encoder_change(1.0) > 0.0

@@ -146,3 +146,15 @@ def test_bad_config_names_field() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="bogus"):
         TrainConfig.from_dict({"bogus": 1})
+
+
+@pytest.mark.gpu
+def test_amp_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cfg = TrainConfig(epochs=2, batch_size=4, device="cuda")
+    assert cfg.use_amp(torch.device("cuda")) and not cfg.use_amp(torch.device("cpu"))
+    model = _net()
+    result = fit(model, make_samples(4), cfg)
+    assert all(math.isfinite(v) for v in result.step_losses)
+    assert next(model.parameters()).is_cuda
