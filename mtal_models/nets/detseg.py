@@ -158,7 +158,7 @@ class DetSegNet(MultiTaskNet):
         where ``present`` is False (those targets are never read). targets: B dicts {"boxes" [N, 4]
         xyxy pixels, "labels" int64 [N] in [0, C)}."""
         head_outputs, anchors = out.extras["head_outputs"], out.extras["anchors"]
-        terms = head_outputs["cls_logits"].new_zeros(len(anchors), 3)
+        terms = head_outputs["cls_logits"].new_zeros(len(anchors), 3, dtype=torch.float32)  # fp32 under AMP
         idx = present.nonzero(as_tuple=True)[0].tolist()
         if idx and len(targets) != len(anchors):
             raise ValueError(f"modality {self.det_name!r}: {len(targets)} targets for a batch of {len(anchors)}")
