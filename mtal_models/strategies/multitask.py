@@ -47,6 +47,7 @@ class MTAL(Strategy):
         mode: Mode = "combined",
         code_dim: int = 512,
         ae_epochs: int = 20,
+        ae_hidden: int = 1024,
         seed: int = 0,
         grid: int = 1,
         chunk: int = 4096,
@@ -55,7 +56,8 @@ class MTAL(Strategy):
             raise ValueError(f"mtal: mode must be combined, inconsistency or diversity, got {mode!r}")
         self.mode = mode
         self.name = {"combined": "mtal", "inconsistency": "mtal_inconsistency", "diversity": "mtal_diversity"}[mode]
-        self.code_dim, self.ae_epochs, self.seed, self.grid, self.chunk = code_dim, ae_epochs, seed, grid, chunk
+        self.code_dim, self.ae_epochs, self.ae_hidden = code_dim, ae_epochs, ae_hidden
+        self.seed, self.grid, self.chunk = seed, grid, chunk
         self.autoencoder: AutoEncoder | None = None
         self.ae_history: list[float] = []
         uses_div = mode != "inconsistency"
@@ -80,7 +82,7 @@ class MTAL(Strategy):
     def fit_autoencoder(self, features: Tensor) -> AutoEncoder:
         """Train the diversity auto-encoder on features [N, F] (called by ``select`` each round)."""
         self.autoencoder, self.ae_history = train_autoencoder(
-            features, epochs=self.ae_epochs, seed=self.seed, code_dim=self.code_dim
+            features, epochs=self.ae_epochs, seed=self.seed, code_dim=self.code_dim, hidden=self.ae_hidden
         )
         return self.autoencoder
 
