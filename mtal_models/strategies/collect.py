@@ -74,7 +74,8 @@ def _crops(model: MultiTaskNet, images: Tensor, final: dict[str, Tensor], needs:
     if source not in final:
         raise ValueError(f"detection modality {source!r} missing from the network output; have {sorted(final)}")
     boxes = [d["boxes"] for d in unpack_detections(final[source])]
-    crops = list(segment(images, boxes, needs.crop_size))
+    # segment_crops gives probabilities; strategies take logits, and log-probabilities are logits.
+    crops = [c.clamp_min(1e-8).log() for c in segment(images, boxes, needs.crop_size)]
     if len(crops) != len(boxes) or any(c.shape[0] != b.shape[0] for c, b in zip(crops, boxes, strict=True)):
         raise ValueError("segment_crops must return one [N_i, C, size, size] tensor per image, one row per box")
     return crops

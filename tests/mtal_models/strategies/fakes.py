@@ -69,12 +69,13 @@ class FakeNet(MultiTaskNet):
         return {k: torch.stack([p[k] for p in passes], dim=1) for k in passes[0]}
 
     def segment_crops(self, images: Tensor, boxes: list[Tensor], size: int) -> list[Tensor]:
+        """Probabilities [N_i, C, size, size], like DetSegNet.segment_crops."""
         out = []
         for img, bx in zip(images, boxes, strict=True):
             crops = []
             for x1, y1, x2, y2 in bx.round().long().tolist():
                 crop = img[:, y1:y2, x1:x2][None]
                 crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
-                crops.append(self.heads["semantic"](self._features(crop))[0])
+                crops.append(self.heads["semantic"](self._features(crop))[0].softmax(0))
             out.append(torch.stack(crops) if crops else torch.zeros(0, 3, size, size))
         return out
