@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mtal_models.modalities import ModalitySpec
 
-__all__ = ["LabelEncoder", "MultiModalDistillation", "TaskHead", "format_prediction", "label_to_map"]
+__all__ = ["LabelEncoder", "MultiModalDistillation", "TaskHead", "format_predictions", "label_to_map"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -45,45 +45,51 @@ class TaskHead(nn.Module):
 class MultiModalDistillation(nn.Module):
     """Attention-gated message passing between task features (PAD-Net's distillation).
 
-    For every ordered pair (t <- a), SA_{t<-a}(F_a) = conv_m(F_a) * sigmoid(conv_g(F_a)). All pairs are
-    computed by one grouped convolution (group = pair), which is much faster on CPU than 2K(K-1)
-    separate small convolutions. ``messages`` gives every pair's message; ``forward`` gives
-    F'_t = F_t + sum_{a != t} SA_{t<-a}(F_a). The same class serves PAD-Net's distillation and the
-    MTAL-WACV pairwise committee (which uses single messages).
+    For every ordered pair (t <- a), SA_{t<-a}(F_a) = conv_m(F_a) * sigmoid(conv_g(F_a)). One grouped
+    convolution (one group per source a, producing the message and gate maps for all K-1 targets)
+    computes every pair at once, which is much faster on CPU than 2K(K-1) small convolutions.
+    ``messages`` gives every pair's message; ``forward`` gives F'_t = F_t + sum_{a != t} SA_{t<-a}(F_a).
+    The same class serves PAD-Net's distillation and the MTAL-WACV pairwise committee.
+    ``kernel_size`` 1 (default) keeps MC-dropout cheap; spatial context comes from the 3x3 heads.
     """
 
-    def __init__(self, names: Sequence[str], channels: int, kernel_size: int = 3) -> None:
+    def __init__(self, names: Sequence[str], channels: int, kernel_size: int = 1) -> None:
         super().__init__()
         self.names = list(names)
         self.channels = channels
-        self.pairs = [(t, a) for t in self.names for a in self.names if a != t]
-        n = len(self.pairs)
+        k = len(self.names)
+        # pair order: source-major, i.e. the group of source a holds its messages to every t != a
+        self.pairs = [(t, a) for a in self.names for t in self.names if t != a]
         self.conv = (
-            nn.Conv2d(n * channels, n * 2 * channels, kernel_size, padding=kernel_size // 2, groups=n)
-            if n
+            nn.Conv2d(k * channels, k * (k - 1) * 2 * channels, kernel_size, padding=kernel_size // 2, groups=k)
+            if k > 1
             else None
         )
+
+    def _all_messages(self, feats: dict[str, Tensor]) -> Tensor:
+        """Messages of every pair, [B, P, C, h, w] in ``self.pairs`` order."""
+        assert self.conv is not None
+        x = torch.cat([feats[a] for a in self.names], dim=1)
+        b, _, h, w = x.shape
+        y = self.conv(x).view(b, len(self.pairs), 2, self.channels, h, w)
+        return y[:, :, 0] * torch.sigmoid(y[:, :, 1])
 
     def messages(self, feats: dict[str, Tensor]) -> dict[tuple[str, str], Tensor]:
         """{(t, a): SA_{t<-a}(F_a) [B, C, h, w]} for every ordered pair; feats: name -> [B, C, h, w]."""
         if self.conv is None:
             return {}
-        x = torch.cat([feats[a] for _, a in self.pairs], dim=1)
-        b, _, h, w = x.shape
-        y = self.conv(x).view(b, len(self.pairs), 2, self.channels, h, w)
-        msg = y[:, :, 0] * torch.sigmoid(y[:, :, 1])  # [B, P, C, h, w]
+        msg = self._all_messages(feats)
         return {pair: msg[:, i] for i, pair in enumerate(self.pairs)}
 
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """feats: name -> F_t [B, C, h, w] -> name -> F'_t [B, C, h, w]."""
         if self.conv is None:
             return dict(feats)
-        x = torch.cat([feats[a] for _, a in self.pairs], dim=1)
-        b, _, h, w = x.shape
-        k = len(self.names)
-        y = self.conv(x).view(b, k, k - 1, 2, self.channels, h, w)
-        summed = (y[:, :, :, 0] * torch.sigmoid(y[:, :, :, 1])).sum(dim=2)  # [B, K, C, h, w]
-        return {t: feats[t] + summed[:, i] for i, t in enumerate(self.names)}
+        msg = self._all_messages(feats)
+        out = dict(feats)
+        for i, (t, _) in enumerate(self.pairs):
+            out[t] = out[t] + msg[:, i]
+        return out
 
 
 def label_to_map(spec: ModalitySpec, target: Tensor, size: Sequence[int]) -> Tensor:
@@ -143,17 +149,27 @@ class LabelEncoder(nn.Module):
         return self.net(label_map)
 
 
-def format_prediction(spec: ModalitySpec, raw: Tensor, size: Sequence[int]) -> Tensor:
-    """Raw head output [B, C, h, w] -> prediction [B, C, H, W] at ``size`` in ``spec``'s format.
+def format_predictions(
+    specs: Mapping[str, ModalitySpec], raw: Mapping[str, Tensor], size: Sequence[int]
+) -> dict[str, Tensor]:
+    """Raw head outputs name -> [B, C, h, w] -> name -> [B, C, H, W] at ``size``, in each spec's format.
 
-    Bilinear upsampling, then: logits as they are (segmentation, binary), softplus for depth (metres,
-    always > 0), L2 normalisation along channels for normals (unit vectors).
+    One bilinear upsampling for all modalities (concatenated), then: logits as they are (segmentation,
+    binary), softplus for depth (metres, always > 0), L2 normalisation along channels for normals.
     """
-    out = raw
-    if tuple(raw.shape[-2:]) != tuple(size):
-        out = F.interpolate(raw, size=tuple(size), mode="bilinear", align_corners=False)
-    if spec.kind == "depth":
-        return F.softplus(out)
-    if spec.kind == "normals":
-        return F.normalize(out, dim=1, eps=1e-6)
+    if not raw:
+        return {}
+    names = list(raw)
+    x = torch.cat([raw[n] for n in names], dim=1) if len(names) > 1 else raw[names[0]]
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    parts = torch.split(x, [raw[n].shape[1] for n in names], dim=1)
+    out: dict[str, Tensor] = {}
+    for name, part in zip(names, parts, strict=True):
+        kind = specs[name].kind
+        if kind == "depth":
+            part = F.softplus(part)
+        elif kind == "normals":  # cheaper than F.normalize on large maps
+            part = part * torch.rsqrt(part.square().sum(dim=1, keepdim=True).clamp_min(1e-12))
+        out[name] = part
     return out

@@ -11,7 +11,7 @@ Data flow (h, w = input / 8)::
 
 Design choices:
 
-- Heads are light (one 3x3 conv block + Dropout2d + 1x1 prediction; SA gates are 3x3 grouped convs) so
+- Heads are light (one 3x3 conv block + Dropout2d + 1x1 prediction; SA convs are 1x1, grouped) so
   that MC-dropout, which repeats only the heads, costs little next to the trunk.
 - Depth goes through softplus (metres, always > 0, matches the "<= 0 = invalid" label convention);
   normals are L2-normalised; segmentation/binary stay logits. Initial, final and refined outputs share
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.backbone import MultiScaleFusion, build_backbone, check_images
 from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
-from mtal_models.nets.blocks import LabelEncoder, MultiModalDistillation, TaskHead, format_prediction, label_to_map
+from mtal_models.nets.blocks import LabelEncoder, MultiModalDistillation, TaskHead, format_predictions, label_to_map
 from mtal_models.nets.config import NetConfig, get_config
 from mtal_models.nets.losses import masked_mean
 
@@ -114,30 +114,37 @@ class PADNet(MultiTaskNet):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, dict[str, Tensor]], Tensor]:
         """Heads on fused features [N, C, h, w] (N = B, or B * n with the encodings repeated).
 
-        Returns (initial, final, refined, head_features [N, K*C, h, w])."""
+        Returns (initial, final, refined, head_features [N, K*C, h, w]; empty channels when ``mc``)."""
         feats: dict[str, Tensor] = {}
-        initial_out: dict[str, Tensor] = {}
-        for name, spec in self.modalities.items():
+        initial_raw: dict[str, Tensor] = {}
+        for name in self.modalities:
             f, raw = self.initial_heads[name](fused, mc=mc)
             if initial:
-                initial_out[name] = format_prediction(spec, raw, size)
+                initial_raw[name] = raw
             if name in encoded:
                 mask, enc = encoded[name]
                 f = torch.where(mask.repeat(repeat).view(-1, 1, 1, 1), enc.repeat(repeat, 1, 1, 1), f)
             feats[name] = f
         distilled = self.distillation(feats)
-        final: dict[str, Tensor] = {}
+        final_raw: dict[str, Tensor] = {}
         head_feats = []
-        for name, spec in self.modalities.items():
-            g, raw = self.final_heads[name](distilled[name], mc=mc)
-            head_feats.append(g)
-            final[name] = format_prediction(spec, raw, size)
+        for name in self.modalities:
+            g, final_raw[name] = self.final_heads[name](distilled[name], mc=mc)
+            if not mc:
+                head_feats.append(g)
         refined: dict[str, dict[str, Tensor]] = {}
         if committee:
+            refined_raw: dict[str, dict[str, Tensor]] = {}
             for (k, j), msg in self.committee_blocks.messages(feats).items():
-                _, raw = self.final_heads[k](feats[k] + msg, mc=mc)
-                refined.setdefault(k, {})[j] = format_prediction(self.modalities[k], raw, size)
-        return initial_out, final, refined, torch.cat(head_feats, dim=1)
+                refined_raw.setdefault(k, {})[j] = self.final_heads[k](feats[k] + msg, mc=mc)[1]
+            for k, by_j in refined_raw.items():
+                refined[k] = format_predictions({j: self.modalities[k] for j in by_j}, by_j, size)
+        return (
+            format_predictions(self.modalities, initial_raw, size),
+            format_predictions(self.modalities, final_raw, size),
+            refined,
+            torch.cat(head_feats, dim=1) if head_feats else fused[:, :0],
+        )
 
     # ---- the contract ---------------------------------------------------------------------------
     def forward(self, images: Tensor, given: Labels | None = None, committee: bool = False) -> MultiTaskOutput:
