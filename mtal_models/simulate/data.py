@@ -1,0 +1,75 @@
+"""The simulator's data: a pool with oracle labels and a fixed held-out set, held in memory.
+
+Synthetic scenes are rendered once at ``image_size`` (pool from ``data_seed``, held-out set from
+``data_seed + 1``); NYUD_MT / PASCAL_MT samples are read from disk and resized to ``image_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mtal_models.data import LabelPool, Sample, SceneConfig, SyntheticDataset, read_nyud, read_pascal, resize
+from mtal_models.modalities import ModalitySpec
+from mtal_models.simulate.config import SimConfig
+
+__all__ = ["SimData", "load_data"]
+
+
+@dataclass
+class SimData:
+    """pool: N samples with every oracle label; val: the held-out samples; modalities: name -> spec."""
+
+    pool: list[Sample]
+    val: list[Sample]
+    modalities: dict[str, ModalitySpec]
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.pool]
+
+
+def _subset(available: dict[str, ModalitySpec], wanted: tuple[str, ...], where: str) -> dict[str, ModalitySpec]:
+    if not wanted:
+        return dict(available)
+    missing = [m for m in wanted if m not in available]
+    if missing:
+        raise ValueError(f"SimConfig.modalities: {missing} not offered by {where}; available: {sorted(available)}")
+    return {m: available[m] for m in wanted}
+
+
+def _restrict(sample: Sample, names: list[str]) -> Sample:
+    """Keep only ``names`` (LabelPool with everything labelled does exactly this)."""
+    full = LabelPool(1, names)
+    full.label_images([0])
+    return full.apply(sample, 0)
+
+
+def load_data(config: SimConfig) -> SimData:
+    """Render or read the pool and the held-out set described by ``config``."""
+    size = config.image_size
+    if config.dataset == "synthetic":
+        scene = SceneConfig(height=size, width=size)
+        train = SyntheticDataset(config.n_images, scene, seed=config.data_seed)
+        val = SyntheticDataset(config.val_images, scene, seed=config.data_seed + 1)
+        mods = _subset(train.modalities, config.modalities, "the synthetic dataset")
+        names = list(mods)
+        return SimData(
+            [_restrict(train[i], names) for i in range(len(train))],
+            [_restrict(val[i], names) for i in range(len(val))],
+            mods,
+        )
+    reader = read_nyud if config.dataset == "nyud" else read_pascal
+    wanted = list(config.modalities) or None
+    train_ds = reader(config.path, config.train_split, wanted)
+    val_ds = reader(config.path, config.val_split, wanted)
+    mods = _subset(train_ds.modalities, config.modalities, f"{config.dataset} at {config.path}")
+    names = list(mods)
+    n = len(train_ds) if config.n_images == 0 else min(config.n_images, len(train_ds))
+    nv = min(config.val_images, len(val_ds))
+    if n < 2 or nv < 1:
+        raise ValueError(f"{config.dataset} at {config.path}: need >= 2 pool and >= 1 val images, got {n} and {nv}")
+
+    def load(ds: object, i: int) -> Sample:
+        return _restrict(resize(ds[i], mods, size, size), names)  # type: ignore[index]
+
+    return SimData([load(train_ds, i) for i in range(n)], [load(val_ds, i) for i in range(nv)], mods)

@@ -1,0 +1,204 @@
+"""The simulator end to end on the "tiny" preset (2 rounds, 16 images, tiny net, 32 px) plus its pieces."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import mtal_models.simulate.loop as loop
+from mtal_models.modalities import ModalitySpec
+from mtal_models.simulate import PRESETS, SimConfig, initial_images, labels_to_target, load_config, simulate
+from mtal_models.simulate.cli import main
+from mtal_models.simulate.score import task_scores
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("sim")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return out, simulate(TINY, out, progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_outputs_exist_with_the_right_columns(tiny_run: tuple[Path, object]) -> None:
+    out, _ = tiny_run
+    for name in (
+        "metrics.csv",
+        "metrics.json",
+        "labels_to_target.md",
+        "labels_to_target.csv",
+        "rounds.md",
+        "plots/multi_task_score.png",
+        *(f"plots/{m}.png" for m in TINY.modalities),
+    ):
+        assert (out / name).is_file(), name
+    rows = _csv(out / "metrics.csv")
+    expected = {
+        "strategy",
+        "seed",
+        "round",
+        "labels",
+        "images",
+        "mt_score",
+        "multi_task_loss",
+        "semantic_miou",
+        "depth_rmse",
+        "normals_mean_angle",
+        "score_semantic",
+        "labels_depth",
+    }
+    assert expected <= set(rows[0])
+    assert len(rows) == len(TINY.strategies) * len(TINY.seeds) * (TINY.rounds + 1)
+    data = json.loads((out / "metrics.json").read_text())
+    assert len(data["rows"]) == len(rows) and data["machine"]["torch"] == torch.__version__
+    table = _csv(out / "labels_to_target.csv")
+    assert [t["strategy"] for t in table] == list(TINY.strategies)
+    assert (out / "plots/multi_task_score.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_labels_grow_by_the_budget_each_round(tiny_run: tuple[Path, object]) -> None:
+    _, result = tiny_run
+    for name in TINY.strategies:
+        rows = sorted((r for r in result.rows if r["strategy"] == name), key=lambda r: r["round"])
+        assert [r["round"] for r in rows] == list(range(TINY.rounds + 1))
+        assert rows[0]["labels"] == TINY.initial_count(TINY.n_images) * len(TINY.modalities)
+        for a, b in zip(rows, rows[1:], strict=False):
+            assert b["labels"] - a["labels"] == TINY.budget
+            assert all(math.isfinite(b[k]) for k in ("mt_score", "semantic_miou", "depth_rmse"))
+
+
+def test_same_seed_same_initial_set_for_every_strategy(tiny_run: tuple[Path, object]) -> None:
+    out, result = tiny_run
+    first = initial_images(TINY, TINY.n_images, 0)
+    assert first == initial_images(TINY, TINY.n_images, 0) and len(first) == TINY.initial
+    assert first != initial_images(TINY, TINY.n_images, 1)
+    # round 0 = same images, same initial weights, same training: identical metrics for every strategy
+    r0 = {r["strategy"]: r for r in result.rows if r["round"] == 0}
+    assert len({(r["mt_score"], r["depth_rmse"]) for r in r0.values()}) == 1
+    for name in TINY.strategies:
+        pool = json.loads((out / "runs" / name / "seed0" / "state.json").read_text())["pool"]["labelled"]
+        assert set(first) <= set(pool["semantic"])
+
+
+def test_resume_does_not_recompute_finished_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real_fit = loop.fit
+
+    def counting_fit(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", counting_fit)
+    config = TINY.replace(strategies=("random",), rounds=1)
+    first = simulate(config, tmp_path, progress=False)
+    assert len(calls) == 1 + 2  # reference + rounds 0 and 1
+    calls.clear()
+    second = simulate(config.replace(rounds=2), tmp_path, progress=False)
+    assert len(calls) == 1  # only round 2 trains; reference and rounds 0-1 come from disk
+    assert second.rows[:2] == first.rows
+    assert [r["round"] for r in second.rows] == [0, 1, 2]
+    with pytest.raises(ValueError, match="different settings"):
+        simulate(config.replace(budget=3), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"strategies": ("random", "nope")}, "strategies"),
+        ({"budget": 0}, "budget"),
+        ({"rounds": -1}, "rounds"),
+        ({"dataset": "nyud"}, "path"),
+        ({"net": "huge"}, "net"),
+        ({"seeds": ()}, "seeds"),
+        ({"strategy_options": {"rbal": {}}}, "strategy_options"),
+    ],
+)
+def test_bad_config_raises_value_error(changes: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        TINY.replace(**changes)
+
+
+def test_bad_config_file_and_modality(tmp_path: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"preset": "tiny", "budgett": 3}))
+    with pytest.raises(ValueError, match="budgett"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="not a preset"):
+        load_config(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="initial"):
+        TINY.replace(initial=16).initial_count(16)
+    with pytest.raises(ValueError, match="colour"):
+        simulate(TINY.replace(modalities=("semantic", "colour")), tmp_path / "x", progress=False)
+
+
+def test_cli_runs_and_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "simulate",
+                "--config",
+                "tiny",
+                "--out",
+                str(tmp_path),
+                "--strategies",
+                "random",
+                "--rounds",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "| random |" in capsys.readouterr().out
+    assert main(["--config", "tiny", "--out", str(tmp_path), "--strategies", "bogus", "--no-progress"]) == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_labels_to_target_interpolates_and_reports_not_reached() -> None:
+    assert labels_to_target([10, 20, 30], [0.5, 0.9, 1.0], 0.95) == pytest.approx(25.0)
+    assert labels_to_target([10, 20], [0.96, 0.99], 0.95) == 10.0
+    assert labels_to_target([10, 20], [0.5, 0.9], 0.95) is None
+    with pytest.raises(ValueError, match="scores"):
+        labels_to_target([1, 2], [0.5], 0.95)
+
+
+def test_task_scores_invert_errors() -> None:
+    mods = {"seg": ModalitySpec("seg", "segmentation", 3), "depth": ModalitySpec("depth", "depth", 1)}
+    full = {"seg": {"miou": 0.5}, "depth": {"rmse": 1.0}}
+    now = {"seg": {"miou": 0.25}, "depth": {"rmse": 2.0}}
+    s = task_scores(now, full, mods)
+    assert s["seg"] == pytest.approx(0.5) and s["depth"] == pytest.approx(0.5)
+    assert s["multi_task"] == pytest.approx(0.5)
+    assert task_scores(full, full, mods)["multi_task"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="depth"):
+        task_scores({"seg": {"miou": 0.2}}, full, mods)
+
+
+def test_default_preset_is_the_documented_one() -> None:
+    d = PRESETS["default"]
+    assert isinstance(d, SimConfig) and d.rounds >= 3 and len(d.seeds) >= 2
+    assert {"random", "partal", "partal_image"} <= set(d.strategies)
