@@ -51,12 +51,17 @@ def ls_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Image.fromarray(rng.integers(0, 255, (30, 50, 4), dtype=np.uint8), mode="RGBA").save(up / "rgba.png")
     (up / "broken.png").write_bytes(b"not an image")
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _FileServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+class _FileServer(http.server.ThreadingHTTPServer):
+    request_queue_size = 64  # the default backlog 5 < parallel fetches: 1 s SYN retries
+    daemon_threads = True
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from backend.convert import rle_to_mask
 from backend.labeling import parse_label_config
-from backend.predict import _as_rgb, latest_annotation, predict_tasks, task_score
+from backend.predict import _as_rgb, latest_annotation, predict_tasks, task_scores
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
 
@@ -180,16 +180,23 @@ def test_chunking_keeps_order(schema: Any) -> None:
 
 
 def test_task_score_bounds() -> None:
-    mods = {"s": ModalitySpec("s", "segmentation", 4), "b": ModalitySpec("b", "binary", 1)}
-    uniform = {"s": torch.full((4, 8, 8), 0.25)}
-    onehot = {"s": torch.nn.functional.one_hot(torch.zeros(8, 8, dtype=torch.long), 4).permute(2, 0, 1).float()}
-    assert task_score(uniform, mods) == pytest.approx(0.0, abs=1e-6)
-    assert task_score(onehot, mods) == pytest.approx(1.0, abs=1e-6)
-    half = {"b": torch.full((1, 8, 8), 0.5)}
-    assert task_score(half, mods) == pytest.approx(0.0, abs=1e-6)
-    p = torch.tensor([0.7, 0.1, 0.1, 0.1])[:, None, None].expand(4, 2, 2)
-    h = -(p[:, 0, 0] * p[:, 0, 0].log()).sum().item()
-    assert task_score({"s": p}, mods) == pytest.approx(1 - h / math.log(4), abs=1e-5)
+    mods = {
+        "s": ModalitySpec("s", "segmentation", 4),
+        "b": ModalitySpec("b", "binary", 1),
+        "d": ModalitySpec("d", "detection", 2),
+    }
+    uniform = torch.full((1, 4, 8, 8), 0.25)
+    onehot = torch.nn.functional.one_hot(torch.zeros(1, 8, 8, dtype=torch.long), 4).permute(0, 3, 1, 2).float()
+    p = torch.tensor([0.7, 0.1, 0.1, 0.1])[None, :, None, None].expand(1, 4, 2, 2)
+    got = task_scores({"s": torch.cat([uniform[:, :, :2, :2], onehot[:, :, :2, :2], p])}, mods)
+    h = -(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1))
+    assert got == pytest.approx([0.0, 1.0, 1 - h / math.log(4)], abs=1e-5)
+    assert task_scores({"b": torch.full((2, 1, 8, 8), 0.5)}, mods) == pytest.approx([0.0, 0.0], abs=1e-6)
+    dets = torch.zeros(2, 3, 8)
+    dets[:, :, 5] = -1
+    dets[0, 0, 4:6] = torch.tensor([0.8, 1.0])
+    dets[1, 1, 4] = 0.9  # a padding row's score never counts
+    assert task_scores({"d": dets}, mods) == pytest.approx([0.8, 0.0])
 
 
 def test_latest_annotation_and_rgb() -> None:

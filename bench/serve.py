@@ -1,0 +1,160 @@
+"""Cost of serving: /predict through the real HTTP stack vs the bare batched forward, same run.
+
+Starts, in this process, a local HTTP server standing in for Label Studio's ``/data/upload`` (16 PNG
+images of 256x256) and the backend app on werkzeug's threaded server; posts /setup, then times
+``POST /predict`` of the 16 tasks with ``requests`` (fetch + decode + resize + one batched forward +
+conversion to LS results + JSON) against ``model.predict`` on the same 16 images already in memory
+(same network object, same device, run on the same inference thread as /predict's forward). Runs
+alternate to share any machine noise.
+
+Prints ``METRIC predict_vs_forward=<median /predict s / median forward s>`` (target <= 1.25) and
+``METRIC serve_peak_rss_mb=<peak RSS of this process>`` (target <= 1500).
+
+    python -m bench.serve [--net default|small|tiny] [--device cpu|cuda|auto] [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import logging
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+from PIL import Image
+from werkzeug.serving import make_server
+
+from backend.app import create_app
+from backend.predict import INFERENCE
+from backend.settings import Settings
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="semantic" toName="image">
+    <Label value="road"/><Label value="car"/><Label value="person"/><Label value="tree"/>
+  </BrushLabels>
+  <BrushLabels name="parts" toName="image"><Label value="wheel"/><Label value="window"/></BrushLabels>
+</View>"""
+N_TASKS = 16
+SIZE = 256
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _FileServer(http.server.ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 overflows with 8 parallel fetches: SYN retry = 1 s stalls
+    daemon_threads = True
+
+
+def _serve(server: http.server.HTTPServer | object) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def _write_images(root: Path) -> list[np.ndarray]:
+    """16 smooth synthetic scenes (gradients + rectangles) as PNG under root/data/upload."""
+    up = root / "data" / "upload"
+    up.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    images = []
+    for i in range(N_TASKS):
+        img = np.stack([(xx + 13 * i) % 256, (yy + 7 * i) % 256, (xx + yy) // 2 % 256], -1).astype(np.uint8)
+        for _ in range(4):
+            x0, y0 = rng.integers(0, SIZE - 40, 2)
+            img[y0 : y0 + 40, x0 : x0 + 60] = rng.integers(0, 255, 3, dtype=np.uint8)
+        Image.fromarray(img).save(up / f"{i}.png")
+        images.append(img)
+    return images
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", default="default", choices=["tiny", "small", "default"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        images = _write_images(root / "ls")
+        files = _FileServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root / "ls")))
+        _serve(files)
+        ls_url = f"http://127.0.0.1:{files.server_address[1]}"
+        settings = Settings(
+            label_studio_url=ls_url,
+            label_studio_api_key="bench",
+            model_dir=root / "models",
+            net_config=args.net,
+            device=args.device,
+            image_size=SIZE,
+        )
+        app = create_app(settings)
+        http_server = make_server("127.0.0.1", 0, app, threaded=True)
+        _serve(http_server)
+        url = f"http://127.0.0.1:{http_server.server_port}"
+        session = requests.Session()
+        version = session.post(f"{url}/setup", json={"project": "1.0", "schema": CONFIG}, timeout=60).json()
+        tasks = [{"id": i + 1, "data": {"image": f"/data/upload/{i}.png"}} for i in range(N_TASKS)]
+        body = {"tasks": tasks, "project": "1.0", "label_config": CONFIG}
+
+        store = app.extensions["mtal"].store
+        model = store.load_model("1").model
+        device = store.device
+        # contiguous NCHW, as collate() builds it for /predict
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).contiguous().to(device)
+
+        def bare() -> None:
+            with torch.inference_mode():
+                model.predict(batch)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+
+        def forward() -> float:  # on the thread /predict's forwards run on (same OpenMP team)
+            t0 = time.perf_counter()
+            INFERENCE.submit(bare).result()
+            return time.perf_counter() - t0
+
+        def predict() -> float:
+            t0 = time.perf_counter()
+            r = session.post(f"{url}/predict", json=body, timeout=120)
+            dt = time.perf_counter() - t0
+            r.raise_for_status()
+            results = r.json()["results"]
+            if len(results) != N_TASKS or any(not p["result"] and "score" not in p for p in results):
+                raise RuntimeError(f"/predict failed for some tasks: {results[:2]}")
+            return dt
+
+        predict(), forward()  # warm-up: first load, allocator, caches
+        t_pred, t_fwd = [], []
+        for _ in range(args.runs):
+            t_pred.append(predict())
+            t_fwd.append(forward())
+        http_server.shutdown()
+        files.shutdown()
+
+    med_pred, med_fwd = statistics.median(t_pred), statistics.median(t_fwd)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(f"# net={args.net} device={device} version={version.get('model_version')} tasks={N_TASKS} {SIZE}x{SIZE}")
+    print(f"# median /predict {med_pred * 1e3:.1f} ms, median bare forward {med_fwd * 1e3:.1f} ms, runs={args.runs}")
+    print(f"METRIC predict_vs_forward={med_pred / med_fwd:.3f}")
+    print(f"METRIC serve_peak_rss_mb={rss_mb:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
