@@ -34,7 +34,7 @@ from mtal_models.data.sample import Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels
 
-__all__ = ["INFERENCE", "Fetcher", "latest_annotation", "predict_tasks", "task_scores"]
+__all__ = ["INFERENCE", "Fetcher", "PreparedTask", "prepare_task", "latest_annotation", "predict_tasks", "task_scores"]
 
 log = logging.getLogger(__name__)
 _FETCH_THREADS = 8
@@ -54,7 +54,7 @@ class Fetcher(Protocol):
 
 
 @dataclass
-class _Prepared:
+class PreparedTask:
     """One task ready for the batch: resized image, resized labels, original size."""
 
     index: int
@@ -116,15 +116,17 @@ def _resize_label(spec: ModalitySpec, label: Any, h: int, w: int, size: int) -> 
     return out.astype(dtype)
 
 
-def _prepare(
+def prepare_task(
     index: int,
     task: Mapping[str, Any],
     schema: Any,
     fetcher: Fetcher,
     size: int,
     annotation_to_labels: Any,
-) -> _Prepared:
-    """Fetch, decode and resize one task's image and its (partial) ground truth. Raises on failure."""
+) -> PreparedTask:
+    """Fetch, decode and resize one task's image to ``size`` x ``size`` and its (partial) ground truth
+    (latest non-cancelled annotation, dense fields) to the same size. Raises on failure (bad data,
+    image not fetchable/decodable); a broken annotation is logged and ignored."""
     data = task.get("data")
     task_id = task.get("id")
     if not isinstance(data, dict):
@@ -160,7 +162,7 @@ def _prepare(
             except Exception as e:
                 log.warning("predict: task %s: dense field %r not used (%s)", task_id, key, e)
     sample = Sample(id=str(task_id), image=resized, labels=labels, present=present)
-    return _Prepared(index, task_id, h, w, sample, {n for n, f in present.items() if f})
+    return PreparedTask(index, task_id, h, w, sample, {n for n, f in present.items() if f})
 
 
 def task_scores(preds: Mapping[str, Tensor], modalities: Mapping[str, ModalitySpec]) -> list[float]:
@@ -210,11 +212,11 @@ def predict_tasks(
 
     size = int(image_size)
     empty = [{"result": [], "model_version": model_version} for _ in tasks]
-    prepared: list[_Prepared] = []
+    prepared: list[PreparedTask] = []
 
-    def job(i: int) -> _Prepared | None:
+    def job(i: int) -> PreparedTask | None:
         try:
-            return _prepare(i, tasks[i], schema, fetcher, size, annotation_to_labels)
+            return prepare_task(i, tasks[i], schema, fetcher, size, annotation_to_labels)
         except Exception as e:
             log.error("predict: task %s skipped: %s", tasks[i].get("id", f"#{i}"), e)
             return None
@@ -273,7 +275,7 @@ def _usable_ranking(ranking: Mapping[str, Any] | None, model_version: str) -> Ma
 
 
 def _one_prediction(
-    p: _Prepared,
+    p: PreparedTask,
     preds: dict[str, Tensor],
     score: float,
     schema: Any,

@@ -46,6 +46,13 @@ class Settings:
     predict_batch_size [MTAL_PREDICT_BATCH]: images per forward pass in /predict (default 32).
     seed [MTAL_SEED]: seed of the untrained initial network (default 0).
     log_level [LOG_LEVEL]: Python logging level (default INFO).
+    Training / ranking (read by the RQ jobs):
+    train_epochs [MTAL_TRAIN_EPOCHS] (10), train_batch_size [MTAL_TRAIN_BATCH] (8),
+    train_lr [MTAL_TRAIN_LR] (1e-3), val_fraction [MTAL_VAL_FRACTION] (0.1, in [0, 1)),
+    mtpsl_weight [MTAL_MTPSL_WEIGHT] (0.1, >= 0; cross-task consistency term),
+    clusters [MTAL_CLUSTERS] (8; 0 = no prediction clusters), cluster_push_limit
+    [MTAL_CLUSTER_PUSH_LIMIT] (10000), set_sampling [MTAL_SET_SAMPLING] (true: set the project's
+    sampling to "Uncertainty sampling").
     """
 
     label_studio_url: str | None = None
@@ -67,6 +74,14 @@ class Settings:
     predict_batch_size: int = 32
     seed: int = 0
     log_level: str = "INFO"
+    train_epochs: int = 10
+    train_batch_size: int = 8
+    train_lr: float = 1e-3
+    val_fraction: float = 0.1
+    mtpsl_weight: float = 0.1
+    clusters: int = 8
+    cluster_push_limit: int = 10000
+    set_sampling: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -81,6 +96,19 @@ class Settings:
             raise SettingsError(f"MTAL_PREDICT_BATCH must be >= 1, got {self.predict_batch_size}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        for name, value in (
+            ("MTAL_TRAIN_EPOCHS", self.train_epochs),
+            ("MTAL_TRAIN_BATCH", self.train_batch_size),
+            ("MTAL_CLUSTER_PUSH_LIMIT", self.cluster_push_limit),
+        ):
+            if value < 1:
+                raise SettingsError(f"{name} must be >= 1, got {value}")
+        if not self.train_lr > 0:
+            raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise SettingsError(f"MTAL_VAL_FRACTION must be in [0, 1), got {self.val_fraction}")
+        if self.mtpsl_weight < 0 or self.clusters < 0:
+            raise SettingsError("MTAL_MTPSL_WEIGHT and MTAL_CLUSTERS must be >= 0")
         if self.log_level not in _LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {_LEVELS}, got {self.log_level!r}")
         from mtal_models.nets.config import CONFIGS
@@ -122,6 +150,25 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
+        def get_float(name: str, default: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+        def get_bool(name: str, default: bool) -> bool:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name} must be true/false, got {raw!r}")
+
         def get_path(name: str) -> Path | None:
             raw = get(name)
             return Path(raw).expanduser() if raw else None
@@ -152,6 +199,14 @@ class Settings:
             predict_batch_size=get_int("MTAL_PREDICT_BATCH", 32),
             seed=get_int("MTAL_SEED", 0),
             log_level=(get("LOG_LEVEL") or "INFO").upper(),
+            train_epochs=get_int("MTAL_TRAIN_EPOCHS", 10),
+            train_batch_size=get_int("MTAL_TRAIN_BATCH", 8),
+            train_lr=get_float("MTAL_TRAIN_LR", 1e-3),
+            val_fraction=get_float("MTAL_VAL_FRACTION", 0.1),
+            mtpsl_weight=get_float("MTAL_MTPSL_WEIGHT", 0.1),
+            clusters=get_int("MTAL_CLUSTERS", 8),
+            cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 10000),
+            set_sampling=get_bool("MTAL_SET_SAMPLING", True),
         )
 
     def configure_logging(self) -> None:

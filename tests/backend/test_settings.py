@@ -37,7 +37,9 @@ def test_parsing(tmp_path: Path) -> None:
             "MTAL_DENSE_FIELDS": "depth=depth_map, normals",
             "MTAL_INITIAL_CHECKPOINT": str(ckpt),
             "LOG_LEVEL": "debug",
-            "PORT_UNUSED": "x",
+            "MTAL_TRAIN_LR": "0.01",
+            "MTAL_SET_SAMPLING": "off",
+            "MTAL_CLUSTERS": "0",
         }
     )
     assert s.label_studio_url == "http://ls:8080" and s.label_studio_api_key == "tok"
@@ -45,6 +47,7 @@ def test_parsing(tmp_path: Path) -> None:
     assert s.allow_hosts == ("a.example.com", "*.b.org")
     assert s.dense_fields == {"depth": "depth_map", "normals": "normals"}
     assert s.initial_checkpoint == ckpt and s.log_level == "DEBUG" and s.train_threshold == 10
+    assert s.train_lr == 0.01 and s.set_sampling is False and s.clusters == 0
 
 
 @pytest.mark.parametrize(
@@ -61,6 +64,10 @@ def test_parsing(tmp_path: Path) -> None:
         ({"MTAL_DENSE_FIELDS": "depth=,x"}, "MTAL_DENSE_FIELDS"),
         ({"MTAL_INITIAL_CHECKPOINT": "/nonexistent/x.pt"}, "MTAL_INITIAL_CHECKPOINT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"MTAL_TRAIN_LR": "fast"}, "MTAL_TRAIN_LR"),
+        ({"MTAL_VAL_FRACTION": "1.0"}, "MTAL_VAL_FRACTION"),
+        ({"MTAL_SET_SAMPLING": "maybe"}, "MTAL_SET_SAMPLING"),
+        ({"MTAL_TRAIN_EPOCHS": "0"}, "MTAL_TRAIN_EPOCHS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
