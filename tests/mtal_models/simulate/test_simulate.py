@@ -202,3 +202,20 @@ def test_default_preset_is_the_documented_one() -> None:
     d = PRESETS["default"]
     assert isinstance(d, SimConfig) and d.rounds >= 3 and len(d.seeds) >= 2
     assert {"random", "partal", "partal_image"} <= set(d.strategies)
+
+
+def test_results_page_renders_from_a_finished_run(tiny_run: tuple[Path, object], tmp_path: Path) -> None:
+    from mtal_models.simulate.results_doc import main as results_main
+
+    out, _ = tiny_run
+    doc = tmp_path / "docs" / "results.md"
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"name": "x_s", "value": "1.5", "module": "m", "note": ""}]}))
+    assert (
+        results_main(["--sim", str(out), "--bench", str(bench), "--out", str(doc), "--plots", str(doc.parent / "r")])
+        == 0
+    )
+    text = doc.read_text()
+    assert "| x_s | 1.5 | bench.m |" in text and "![multi_task_score](r/multi_task_score.png)" in text
+    assert "partal and partal_image were not both run" in text
+    assert (doc.parent / "r" / "multi_task_score.png").is_file()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Regenerate docs/results.md (+ docs/results/*.png): the one documented command.
+#
+#   scripts/results.sh               # default simulation (reused when finished, resumed when interrupted),
+#                                    # every bench.* module, then the page
+#   SKIP_BENCH=1 scripts/results.sh  # keep the last benchmark table (runs/bench-results.json)
+#   SIM_OUT=runs/x SIM_CONFIG=my.json scripts/results.sh
+#
+# The simulation uses the GPU when one is present (device auto); the page records the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+SIM_OUT="${SIM_OUT:-runs/simulate-default}"
+SIM_CONFIG="${SIM_CONFIG:-default}"
+mkdir -p runs
+
+"$PY" -m mtal_models.simulate --config "$SIM_CONFIG" --out "$SIM_OUT"
+if [ "${SKIP_BENCH:-0}" != "1" ]; then
+  # a failing benchmark is reported in the table (FAILED row) and does not stop the page
+  "$PY" -m bench.collect --out runs/bench-results.md --json runs/bench-results.json || true
+fi
+"$PY" -m mtal_models.simulate.results_doc --sim "$SIM_OUT" --bench runs/bench-results.json \
+  --out docs/results.md --plots docs/results
