@@ -80,6 +80,14 @@ def schema_compatible(metadata: Mapping[str, Any], schema: ProjectSchema) -> boo
     return metadata.get("modalities") == want and metadata.get("network") == schema.network
 
 
+def _model_fits(model: torch.nn.Module, metadata: Mapping[str, Any], schema: ProjectSchema) -> bool:
+    """The loaded network predicts exactly the schema's modalities (checked on the network itself)."""
+    mods = getattr(model, "modalities", None)
+    if isinstance(mods, dict):
+        return [s.to_dict() for s in mods.values()] == [s.to_dict() for s in schema.modalities.values()]
+    return schema_compatible(metadata, schema)
+
+
 def _lock_for(project_id: str) -> threading.Lock:
     with _setup_guard:
         return _setup_locks.setdefault(project_id, threading.Lock())
@@ -148,7 +156,7 @@ class MTALModel:
         loaded = None
         if self.store.current(self.project_id) is not None:
             loaded = self.store.load_model(self.project_id)
-        if loaded is None or not schema_compatible(loaded.metadata, schema):
+        if loaded is None or not _model_fits(loaded.model, loaded.metadata, schema):
             self._ensure_version(schema)
             loaded = self.store.load_model(self.project_id)
         if self.fetcher is None:
