@@ -136,8 +136,11 @@ def prepare_task(
         raise ValueError(f"task data has no image URL under {schema.image_key!r}")
     image = _as_rgb(fetcher.fetch_image(url, task_id=task_id))
     h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (size, size), interpolation=interp)
+    if (h, w) == (size, size):
+        resized = image
+    else:
+        interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (size, size), interpolation=interp)
     labels: dict[str, Any] = {}
     present: dict[str, bool] = {}
     ann = latest_annotation(task)
