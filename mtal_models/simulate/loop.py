@@ -156,8 +156,10 @@ class _Run:
         self.committee = bool(self.probe is not None and self.probe.needs.committee)
         self.hook: nn.Module | None = None
         if name == "ll4al":
+            self.model.eval()  # a probe of one image: BatchNorm cannot run it in train mode
             with torch.no_grad():
                 pooled = self.model(torch.zeros(1, 3, config.image_size, config.image_size)).pooled
+            self.model.train()
             if pooled is None:
                 raise ValueError("strategy 'll4al': the network gives no pooled features")
             self.hook = make_ll4al_extra_loss(LossPredictionModule(int(pooled.shape[1])), data.modalities)
