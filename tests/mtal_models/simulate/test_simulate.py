@@ -219,3 +219,26 @@ def test_results_page_renders_from_a_finished_run(tiny_run: tuple[Path, object],
     assert "| x_s | 1.5 | bench.m |" in text and "![multi_task_score](r/multi_task_score.png)" in text
     assert "partal and partal_image were not both run" in text
     assert (doc.parent / "r" / "multi_task_score.png").is_file()
+
+
+def test_nyud_reader_path_loads_and_resizes(tmp_path: Path) -> None:
+    from mtal_models.data import SceneConfig, SyntheticDataset, write_nyud
+    from mtal_models.simulate import load_data
+
+    ds = SyntheticDataset(6, SceneConfig(height=40, width=48), seed=3)
+    mods = {m: ds.modalities[m] for m in ("semantic", "depth", "normals")}
+    samples = [ds[i] for i in range(6)]
+    for s in samples:  # the writer stores only the chosen modalities
+        for m in list(s.labels):
+            if m not in mods:
+                del s.labels[m]
+                s.present.pop(m, None)
+    write_nyud(samples[:4], tmp_path, mods, split="train")
+    write_nyud(samples[4:], tmp_path, mods, split="val")
+    config = TINY.replace(dataset="nyud", path=str(tmp_path), n_images=0, val_images=5, initial=2)
+    data = load_data(config)
+    assert len(data.pool) == 4 and len(data.val) == 2
+    assert data.pool[0].image.shape[:2] == (32, 32) and data.pool[0].labels["depth"].shape[:2] == (32, 32)
+    assert list(data.modalities) == list(TINY.modalities)
+    with pytest.raises(ValueError, match="edges"):
+        load_data(config.replace(modalities=("semantic", "edges")))
