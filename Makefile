@@ -17,6 +17,10 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The backend on $(PORT): gunicorn, 1 process (the embedded queue lives in it when REDIS_URL is unset).
+run: venv
+	PORT=$(PORT) $(BIN)/gunicorn -c backend/gunicorn.conf.py backend.wsgi:app
+
 lint: venv
 	$(BIN)/ruff check .
 

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from werkzeug.exceptions import HTTPException
 
 from backend.labeling import LabelConfigError
-from backend.model import ModelSetupError, MTALModel, RecordingTrainer, Trainer
+from backend.model import ModelSetupError, MTALModel, Trainer
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 
@@ -145,12 +145,15 @@ def create_app(
     fetcher_factory: FetcherFactory | None = None,
 ) -> Flask:
     """Build the Flask app. Defaults: settings from the environment, a store under MODEL_DIR on the
-    configured device, a :class:`RecordingTrainer`, and :class:`backend.images.ImageFetcher`."""
+    configured device, the training queue (:class:`backend.loop.QueueTrainer`: Redis at REDIS_URL, or
+    the embedded queue with its worker thread), and :class:`backend.images.ImageFetcher`."""
     settings = settings or Settings.from_env()
     store = store or ModelStore(settings.model_dir, device=settings.torch_device())
-    state = _State(
-        settings, store, trainer or RecordingTrainer(store), fetcher_factory or _default_fetcher_factory(settings)
-    )
+    if trainer is None:
+        from backend.loop import QueueTrainer
+
+        trainer = QueueTrainer(settings, store)
+    state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
     app = Flask("mtal-backend")
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["mtal"] = state
@@ -219,6 +222,10 @@ def create_app(
         schema = _field(body, "schema", str)
         hostname = _field(body, "hostname", str, required=False)
         token = _field(body, "access_token", str, required=False)
+        extra = _field(body, "extra_params", dict, required=False) or {}
+        threshold = extra.get("train_threshold")
+        if threshold is not None and (not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0):
+            raise ApiError(400, "extra_params.train_threshold must be an integer >= 0")
         if hostname or token:
             state.connections[pid] = (hostname.rstrip("/") if hostname else None, token)
         try:
@@ -227,6 +234,8 @@ def create_app(
             raise ApiError(400, f"schema: {e}") from e
         except ModelSetupError as e:
             raise ApiError(422, str(e)) from e
+        if threshold is not None:
+            store.save_project_info(pid, {**store.project_info(pid), "train_threshold": threshold})
         return jsonify(model_version=version)
 
     @app.post("/predict")
@@ -269,6 +278,27 @@ def create_app(
         except ValueError as e:  # the trainer's payload validation (e.g. events.EventError)
             raise ApiError(400, str(e)) from e
         return jsonify(status="ok", action=action, project=pid, **{"result": answer})
+
+    @app.post("/train")
+    def train() -> Response:
+        """Label Studio's legacy training call (when its START_TRAINING webhook flag is off)."""
+        body = _body()
+        pid = parse_project_id(body.get("project"))
+        answer = state.model(pid, None).fit("START_TRAINING", {"action": "START_TRAINING", "project": {"id": pid}})
+        return jsonify(status="ok", action="START_TRAINING", project=pid, result=answer)
+
+    @app.get("/status")
+    def status() -> Response:
+        """Per project: run state (idle/queued/training/ranking), progress, last version + metrics, error."""
+        raw = request.args.get("project")
+        if not raw:
+            raise ApiError(400, "query parameter 'project' is required, e.g. /status?project=3")
+        pid = parse_project_id(raw)
+        report = getattr(state.trainer, "status", None)
+        out: dict[str, Any] = report(pid) if report else {"project": pid, "state": "unknown"}
+        out["current_version"] = store.current(pid)
+        out["queue"] = state.trainer.state()
+        return jsonify(out)
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions() -> Response:

@@ -19,6 +19,12 @@ _DEVICES = ("auto", "cpu", "cuda")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def _strategy_names() -> list[str]:
+    from mtal_models.strategies import STRATEGIES
+
+    return sorted(STRATEGIES)
+
+
 class SettingsError(ValueError):
     """A setting has a value the backend cannot use; the message names the variable."""
 
@@ -35,9 +41,12 @@ class Settings:
     basic_auth_user / basic_auth_pass [BASIC_AUTH_USER / BASIC_AUTH_PASS]: HTTP basic auth (both or none).
     device [MTAL_DEVICE]: "auto" (CUDA when present), "cpu" or "cuda".
     net_config [MTAL_NET_CONFIG]: network size preset ("tiny", "small", "default").
-    strategy [MTAL_STRATEGY]: selection strategy name used by the active-learning loop.
-    train_threshold [MTAL_TRAIN_THRESHOLD]: new annotations that trigger a training job (0 = only on
-        START_TRAINING).
+    strategy [MTAL_STRATEGY]: selection strategy of the active-learning loop: a name of
+        mtal_models.strategies.STRATEGIES, or "auto" (default: "mtal" for dense-only configs,
+        "boxmask" for configs with boxes).
+    train_threshold [MTAL_TRAIN_THRESHOLD]: labels (per modality, summed) since the last run that
+        trigger the next one (default 10; 0 = only "Start Training"); /setup's extra_params
+        {"train_threshold": N} overrides it per project.
     image_size [MTAL_IMAGE_SIZE]: square inference size in pixels, a multiple of 32 (default 256).
     allow_hosts [MTAL_ALLOW_HOSTS]: comma list of extra hosts images may be fetched from.
     dense_fields [MTAL_DENSE_FIELDS]: "modality=task_data_key" pairs for sensor ground truth.
@@ -64,8 +73,8 @@ class Settings:
     basic_auth_pass: str | None = None
     device: str = "auto"
     net_config: str = "small"
-    strategy: str = "mtal"
-    train_threshold: int = 0
+    strategy: str = "auto"
+    train_threshold: int = 10
     image_size: int = 256
     allow_hosts: tuple[str, ...] = ()
     dense_fields: dict[str, str] = field(default_factory=dict)
@@ -90,6 +99,8 @@ class Settings:
             raise SettingsError(f"PORT must be in 1..65535, got {self.port}")
         if self.image_size < 32 or self.image_size % 32:
             raise SettingsError(f"MTAL_IMAGE_SIZE must be a positive multiple of 32, got {self.image_size}")
+        if self.strategy != "auto" and self.strategy not in _strategy_names():
+            raise SettingsError(f"MTAL_STRATEGY must be 'auto' or one of {_strategy_names()}, got {self.strategy!r}")
         if self.train_threshold < 0:
             raise SettingsError(f"MTAL_TRAIN_THRESHOLD must be >= 0, got {self.train_threshold}")
         if self.predict_batch_size < 1:
@@ -189,8 +200,8 @@ class Settings:
             basic_auth_pass=get("BASIC_AUTH_PASS"),
             device=(get("MTAL_DEVICE") or "auto").lower(),
             net_config=get("MTAL_NET_CONFIG") or "small",
-            strategy=get("MTAL_STRATEGY") or "mtal",
-            train_threshold=get_int("MTAL_TRAIN_THRESHOLD", 0),
+            strategy=get("MTAL_STRATEGY") or "auto",
+            train_threshold=get_int("MTAL_TRAIN_THRESHOLD", 10),
             image_size=get_int("MTAL_IMAGE_SIZE", 256),
             allow_hosts=tuple(h.strip() for h in (get("MTAL_ALLOW_HOSTS") or "").split(",") if h.strip()),
             dense_fields=_parse_pairs("MTAL_DENSE_FIELDS", get("MTAL_DENSE_FIELDS")),

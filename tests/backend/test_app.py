@@ -23,7 +23,7 @@ from PIL import Image
 from backend.app import create_app, parse_project_id
 from backend.convert import rle_to_mask
 from backend.labeling import parse_label_config
-from backend.model import schema_compatible
+from backend.model import RecordingTrainer, schema_compatible
 from backend.settings import Settings
 from backend.store import ModelStore
 from tests.backend.test_predict import CONFIG as MIXED_CONFIG
@@ -74,9 +74,16 @@ def _settings(tmp_path: Path, ls_url: str, **kw: Any) -> Settings:
     return Settings(net_config="tiny", image_size=64, device="cpu", **{**base, **kw})
 
 
+def _app(settings: Settings, **kw: Any) -> Flask:
+    """The app with the event-recording trainer: these tests stay off the training queue (tested in
+    test_loop.py), so no background job runs while they do."""
+    store = kw.pop("store", None) or ModelStore(settings.model_dir, device="cpu")
+    return create_app(settings, store=store, trainer=kw.pop("trainer", None) or RecordingTrainer(store), **kw)
+
+
 @pytest.fixture
 def app(tmp_path: Path, ls_files: str) -> Flask:
-    return create_app(_settings(tmp_path, ls_files))
+    return _app(_settings(tmp_path, ls_files))
 
 
 @pytest.fixture
@@ -125,7 +132,7 @@ def test_mixed_config_known_outputs_over_http(tmp_path: Path, ls_files: str) -> 
     meta = {"modalities": [s.to_dict() for s in schema.modalities.values()], "network": schema.network}
     version = store.publish("11", src, meta)
     assert schema_compatible(store.metadata("11"), schema)
-    client = create_app(settings, store=store).test_client()
+    client = _app(settings, store=store).test_client()
     assert client.post("/setup", json={"project": "11.1", "schema": MIXED_CONFIG}).json == {"model_version": version}
     r = client.post("/predict", json={"tasks": _tasks("odd", "rgba"), "project": "11.1", "label_config": MIXED_CONFIG})
     assert r.status_code == 200
@@ -293,7 +300,7 @@ def test_default_trainer_records_events(client: FlaskClient, app: Flask) -> None
 
 
 def test_basic_auth(tmp_path: Path, ls_files: str) -> None:
-    client = create_app(_settings(tmp_path, ls_files, basic_auth_user="ls", basic_auth_pass="sécret")).test_client()
+    client = _app(_settings(tmp_path, ls_files, basic_auth_user="ls", basic_auth_pass="sécret")).test_client()
     good = {"Authorization": "Basic " + base64.b64encode("ls:sécret".encode()).decode()}
     bad = {"Authorization": "Basic " + base64.b64encode(b"ls:wrong").decode()}
     assert client.get("/health").json == {"status": "UP", "model_class": "MTALModel"}  # open, no details

@@ -12,7 +12,8 @@ from backend.settings import Settings, SettingsError
 def test_defaults() -> None:
     s = Settings.from_env({})
     assert s.port == 9090 and s.model_dir == Path("models") and s.redis_url is None
-    assert s.device == "auto" and s.net_config == "small" and s.strategy == "mtal" and s.image_size == 256
+    assert s.device == "auto" and s.net_config == "small" and s.strategy == "auto" and s.image_size == 256
+    assert s.train_threshold == 10
     assert not s.auth_enabled and s.allow_hosts == () and s.dense_fields == {}
     assert s.torch_device() in ("cpu", "cuda")
 
@@ -73,3 +74,9 @@ def test_parsing(tmp_path: Path) -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env(env)
+
+
+def test_strategy_must_be_auto_or_registered() -> None:
+    assert Settings.from_env({"MTAL_STRATEGY": "partal"}).strategy == "partal"
+    with pytest.raises(SettingsError, match="MTAL_STRATEGY.*coreset"):
+        Settings.from_env({"MTAL_STRATEGY": "best"})

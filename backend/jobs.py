@@ -1,0 +1,178 @@
+"""The RQ jobs: train on every annotation in Label Studio, then rank the project's tasks.
+
+Top-level functions taking plain ids (RQ imports them by path); the only place that joins Label
+Studio (:mod:`backend.ls_api`), the model core (:mod:`mtal_models`) and the model store.
+
+train_job(project)
+    Reads ALL labelled tasks from Label Studio (the source of truth: a lost webhook loses nothing),
+    builds the partial-label dataset (image cache reused), continues from the current version's
+    weights, holds out a validation split, trains with the strategy's training options (MTAL sample
+    weights, committee, MTPSL term), publishes a new version with its metrics (atomic), then enqueues
+    the rank job. A failure is recorded in the coordinator and never touches the current version.
+rank_job(project)
+    Scores every task with the project's strategy in one pass that also produces the
+    pre-annotations, pushes one prediction per unlabelled task (score: low = label first, cluster,
+    the new model version, the requested modalities ticked in the choices tag), sets the project's
+    ``model_version`` and ``sampling = "Uncertainty sampling"`` so ``/next`` serves that order, and
+    stores the ranking for ``/predict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from backend.convert import annotation_to_labels
+from backend.coordinator import Coordinator
+from backend.images import ImageFetcher
+from backend.labeling import ProjectSchema
+from backend.ls_api import LabelStudioAPI
+from backend.model import MTALModel, load_schema
+from backend.predict import prepare_task
+from backend.queueing import open_queue
+from backend.settings import Settings
+from backend.store import ModelStore
+from backend.trainrank import rank_tasks, train_version
+
+__all__ = ["JobContext", "configure", "rank_job", "train_job"]
+
+log = logging.getLogger(__name__)
+_configured: Settings | None = None
+
+
+def configure(settings: Settings | None) -> None:
+    """Jobs running inside the server (embedded queue) use the server's settings, not the environment."""
+    global _configured
+    _configured = settings
+
+
+@dataclass
+class JobContext:
+    """Everything a job needs, built once per job from the settings."""
+
+    settings: Settings
+    store: ModelStore
+    coordinator: Coordinator
+    ls: LabelStudioAPI
+    fetcher: ImageFetcher
+
+    @classmethod
+    def create(cls) -> JobContext:
+        settings = _configured or Settings.from_env()
+        if not settings.label_studio_url or not settings.label_studio_api_key:
+            raise RuntimeError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read annotations")
+        return cls(
+            settings=settings,
+            store=ModelStore(settings.model_dir, device=settings.torch_device()),
+            coordinator=Coordinator(open_queue(settings.redis_url, start_worker=False)),
+            ls=LabelStudioAPI(settings.label_studio_url, settings.label_studio_api_key),
+            fetcher=ImageFetcher(
+                settings.label_studio_url,
+                settings.label_studio_api_key,
+                allow_hosts=settings.allow_hosts,
+                cache_dir=settings.cache_dir,
+            ),
+        )
+
+    def schema(self, project: str) -> ProjectSchema:
+        """The project's schema from its current labeling config in Label Studio; makes sure the store
+        has a version matching it (a fresh initial one if the config changed its modalities)."""
+        config = self.ls.get_project(int(project))["label_config"]
+        MTALModel(project, config, self.settings, self.store).setup()
+        return load_schema(config, self.settings.dense_fields)
+
+    def prepare(self, tasks: Sequence[dict[str, Any]], schema: ProjectSchema) -> Iterator[tuple[dict, Any]]:
+        """(task, prepared sample) for every task whose image could be fetched, in task order; images
+        fetched by a thread pool (they are cached on disk for the next run)."""
+        size = self.settings.image_size
+
+        def one(task: dict[str, Any]) -> Any:
+            try:
+                return prepare_task(0, task, schema, self.fetcher, size, annotation_to_labels)
+            except Exception as e:  # one bad image must not stop the run
+                log.error("project task %s skipped: %s", task.get("id"), e)
+                return None
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for task, prepared in zip(tasks, pool.map(one, tasks), strict=True):
+                if prepared is not None:
+                    yield task, prepared
+
+
+def _run(stage: str, project: Any, body: Any) -> Any:
+    """Run ``body(ctx, project)``; on failure record the error (the state machine gives the label
+    counts back and honours follow-ups) and re-raise so RQ keeps the traceback too."""
+    project = str(project)
+    ctx = None
+    try:
+        ctx = JobContext.create()
+        return body(ctx, project)
+    except Exception as e:
+        if ctx is not None:
+            coordinator = ctx.coordinator
+        else:
+            coordinator = Coordinator(open_queue((_configured or Settings.from_env()).redis_url, start_worker=False))
+        coordinator.fail(project, f"{stage}: {type(e).__name__}: {e}")
+        raise
+
+
+def train_job(project: Any) -> str:
+    """Train a new version of ``project`` on all its annotations; enqueues ranking. Returns the version."""
+
+    def body(ctx: JobContext, project: str) -> str:
+        ctx.coordinator.begin(project)
+        started = time.time()
+        schema = ctx.schema(project)
+        tasks = list(ctx.ls.iter_labelled_tasks(int(project)))
+        samples = [p.sample for _, p in ctx.prepare(tasks, schema) if p.labelled]
+        if not samples:
+            raise ValueError(f"project {project} has no usable labelled task yet ({len(tasks)} annotated)")
+        val_fraction = ctx.settings.val_fraction if len(samples) >= 10 else 0.0
+        val = [s for s in samples if _in_val(s.id, val_fraction)]
+        train = [s for s in samples if not _in_val(s.id, val_fraction)] or samples
+        ranking = ctx.store.ranking(project)
+        last_throttle = [0.0]
+
+        def progress(epoch: int, step: int, loss: float) -> None:
+            if time.time() - last_throttle[0] >= 1.0:
+                last_throttle[0] = time.time()
+                ctx.coordinator.progress(project, epoch=epoch, step=step, loss=round(float(loss), 6))
+
+        version, metrics = train_version(
+            ctx.store, project, schema, ctx.settings, train, val, progress, ranking.get("weights") or {}
+        )
+        metrics["train_seconds"] = round(time.time() - started, 3)
+        log.info("project %s: trained %s on %d tasks (%d val): %s", project, version, len(train), len(val), metrics)
+        ctx.coordinator.trained(project, version, metrics)
+        return version
+
+    return _run("train", project, body)
+
+
+def rank_job(project: Any) -> dict[str, Any]:
+    """Rank every task of ``project`` with the current version and push predictions to Label Studio."""
+
+    def body(ctx: JobContext, project: str) -> dict[str, Any]:
+        ctx.coordinator.progress(project, state="ranking")
+        schema = ctx.schema(project)
+        version = ctx.store.current(project)
+        labelled = {t["id"]: t for t in ctx.ls.iter_labelled_tasks(int(project))}
+        tasks = list(labelled.values()) + [
+            t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in labelled
+        ]
+        summary = rank_tasks(ctx, project, schema, version, tasks, set(labelled))
+        ctx.coordinator.finish(project)
+        return summary
+
+    return _run("rank", project, body)
+
+
+def _in_val(sample_id: str, fraction: float) -> bool:
+    """Deterministic hold-out by task id: the same tasks stay in validation across runs."""
+    return fraction > 0 and (zlib.crc32(str(sample_id).encode()) % 1000) < fraction * 1000
+

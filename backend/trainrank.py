@@ -1,0 +1,206 @@
+"""The work inside the jobs: one training round, and one ranking pass over a project's tasks.
+
+Kept apart from :mod:`backend.jobs` (which owns the Label Studio / coordinator plumbing) so the two
+steps can be driven directly by tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from backend.convert import annotation_to_labels, predictions_to_results
+from backend.labeling import ProjectSchema
+from backend.predict import prepare_task
+from backend.ranking import kmeans_clusters, ls_scores, requested_modalities
+from backend.settings import Settings
+from backend.store import ModelStore
+from mtal_models.data.sample import Sample, collate
+from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
+from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
+
+__all__ = ["RankContext", "rank_tasks", "strategy_for", "train_version"]
+
+log = logging.getLogger(__name__)
+_CHUNK = 64  # tasks fetched and held in memory at once while ranking
+_VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", "project", "current")
+
+
+def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
+    """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score for
+    dense projects (PAD-Net) and MTC BoxMask for projects with boxes (det+seg)."""
+    name = settings.strategy
+    if name == "auto":
+        name = "boxmask" if schema.network == "detseg" else "mtal"
+    if name == "ll4al":
+        raise ValueError("strategy 'll4al' needs its loss-prediction module trained with the network; "
+                         "use it in the simulator (mtal simulate), not in the backend")
+    if name == "boxmask" and schema.network != "detseg":
+        raise ValueError("strategy 'boxmask' needs boxes and masks (a RectangleLabels tag and a segmentation tag)")
+    if name.startswith("mtal") and name != "mtal_diversity" and schema.network != "padnet":
+        raise ValueError(f"strategy {name!r} needs PAD-Net's committee (dense-only labeling configs)")
+    return get_strategy(name)
+
+
+def train_version(
+    store: ModelStore,
+    project: str,
+    schema: ProjectSchema,
+    settings: Settings,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    progress: Callable[[int, int, float], None] | None = None,
+    weights: Mapping[str, Mapping[str, float]] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Continue the current version's weights on ``train`` (a fresh optimizer and poly schedule per
+    round), evaluate on ``val``, publish the new version atomically. Returns (version, metrics)."""
+    current = store.current(project)
+    if current is None:
+        raise ValueError(f"project {project} has no version to continue from (call /setup first)")
+    meta = store.metadata(project, current)
+    model = load_checkpoint(store.checkpoint_path(project, current), map_location="cpu").model
+    strategy = strategy_for(settings, schema)
+    config = TrainConfig(
+        epochs=settings.train_epochs,
+        batch_size=max(1, min(settings.train_batch_size, len(train))),
+        lr=settings.train_lr,
+        device=settings.torch_device(),
+        seed=settings.seed + int(meta.get("number", 0)),
+        substitution_prob=0.3 if schema.network == "padnet" else 0.0,
+        committee=strategy.needs.committee and schema.network == "padnet",
+        mtpsl_weight=settings.mtpsl_weight if schema.network == "padnet" else 0.0,
+    )
+    ids = {s.id for s in train}
+    sample_weights = {k: dict(v) for k, v in (weights or {}).items() if k in ids} or None
+    result = fit(model, list(train), config, progress=progress, sample_weights=sample_weights)
+    metrics: dict[str, Any] = {"train_loss": result.history[-1] if result.history else None,
+                               "n_train": len(train), "n_val": len(val), "epochs": result.epochs_run}
+    if val:
+        loader = make_loader(list(val), model.modalities, config.batch_size)
+        metrics["val"] = _json_safe(evaluate(model, loader))
+    new_meta = {k: v for k, v in meta.items() if k not in _VERSION_KEYS}
+    new_meta.update(initial=False, source=f"trained on {len(train)} tasks", metrics=metrics, strategy=strategy.name)
+    tmp = store.tmp_dir(project) / f"train-{uuid.uuid4().hex}.pt"
+    save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
+    return store.publish(project, tmp, new_meta, move=True), metrics
+
+
+class RankContext(Protocol):
+    """What :func:`rank_tasks` needs of a job context."""
+
+    settings: Settings
+    store: ModelStore
+    ls: Any
+    fetcher: Any
+
+
+def rank_tasks(
+    ctx: RankContext,
+    project: str,
+    schema: ProjectSchema,
+    version: str,
+    tasks: Sequence[Mapping[str, Any]],
+    labelled_ids: set[Any],
+) -> dict[str, Any]:
+    """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy, push one
+    prediction per unlabelled task, point the project at ``version``, store the ranking."""
+    settings, store = ctx.settings, ctx.store
+    device = settings.torch_device()
+    model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model.to(device).eval()
+    strategy = strategy_for(settings, schema)
+    previous = store.ranking(project)
+    strategy.load_state((previous.get("strategy_state") or {}).get(strategy.name, {}))
+    size = settings.image_size
+
+    rows: list[dict[str, Any]] = []  # per pool index: task id, prefilled results, labelled modalities
+    parts, pooled = [], []
+    for start in range(0, len(tasks), _CHUNK):
+        prepared = _prepare_all(ctx, tasks[start:start + _CHUNK], schema, size)
+        for b in range(0, len(prepared), settings.predict_batch_size):
+            group = prepared[b:b + settings.predict_batch_size]
+            batch = collate([p.sample for _, p in group], schema.modalities).to(device)
+            given = batch.labels if strategy.needs.conditioned else None
+            out = batch_outputs(model, batch.images, given, strategy.needs)
+            parts.append(strategy.score_batch(out))
+            pooled.append(out.pooled.detach().cpu())
+            for i, (task, p) in enumerate(group):
+                results = [] if task["id"] in labelled_ids else _results(out.final, i, model, schema, p, size)
+                rows.append({"id": task["id"], "results": results, "labelled": p.labelled, "size": (p.height, p.width)})
+    if not rows:
+        raise ValueError(f"project {project}: no task image could be fetched; nothing to rank")
+
+    n = len(rows)
+    sensor = [m for m in schema.modalities if m not in schema.annotatable]  # depth/normals: not requestable
+    labelled = {m: torch.tensor([m in r["labelled"] or m in sensor for r in rows]) for m in schema.modalities}
+    candidates = [i for i, r in enumerate(rows) if r["id"] not in labelled_ids]
+    selection = strategy.select(concat_pool(parts), labelled, budget=max(1, len(candidates)))
+    scores = ls_scores(selection.scores, candidates)
+    requested = requested_modalities(selection, strategy.unit, labelled, candidates, schema.annotatable)
+    clusters = kmeans_clusters(torch.cat(pooled), k=min(settings.clusters, n)) if settings.clusters else None
+
+    predictions = []
+    for i in candidates:
+        choices = predictions_to_results({}, schema, *rows[i]["size"], requested=requested.get(i) or None)
+        pred = {"task": int(rows[i]["id"]), "result": rows[i]["results"] + choices, "score": scores[i],
+                "model_version": version}
+        if clusters is not None and len(candidates) <= settings.cluster_push_limit:
+            pred["cluster"] = int(clusters[i])
+        predictions.append(pred)
+    pushed = 0
+    for b in range(0, len(predictions), 500):
+        pushed += ctx.ls.create_predictions_bulk(int(project), predictions[b:b + 500])
+    if settings.set_sampling and predictions:
+        ctx.ls.set_project_ranking(int(project), version)
+    ids = [str(r["id"]) for r in rows]
+    store.save_ranking(project, {
+        "model_version": version,
+        "strategy": strategy.name,
+        "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, [])} for i in candidates},
+        "weights": selection.sample_weights(ids),
+        "strategy_state": {**(previous.get("strategy_state") or {}), strategy.name: strategy.state()},
+    })
+    log.info("project %s: ranked %d tasks (%d candidates) with %s, pushed %d predictions",
+             project, n, len(candidates), strategy.name, pushed)
+    return {"version": version, "strategy": strategy.name, "tasks": n, "candidates": len(candidates),
+            "pushed": pushed}
+
+
+def _prepare_all(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: ProjectSchema, size: int) -> list:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(task: Mapping[str, Any]) -> Any:
+        try:
+            return prepare_task(0, task, schema, ctx.fetcher, size, annotation_to_labels)
+        except Exception as e:  # one bad image must not stop the ranking
+            log.error("rank: task %s skipped: %s", task.get("id"), e)
+            return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return [(t, p) for t, p in zip(tasks, pool.map(one, tasks), strict=True) if p is not None]
+
+
+def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: ProjectSchema, p: Any,
+             size: int) -> list[dict[str, Any]]:
+    """Pre-annotations of image ``i`` of the batch at its original size (no choices item)."""
+    preds = {}
+    for name, value in final.items():
+        spec = model.modalities[name]
+        preds[name] = (spec.activate(value[i : i + 1])[0] if spec.dense else value[i]).float().cpu().numpy()
+    return predictions_to_results(preds, schema, p.height, p.width, requested=None, input_size=(size, size))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
