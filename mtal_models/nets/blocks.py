@@ -27,6 +27,8 @@ class TaskHead(nn.Module):
 
     x [B, C_in, h, w] -> (features [B, C, h, w], raw prediction [B, out_channels, h, w]).
     ``mc=True`` keeps dropout on in eval mode (MC-dropout); otherwise dropout follows ``self.training``.
+    The deterministic conv block and the stochastic rest are separate (``block``, ``finish``) so
+    MC-dropout can run the block once and repeat only dropout + prediction.
     """
 
     def __init__(self, in_channels: int, channels: int, out_channels: int, dropout: float) -> None:
@@ -37,20 +39,26 @@ class TaskHead(nn.Module):
         self.dropout = dropout
         self.pred = nn.Conv2d(channels, out_channels, kernel_size=1)
 
+    def finish(self, feats: Tensor, mc: bool = False, predict: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Block output [B, C, h, w] -> (dropped-out features, raw prediction or None if not ``predict``)."""
+        feats = F.dropout2d(feats, self.dropout, training=self.training or mc)
+        return feats, self.pred(feats) if predict else None
+
     def forward(self, x: Tensor, mc: bool = False) -> tuple[Tensor, Tensor]:
-        feats = F.dropout2d(self.block(x), self.dropout, training=self.training or mc)
-        return feats, self.pred(feats)
+        feats, pred = self.finish(self.block(x), mc)
+        assert pred is not None
+        return feats, pred
 
 
 class MultiModalDistillation(nn.Module):
     """Attention-gated message passing between task features (PAD-Net's distillation).
 
-    For every ordered pair (t <- a), SA_{t<-a}(F_a) = conv_m(F_a) * sigmoid(conv_g(F_a)). One grouped
-    convolution (one group per source a, producing the message and gate maps for all K-1 targets)
-    computes every pair at once, which is much faster on CPU than 2K(K-1) small convolutions.
-    ``messages`` gives every pair's message; ``forward`` gives F'_t = F_t + sum_{a != t} SA_{t<-a}(F_a).
-    The same class serves PAD-Net's distillation and the MTAL-WACV pairwise committee.
-    ``kernel_size`` 1 (default) keeps MC-dropout cheap; spatial context comes from the 3x3 heads.
+    For every ordered pair (t <- a), SA_{t<-a}(F_a) = conv_m(F_a) * sigmoid(conv_g(F_a)). One conv per
+    source a produces the message and gate maps for all K-1 targets at once (fewer, larger convs are
+    much faster on CPU than 2K(K-1) small ones). ``messages`` gives every pair's message; ``forward``
+    gives F'_t = F_t + sum_{a != t} SA_{t<-a}(F_a). The same class serves PAD-Net's distillation and
+    the MTAL-WACV pairwise committee. ``kernel_size`` 1 (default) keeps MC-dropout cheap; spatial
+    context comes from the 3x3 head blocks.
     """
 
     def __init__(self, names: Sequence[str], channels: int, kernel_size: int = 1) -> None:
@@ -58,37 +66,34 @@ class MultiModalDistillation(nn.Module):
         self.names = list(names)
         self.channels = channels
         k = len(self.names)
-        # pair order: source-major, i.e. the group of source a holds its messages to every t != a
-        self.pairs = [(t, a) for a in self.names for t in self.names if t != a]
-        self.conv = (
-            nn.Conv2d(k * channels, k * (k - 1) * 2 * channels, kernel_size, padding=kernel_size // 2, groups=k)
+        self.targets = {a: [t for t in self.names if t != a] for a in self.names}
+        self.convs = nn.ModuleDict(
+            {a: nn.Conv2d(channels, (k - 1) * 2 * channels, kernel_size, padding=kernel_size // 2) for a in self.names}
             if k > 1
-            else None
+            else {}
         )
 
-    def _all_messages(self, feats: dict[str, Tensor]) -> Tensor:
-        """Messages of every pair, [B, P, C, h, w] in ``self.pairs`` order."""
-        assert self.conv is not None
-        x = torch.cat([feats[a] for a in self.names], dim=1)
+    def _source_messages(self, source: str, x: Tensor) -> Tensor:
+        """Messages of ``source`` (F_a [B, C, h, w]) to its K-1 targets: [B, K-1, C, h, w]."""
         b, _, h, w = x.shape
-        y = self.conv(x).view(b, len(self.pairs), 2, self.channels, h, w)
-        return y[:, :, 0] * torch.sigmoid(y[:, :, 1])
+        y = self.convs[source](x).view(b, len(self.targets[source]), 2, self.channels, h, w)
+        return F.glu(y, dim=2).squeeze(2)  # message * sigmoid(gate), fused
 
     def messages(self, feats: dict[str, Tensor]) -> dict[tuple[str, str], Tensor]:
         """{(t, a): SA_{t<-a}(F_a) [B, C, h, w]} for every ordered pair; feats: name -> [B, C, h, w]."""
-        if self.conv is None:
-            return {}
-        msg = self._all_messages(feats)
-        return {pair: msg[:, i] for i, pair in enumerate(self.pairs)}
+        out: dict[tuple[str, str], Tensor] = {}
+        for a in self.convs:
+            msg = self._source_messages(a, feats[a])
+            out.update({(t, a): msg[:, i] for i, t in enumerate(self.targets[a])})
+        return out
 
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """feats: name -> F_t [B, C, h, w] -> name -> F'_t [B, C, h, w]."""
-        if self.conv is None:
-            return dict(feats)
-        msg = self._all_messages(feats)
         out = dict(feats)
-        for i, (t, _) in enumerate(self.pairs):
-            out[t] = out[t] + msg[:, i]
+        for a in self.convs:
+            msg = self._source_messages(a, feats[a])
+            for i, t in enumerate(self.targets[a]):
+                out[t] = out[t] + msg[:, i]
         return out
 
 
@@ -154,22 +159,19 @@ def format_predictions(
 ) -> dict[str, Tensor]:
     """Raw head outputs name -> [B, C, h, w] -> name -> [B, C, H, W] at ``size``, in each spec's format.
 
-    One bilinear upsampling for all modalities (concatenated), then: logits as they are (segmentation,
-    binary), softplus for depth (metres, always > 0), L2 normalisation along channels for normals.
+    Bilinear upsampling, then: logits as they are (segmentation, binary), softplus for depth (metres,
+    always > 0), L2 normalisation along channels for normals (unit vectors). Outputs are contiguous.
     """
-    if not raw:
-        return {}
-    names = list(raw)
-    x = torch.cat([raw[n] for n in names], dim=1) if len(names) > 1 else raw[names[0]]
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    parts = torch.split(x, [raw[n].shape[1] for n in names], dim=1)
     out: dict[str, Tensor] = {}
-    for name, part in zip(names, parts, strict=True):
+    for name, x in raw.items():
+        fresh = tuple(x.shape[-2:]) != tuple(size)
+        if fresh:
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         kind = specs[name].kind
         if kind == "depth":
-            part = F.softplus(part)
-        elif kind == "normals":  # cheaper than F.normalize on large maps
-            part = part * torch.rsqrt(part.square().sum(dim=1, keepdim=True).clamp_min(1e-12))
-        out[name] = part
+            x = F.softplus(x)
+        elif kind == "normals":  # cheaper than F.normalize on large maps; in place when no graph is kept
+            scale = torch.rsqrt(x.square().sum(dim=1, keepdim=True).clamp_min(1e-12))
+            x = x.mul_(scale) if fresh and not torch.is_grad_enabled() else x * scale
+        out[name] = x
     return out

@@ -11,7 +11,7 @@ Data flow (h, w = input / 8)::
 
 Design choices:
 
-- Heads are light (one 3x3 conv block + Dropout2d + 1x1 prediction; SA convs are 1x1, grouped) so
+- Heads are light (one 3x3 conv block + Dropout2d + 1x1 prediction; SA convs are 1x1, one per source) so
   that MC-dropout, which repeats only the heads, costs little next to the trunk.
 - Depth goes through softplus (metres, always > 0, matches the "<= 0 = invalid" label convention);
   normals are L2-normalised; segmentation/binary stay logits. Initial, final and refined outputs share
@@ -42,6 +42,7 @@ from mtal_models.nets.losses import masked_mean
 __all__ = ["PADNet"]
 
 _FUSION_INDEX = 1  # fuse at the stride-8 map (c3)
+_MC_IMAGES_PER_PASS = 4  # MC-dropout: run the heads on about this many images (copies x batch) at once
 
 
 class PADNet(MultiTaskNet):
@@ -73,6 +74,10 @@ class PADNet(MultiTaskNet):
         self.committee_blocks = MultiModalDistillation(names, ch)
 
     # ---- helpers --------------------------------------------------------------------------------
+    def _initial_blocks(self, fused: Tensor) -> dict[str, Tensor]:
+        """The initial heads' deterministic conv blocks on fused features: name -> [B, C, h, w]."""
+        return {name: head.block(fused) for name, head in self.initial_heads.items()}
+
     def _encode_given(self, given: Labels | None, batch: int, size: torch.Size) -> dict[str, tuple[Tensor, Tensor]]:
         """name -> (mask bool [B], encoded GT [B, C, h, w], zero where absent) for given modalities."""
         if given is None:
@@ -103,23 +108,27 @@ class PADNet(MultiTaskNet):
 
     def _heads(
         self,
-        fused: Tensor,
+        blocks: dict[str, Tensor],
         encoded: dict[str, tuple[Tensor, Tensor]],
-        size: tuple[int, int],
+        size: tuple[int, int] | None,
         *,
         initial: bool,
         committee: bool,
         mc: bool,
         repeat: int = 1,
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, dict[str, Tensor]], Tensor]:
-        """Heads on fused features [N, C, h, w] (N = B, or B * n with the encodings repeated).
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, dict[str, Tensor]], Tensor | None]:
+        """Heads from the initial heads' conv-block outputs ``blocks`` (name -> [B, C, h, w]); with
+        ``repeat`` = n > 1 everything after those deterministic blocks runs on n stacked copies
+        (N = n * B, copy-major).
 
-        Returns (initial, final, refined, head_features [N, K*C, h, w]; empty channels when ``mc``)."""
+        Returns (initial, final, refined, head_features [N, K*C, h, w], or None when ``mc``); with
+        ``size`` None, ``final`` holds the raw low-resolution outputs [N, C, h, w]."""
         feats: dict[str, Tensor] = {}
         initial_raw: dict[str, Tensor] = {}
-        for name in self.modalities:
-            f, raw = self.initial_heads[name](fused, mc=mc)
-            if initial:
+        for name, block in blocks.items():
+            rep = block.repeat(repeat, 1, 1, 1) if repeat > 1 else block
+            f, raw = self.initial_heads[name].finish(rep, mc=mc, predict=initial)
+            if raw is not None:
                 initial_raw[name] = raw
             if name in encoded:
                 mask, enc = encoded[name]
@@ -141,9 +150,9 @@ class PADNet(MultiTaskNet):
                 refined[k] = format_predictions({j: self.modalities[k] for j in by_j}, by_j, size)
         return (
             format_predictions(self.modalities, initial_raw, size),
-            format_predictions(self.modalities, final_raw, size),
+            format_predictions(self.modalities, final_raw, size) if size is not None else final_raw,
             refined,
-            torch.cat(head_feats, dim=1) if head_feats else fused[:, :0],
+            torch.cat(head_feats, dim=1) if head_feats else None,
         )
 
     # ---- the contract ---------------------------------------------------------------------------
@@ -160,7 +169,7 @@ class PADNet(MultiTaskNet):
         fused = self.fusion(feats)
         encoded = self._encode_given(given, batch, fused.shape[-2:])
         initial, final, refined, head_features = self._heads(
-            fused, encoded, size, initial=True, committee=committee, mc=False
+            self._initial_blocks(fused), encoded, size, initial=True, committee=committee, mc=False
         )
         return MultiTaskOutput(
             final=final,
@@ -203,6 +212,9 @@ class PADNet(MultiTaskNet):
     def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
         """MC-dropout: trunk + fusion once, heads ``n`` times (batched) with dropout on, even in eval mode.
 
+        The initial heads' conv blocks come before their dropout, so they are computed once and their
+        output repeated: the same samples as n full head passes, for less work.
+
         Returns name -> final outputs [B, n, C, H, W] (same formats as ``forward``'s ``final``).
         BatchNorm follows the module's mode (use eval mode for inference).
         """
@@ -212,7 +224,17 @@ class PADNet(MultiTaskNet):
         batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
         fused = self.fusion(self.backbone(images))
         encoded = self._encode_given(given, batch, fused.shape[-2:])
-        _, final, _, _ = self._heads(
-            fused.repeat(n, 1, 1, 1), encoded, size, initial=False, committee=False, mc=True, repeat=n
-        )
-        return {k: v.view(n, batch, *v.shape[1:]).transpose(0, 1) for k, v in final.items()}
+        blocks = self._initial_blocks(fused)
+        # a few copies per pass: batching all n copies is slower on CPU (the distillation's large
+        # intermediate tensors fall out of cache), one copy per pass wastes small-batch efficiency
+        per_pass = max(1, min(n, _MC_IMAGES_PER_PASS // batch))
+        raw: dict[str, list[Tensor]] = {k: [] for k in self.modalities}
+        for start in range(0, n, per_pass):
+            copies = min(per_pass, n - start)
+            _, final, _, _ = self._heads(blocks, encoded, None, initial=False, committee=False, mc=True, repeat=copies)
+            for k, v in final.items():
+                raw[k].append(v.view(copies, batch, *v.shape[1:]))
+        # order sample-major at low resolution (cheap), so the full-size outputs need no further copy
+        low = {k: torch.cat(v).transpose(0, 1).reshape(batch * n, *v[0].shape[2:]) for k, v in raw.items()}
+        full = format_predictions(self.modalities, low, size)
+        return {k: v.view(batch, n, *v.shape[1:]) for k, v in full.items()}
