@@ -85,7 +85,7 @@ def collate(samples: Sequence[Sample], modalities: Mapping[str, ModalitySpec]) -
     if len(shapes) != 1:
         raise ValueError(f"samples must share one image size to be batched, got {sorted(shapes)}")
     h, w = samples[0].image.shape[:2]
-    images = torch.stack([torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1) for s in samples])
+    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2)
     values: dict[str, Any] = {}
     present: dict[str, Tensor] = {}
     for name, spec in modalities.items():

@@ -1,0 +1,109 @@
+"""The whole loop in embedded mode (no REDIS_URL) against a real Label Studio 1.23.
+
+Connect the backend, retrieve prefilled predictions, submit partial annotations, press "Start
+Training" (POST /api/ml/{id}/train), and check that a new version is trained, that the rank job
+pushed exactly one prediction per unlabelled task with that version, that the project now uses
+uncertainty sampling with that version, and that Label Studio serves the task we ranked first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from backend.ls_api import UNCERTAINTY_SAMPLING, LabelStudioAPI
+from backend.settings import Settings
+from backend.store import ModelStore
+from tests.support.backend_server import serve_backend
+from tests.support.label_studio import LabelStudioServer
+from tests.support.scene_project import SceneProject, annotate, create_scene_project
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+N_TASKS = 8
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def setup(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    tmp = tmp_path_factory.mktemp("loop-embedded")
+    settings = Settings(
+        label_studio_url=label_studio.url, label_studio_api_key=label_studio.token, model_dir=tmp / "models",
+        redis_url=None, net_config="tiny", image_size=SIZE, device="cpu", train_epochs=2, train_threshold=0,
+        cache_dir=tmp / "cache",
+    )
+    project = create_scene_project(label_studio.url, label_studio.headers, label_studio.files_root,
+                                   "mtal loop embedded", N_TASKS, size=SIZE)
+    with serve_backend(settings) as backend_url:
+        yield label_studio, project, backend_url, settings
+
+
+def _predictions(ls: LabelStudioServer, project: SceneProject) -> list[dict]:
+    r = requests.get(f"{ls.url}/api/predictions/", params={"project": project.id}, headers=ls.headers, timeout=60)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_start_training_trains_ranks_and_orders_label_studio(setup: tuple) -> None:
+    ls, project, backend_url, settings = setup
+    api = LabelStudioAPI(ls.url, ls.token)
+    ml = api.sdk.ml.create(url=backend_url, project=project.id, title="MTAL", is_interactive=False)
+    store = ModelStore(settings.model_dir)
+    v1 = store.current(str(project.id))
+    assert v1 is not None, "connecting the backend runs /setup, which publishes the initial version"
+
+    # prefill: Label Studio asks /predict for every task. Synthetic "semantic" has no background, so
+    # even the untrained net paints regions there ("parts" may be all background before training).
+    api.sdk.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True})
+    preds = _predictions(ls, project)
+    assert sorted(p["task"] for p in preds) == sorted(project.task_ids)
+    for p in preds:
+        assert p["model_version"] == v1
+        assert "semantic" in {r["from_name"] for r in p["result"]}
+
+    # partial labels: semantic only, parts only, both
+    for index, modalities in ((0, ["semantic"]), (1, ["parts"]), (2, ["semantic", "parts"])):
+        annotate(ls.url, ls.headers, project, index, modalities)
+    r = requests.post(f"{ls.url}/api/ml/{ml.id}/train", headers=ls.headers, json={}, timeout=60)
+    assert r.status_code == 200, r.text
+
+    deadline = time.time() + 300
+    status = {}
+    while time.time() < deadline:
+        status = requests.get(f"{backend_url}/status", params={"project": project.id}, timeout=10).json()
+        if status["state"] == "idle" and status["version"] and status["version"] != v1:
+            break
+        assert not status.get("error"), status
+        time.sleep(1)
+    else:
+        pytest.fail(f"no new version within 300 s: {status}")
+    v2 = status["version"]
+    assert store.current(str(project.id)) == v2 and v2 != v1
+    assert status["metrics"]["n_train"] + status["metrics"]["n_val"] == 3
+
+    # exactly one prediction of the new version per unlabelled task, with a score in [0, 1)
+    unlabelled = set(project.task_ids[3:])
+    new = [p for p in _predictions(ls, project) if p["model_version"] == v2]
+    assert sorted(p["task"] for p in new) == sorted(unlabelled)
+    assert all(0.0 <= p["score"] < 1.0 for p in new)
+    requested = [r for p in new for r in p["result"] if r["from_name"] == "mtal_labelled"]
+    assert len(requested) == len(unlabelled) and all(r["value"]["choices"] for r in requested)
+
+    # Label Studio now orders by our scores: the project points at v2 with uncertainty sampling
+    proj = api.get_project(project.id)
+    assert proj["model_version"] == v2 and proj["sampling"] == UNCERTAINTY_SAMPLING
+    first = min(new, key=lambda p: p["score"])
+    nxt = api.next_task(project.id)
+    assert nxt is not None and nxt["id"] == first["task"]
+    ranking = store.ranking(str(project.id))
+    assert ranking["model_version"] == v2 and ranking["tasks"][str(first["task"])]["score"] == 0.0
+
+
+def test_status_requires_a_project(setup: tuple) -> None:
+    _, _, backend_url, _ = setup
+    r = requests.get(f"{backend_url}/status", timeout=10)
+    assert r.status_code == 400 and "project" in r.json()["message"]
+
+
