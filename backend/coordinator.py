@@ -34,8 +34,9 @@ __all__ = ["Coordinator"]
 log = logging.getLogger(__name__)
 _RECOVER_AFTER_S = 30.0
 
-# KEYS: state hash. ARGV: now, job id. Returns 1 when the caller must enqueue a run with that id.
-_REQUEST = """
+# Request a run: idle -> queued (returns 1: the caller enqueues job ARGV[2]); queued -> nothing;
+# training/ranking -> follow_up. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id.
+_TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'idle' then
   redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
@@ -46,24 +47,16 @@ end
 redis.call('HSET', KEYS[1], 'follow_up', '1')
 return 0
 """
+_REQUEST = _TRANSITION
 
 # KEYS: state, counts, counts_inflight. ARGV: now, job id, threshold, modality names...
-# Adds one to each modality; returns 1 to enqueue, 0 otherwise (a follow-up may have been flagged).
+# Adds one to each modality; when the total reaches the threshold, requests a run as above.
 _RECORD = """
 for i = 4, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
 local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
 if total < tonumber(ARGV[3]) then return 0 end
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'idle' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
-  return 1
-elseif state == 'queued' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'follow_up', '1')
-return 0
-"""
+""" + _TRANSITION
 
 # KEYS: state, counts, counts_inflight. ARGV: now. Moves counts aside; state -> training.
 _BEGIN = """

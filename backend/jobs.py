@@ -22,22 +22,18 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from backend.convert import annotation_to_labels
 from backend.coordinator import Coordinator
 from backend.images import ImageFetcher
 from backend.labeling import ProjectSchema
 from backend.ls_api import LabelStudioAPI
 from backend.model import MTALModel, load_schema
-from backend.predict import prepare_task
 from backend.queueing import open_queue
 from backend.settings import Settings
 from backend.store import ModelStore
-from backend.trainrank import rank_tasks, train_version
+from backend.trainrank import prepare_tasks, rank_tasks, train_version
 
 __all__ = ["JobContext", "configure", "rank_job", "train_job"]
 
@@ -86,23 +82,6 @@ class JobContext:
         MTALModel(project, config, self.settings, self.store).setup()
         return load_schema(config, self.settings.dense_fields)
 
-    def prepare(self, tasks: Sequence[dict[str, Any]], schema: ProjectSchema) -> Iterator[tuple[dict, Any]]:
-        """(task, prepared sample) for every task whose image could be fetched, in task order; images
-        fetched by a thread pool (they are cached on disk for the next run)."""
-        size = self.settings.image_size
-
-        def one(task: dict[str, Any]) -> Any:
-            try:
-                return prepare_task(0, task, schema, self.fetcher, size, annotation_to_labels)
-            except Exception as e:  # one bad image must not stop the run
-                log.error("project task %s skipped: %s", task.get("id"), e)
-                return None
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for task, prepared in zip(tasks, pool.map(one, tasks), strict=True):
-                if prepared is not None:
-                    yield task, prepared
-
 
 def _run(stage: str, project: Any, body: Any) -> Any:
     """Run ``body(ctx, project)``; on failure record the error (the state machine gives the label
@@ -129,7 +108,7 @@ def train_job(project: Any) -> str:
         started = time.time()
         schema = ctx.schema(project)
         tasks = list(ctx.ls.iter_labelled_tasks(int(project)))
-        samples = [p.sample for _, p in ctx.prepare(tasks, schema) if p.labelled]
+        samples = [p.sample for _, p in prepare_tasks(ctx, tasks, schema, ctx.settings.image_size) if p.labelled]
         if not samples:
             raise ValueError(f"project {project} has no usable labelled task yet ({len(tasks)} annotated)")
         val_fraction = ctx.settings.val_fraction if len(samples) >= 10 else 0.0

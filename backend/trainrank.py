@@ -10,6 +10,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
@@ -24,7 +25,7 @@ from mtal_models.data.sample import Sample, collate
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
-__all__ = ["RankContext", "rank_tasks", "strategy_for", "train_version"]
+__all__ = ["RankContext", "prepare_tasks", "rank_tasks", "strategy_for", "train_version"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
@@ -120,7 +121,7 @@ def rank_tasks(
     rows: list[dict[str, Any]] = []  # per pool index: task id, prefilled results, labelled modalities
     parts, pooled = [], []
     for start in range(0, len(tasks), _CHUNK):
-        prepared = _prepare_all(ctx, tasks[start:start + _CHUNK], schema, size)
+        prepared = prepare_tasks(ctx, tasks[start:start + _CHUNK], schema, size)
         for b in range(0, len(prepared), settings.predict_batch_size):
             group = prepared[b:b + settings.predict_batch_size]
             batch = collate([p.sample for _, p in group], schema.modalities).to(device)
@@ -170,14 +171,14 @@ def rank_tasks(
             "pushed": pushed}
 
 
-def _prepare_all(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: ProjectSchema, size: int) -> list:
-    from concurrent.futures import ThreadPoolExecutor
-
+def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: ProjectSchema, size: int) -> list:
+    """[(task, PreparedTask)] for every task whose image could be fetched, in order; images fetched by a
+    thread pool (and kept in the on-disk cache for the next run); a bad image is logged and skipped."""
     def one(task: Mapping[str, Any]) -> Any:
         try:
             return prepare_task(0, task, schema, ctx.fetcher, size, annotation_to_labels)
-        except Exception as e:  # one bad image must not stop the ranking
-            log.error("rank: task %s skipped: %s", task.get("id"), e)
+        except Exception as e:  # one bad image must not stop the run
+            log.error("task %s skipped: %s", task.get("id"), e)
             return None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
