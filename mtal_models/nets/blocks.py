@@ -67,33 +67,34 @@ class MultiModalDistillation(nn.Module):
         self.channels = channels
         k = len(self.names)
         self.targets = {a: [t for t in self.names if t != a] for a in self.names}
-        self.convs = nn.ModuleDict(
-            {a: nn.Conv2d(channels, (k - 1) * 2 * channels, kernel_size, padding=kernel_size // 2) for a in self.names}
-            if k > 1
-            else {}
+        # one conv per source, in ``names`` order (none when K = 1)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, (k - 1) * 2 * channels, kernel_size, padding=kernel_size // 2)
+            for _ in (self.names if k > 1 else [])
         )
 
-    def _source_messages(self, source: str, x: Tensor) -> Tensor:
-        """Messages of ``source`` (F_a [B, C, h, w]) to its K-1 targets: [B, K-1, C, h, w]."""
+    def _source_messages(self, i: int, x: Tensor) -> Tensor:
+        """Messages of source ``names[i]`` (F_a [B, C, h, w]) to its K-1 targets: [B, K-1, C, h, w]."""
+        source = self.names[i]
         b, _, h, w = x.shape
-        y = self.convs[source](x).view(b, len(self.targets[source]), 2, self.channels, h, w)
+        y = self.convs[i](x).view(b, len(self.targets[source]), 2, self.channels, h, w)
         return F.glu(y, dim=2).squeeze(2)  # message * sigmoid(gate), fused
 
     def messages(self, feats: dict[str, Tensor]) -> dict[tuple[str, str], Tensor]:
         """{(t, a): SA_{t<-a}(F_a) [B, C, h, w]} for every ordered pair; feats: name -> [B, C, h, w]."""
         out: dict[tuple[str, str], Tensor] = {}
-        for a in self.convs:
-            msg = self._source_messages(a, feats[a])
-            out.update({(t, a): msg[:, i] for i, t in enumerate(self.targets[a])})
+        for i, a in enumerate(self.names[: len(self.convs)]):
+            msg = self._source_messages(i, feats[a])
+            out.update({(t, a): msg[:, j] for j, t in enumerate(self.targets[a])})
         return out
 
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """feats: name -> F_t [B, C, h, w] -> name -> F'_t [B, C, h, w]."""
         out = dict(feats)
-        for a in self.convs:
-            msg = self._source_messages(a, feats[a])
-            for i, t in enumerate(self.targets[a]):
-                out[t] = out[t] + msg[:, i]
+        for i, a in enumerate(self.names[: len(self.convs)]):
+            msg = self._source_messages(i, feats[a])
+            for j, t in enumerate(self.targets[a]):
+                out[t] = out[t] + msg[:, j]
         return out
 
 

@@ -66,17 +66,20 @@ class PADNet(MultiTaskNet):
         ch = cfg.head_channels
         self.backbone = build_backbone(cfg)
         self.fusion = MultiScaleFusion(self.backbone.out_channels, ch, target=_FUSION_INDEX)
-        specs = self.modalities.items()
-        self.initial_heads = nn.ModuleDict({n: TaskHead(ch, ch, s.channels, cfg.dropout) for n, s in specs})
+        # per-modality modules live in lists (modality order), so any name works (ModuleDict keys may not
+        # contain "." or shadow attributes); self._index maps a name to its position
+        self._index = {name: i for i, name in enumerate(names)}
+        specs = list(self.modalities.values())
+        self.initial_heads = nn.ModuleList(TaskHead(ch, ch, s.channels, cfg.dropout) for s in specs)
         self.distillation = MultiModalDistillation(names, ch)
-        self.final_heads = nn.ModuleDict({n: TaskHead(ch, ch, s.channels, cfg.dropout) for n, s in specs})
-        self.label_encoders = nn.ModuleDict({n: LabelEncoder(s, ch) for n, s in specs})
+        self.final_heads = nn.ModuleList(TaskHead(ch, ch, s.channels, cfg.dropout) for s in specs)
+        self.label_encoders = nn.ModuleList(LabelEncoder(s, ch) for s in specs)
         self.committee_blocks = MultiModalDistillation(names, ch)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _initial_blocks(self, fused: Tensor) -> dict[str, Tensor]:
         """The initial heads' deterministic conv blocks on fused features: name -> [B, C, h, w]."""
-        return {name: head.block(fused) for name, head in self.initial_heads.items()}
+        return {name: self.initial_heads[i].block(fused) for name, i in self._index.items()}
 
     def _encode_given(self, given: Labels | None, batch: int, size: torch.Size) -> dict[str, tuple[Tensor, Tensor]]:
         """name -> (mask bool [B], encoded GT [B, C, h, w], zero where absent) for given modalities."""
@@ -101,7 +104,7 @@ class PADNet(MultiTaskNet):
                 shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
                 raise ValueError(f"given modality {name!r}: label must be a tensor with batch {batch}, got {shape}")
             label_map = label_to_map(self.modalities[name], target.to(device)[idx], size)
-            encoded = self.label_encoders[name](label_map)
+            encoded = self.label_encoders[self._index[name]](label_map)
             full = encoded.new_zeros((batch, *encoded.shape[1:])).index_put((idx,), encoded)
             out[name] = (mask, full)
         return out
@@ -127,7 +130,7 @@ class PADNet(MultiTaskNet):
         initial_raw: dict[str, Tensor] = {}
         for name, block in blocks.items():
             rep = block.repeat(repeat, 1, 1, 1) if repeat > 1 else block
-            f, raw = self.initial_heads[name].finish(rep, mc=mc, predict=initial)
+            f, raw = self.initial_heads[self._index[name]].finish(rep, mc=mc, predict=initial)
             if raw is not None:
                 initial_raw[name] = raw
             if name in encoded:
@@ -138,14 +141,14 @@ class PADNet(MultiTaskNet):
         final_raw: dict[str, Tensor] = {}
         head_feats = []
         for name in self.modalities:
-            g, final_raw[name] = self.final_heads[name](distilled[name], mc=mc)
+            g, final_raw[name] = self.final_heads[self._index[name]](distilled[name], mc=mc)
             if not mc:
                 head_feats.append(g)
         refined: dict[str, dict[str, Tensor]] = {}
         if committee:
             refined_raw: dict[str, dict[str, Tensor]] = {}
             for (k, j), msg in self.committee_blocks.messages(feats).items():
-                refined_raw.setdefault(k, {})[j] = self.final_heads[k](feats[k] + msg, mc=mc)[1]
+                refined_raw.setdefault(k, {})[j] = self.final_heads[self._index[k]](feats[k] + msg, mc=mc)[1]
             for k, by_j in refined_raw.items():
                 refined[k] = format_predictions({j: self.modalities[k] for j in by_j}, by_j, size)
         return (

@@ -96,6 +96,12 @@ def test_committee_off_by_default_costs_nothing(
     assert net(images, committee=True).refined and len(calls) == 1
 
 
+def test_any_modality_names_work(images: torch.Tensor) -> None:
+    mods = build_modalities([("items", "depth", 1), ("tag.with.dots", "binary", 1)])
+    out = build_network("padnet", mods, "tiny").eval()(images, committee=True)
+    assert set(out.final) == {"items", "tag.with.dots"} and set(out.refined["items"]) == {"tag.with.dots"}
+
+
 def test_single_modality_net_runs(images: torch.Tensor) -> None:
     model = build_network("padnet", build_modalities([("depth", "depth", 1)]), "tiny").eval()
     out = model(images, committee=True)
@@ -117,6 +123,21 @@ def test_mc_samples_shape_dropout_and_single_backbone_pass(net: PADNet, images: 
     assert not torch.allclose(samples[name][:, 0], samples[name][:, 1])  # dropout on in eval mode
     torch.testing.assert_close(net(images).final[name], net(images).final[name])  # and off in forward
     assert not net.training
+
+
+def test_mc_samples_without_dropout_equal_forward(images: torch.Tensor) -> None:
+    """With dropout 0 every MC sample must be the forward's final output of the same image (checks the
+    chunking and sample-major reordering), also with per-sample GT substitution."""
+    torch.manual_seed(0)
+    model = build_network("padnet", MODALITIES, get_config("tiny", dropout=0.0)).eval()
+    batch = torch.cat([images, images.flip(0), images * 0.5])  # 6 distinct images: several chunks
+    given = Labels({"depth": make_label(MODALITIES["depth"], 6)}, {"depth": torch.tensor([1, 0, 1, 0, 0, 1]) > 0})
+    with torch.no_grad():
+        final = model(batch, given=given).final
+    samples = model.mc_samples(batch, 3, given=given)
+    for name, value in final.items():
+        for i in range(3):
+            torch.testing.assert_close(samples[name][:, i], value, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", DENSE_KINDS)
