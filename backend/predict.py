@@ -260,14 +260,29 @@ def _infer(
 ) -> tuple[dict[str, Tensor], list[float]]:
     """One batched forward (on the INFERENCE thread): activated outputs on the CPU and task scores."""
     with torch.inference_mode():
+        if images.dtype == torch.uint8:  # convert on the device: 4x less to copy
+            images = images.to(device).float().div_(255.0)
         preds = model.predict(images.to(device), None if given is None else given.to(device))
         scores = task_scores(preds, modalities)
-        return {k: v.cpu() for k, v in preds.items()}, scores
+        return {k: _reduce(v, modalities[k]) for k, v in preds.items()}, scores
+
+
+def _reduce(pred: Tensor, spec: ModalitySpec) -> Any:
+    """Segmentation probs [B, C, H, W] -> per image SegmentationArgmax (class int32, confidence float32),
+    reduced for the whole batch on the device (much cheaper than numpy's argmax per image); others -> CPU."""
+    if spec.kind != "segmentation":
+        return pred.cpu()
+    from backend.convert import SegmentationArgmax
+
+    conf, cls = pred.max(1)
+    cls_np, conf_np = cls.to(torch.int32).cpu().numpy(), conf.float().cpu().numpy()
+    return [SegmentationArgmax(cls_np[i], conf_np[i]) for i in range(len(cls_np))]
 
 
 def _stack_images(images: Sequence[np.ndarray]) -> Tensor:
-    """B uint8 [S, S, 3] -> float [B, 3, S, S] in [0, 1], contiguous (as collate builds it)."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    """B uint8 [S, S, 3] -> uint8 [B, 3, S, S], contiguous; :func:`_infer` scales it to float [0, 1]
+    on the device (the same values collate builds)."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
 
 
 def _usable_ranking(ranking: Mapping[str, Any] | None, model_version: str) -> Mapping[str, Any]:

@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from label_studio_sdk.converter.brush import encode_rle as sdk_encode_rle
 
 from backend.convert import (
+    SegmentationArgmax,
     annotation_to_labels,
     box_to_rect,
+    encode_rle,
+    mask_to_polygons,
     mask_to_rle,
     polygon_to_mask,
     predictions_to_results,
@@ -52,6 +56,52 @@ def test_rle_uses_sdk_rgba_layout():
     assert (rgba[mask] == 255).all() and (rgba[~mask] == 0).all()
     # an SDK-made RLE (alpha in all 4 bytes) decodes to the same mask
     np.testing.assert_array_equal(rle_to_mask(mask2rle(mask.astype(np.uint8) * 255), 5, 6), mask)
+
+
+def _random_flat(rng: np.random.Generator, kind: int, n: int) -> np.ndarray:
+    if kind == 0:  # noise: runs of length 1
+        return rng.integers(0, 256, n).astype(np.uint8)
+    if kind == 1:  # short and medium runs of a few values
+        k = max(n // 40, 1)
+        return np.repeat(rng.integers(0, 3, k), rng.integers(1, 300, k)).astype(np.uint8)
+    if kind == 2:  # a few very long runs (> 2**16: split into several 16-bit pieces)
+        return np.repeat(rng.integers(0, 2, 4) * 255, rng.integers(1, 150_000, 4)).astype(np.uint8)
+    return np.full(n, 255 * (kind - 3), np.uint8)  # all zero / all 255
+
+
+@pytest.mark.parametrize("kind", range(5))
+def test_fast_encoder_equals_sdk_on_random_arrays(kind):
+    rng = np.random.default_rng(kind)
+    for n in [1, 2, 7, 8, 9, 16, 17, 256, 257, 65536, 65537, *rng.integers(1, 5000, 25).tolist()]:
+        arr = _random_flat(rng, kind, int(n))
+        assert encode_rle(arr) == sdk_encode_rle(arr), (kind, n, arr.size)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 3), (31, 17), (64, 63), (300, 257)])
+def test_mask_to_rle_equals_sdk_mask2rle(shape):
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    blobs = np.kron(rng.random((shape[0] // 4 + 1, shape[1] // 4 + 1)) < 0.4, np.ones((4, 4), bool))
+    masks = [np.zeros(shape, bool), np.ones(shape, bool), rng.random(shape) < 0.5, blobs[: shape[0], : shape[1]]]
+    for mask in masks:
+        assert mask_to_rle(mask) == [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)]
+
+
+def test_mask_to_rle_reproduces_golden_sdk_bytes():
+    n = 0
+    for name in ("annotation_full.json", "annotation_partial.json", "annotation_no_choices.json"):
+        for res in _load(name)["result"]:
+            if res["type"] == "brushlabels":
+                h, w = res["original_height"], res["original_width"]
+                assert mask_to_rle(rle_to_mask(res["value"]["rle"], h, w)) == res["value"]["rle"]
+                n += 1
+    assert n == 5
+
+
+def test_encode_rle_bad_input():
+    with pytest.raises(ValueError, match="non-empty"):
+        encode_rle(np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match="0-255"):
+        encode_rle(np.array([1, 300]))
 
 
 def test_rle_size_mismatch_is_value_error():
@@ -211,6 +261,64 @@ def test_predictions_content_by_construction(schema):
     labels, present = annotation_to_labels(results, schema, 40, 60)
     assert present == {"semantic": True, "boxes": False, "parts": True}
     np.testing.assert_array_equal(labels["semantic"] == 1, expected)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_predicted_polygons_round_trip(schema):
+    preds, kw = make_golden.prediction_inputs()
+    kw["input_size"] = tuple(kw["input_size"])
+    polys = [r for r in predictions_to_results(preds, schema, **kw) if r["from_name"] == "parts"]
+    assert len(polys) == 1  # the 2x2-pixel speck is dropped
+    (poly,) = polys
+    assert poly["type"] == "polygonlabels" and poly["value"]["polygonlabels"] == ["wheel"]
+    assert poly["value"]["closed"] is True and poly["score"] == pytest.approx(0.75)
+    expected = np.zeros((40, 60), bool)
+    expected[8:28, 4:16] = True
+    assert _iou(polygon_to_mask(poly["value"]["points"], 40, 60), expected) > 0.9
+
+
+def test_mask_to_polygons_components_and_scores():
+    mask = np.zeros((50, 70), bool)
+    mask[5:25, 5:30] = True  # square
+    mask[30:45, 40:65] = True  # ring: the hole is filled (external contours only)
+    mask[35:40, 48:57] = False
+    mask[1, 68] = True  # 1 pixel: dropped
+    conf = np.where(np.arange(70)[None, :] < 35, 0.8, 0.6) * np.ones((50, 1))
+    got = mask_to_polygons(mask, conf)
+    assert len(got) == 2
+    filled = np.zeros_like(mask)
+    for points, score in got:
+        m = polygon_to_mask(points, 50, 70)
+        assert score == pytest.approx(0.8 if m[10, 10] else 0.6)
+        filled |= m
+    want = mask.copy()
+    want[35:40, 48:57] = True
+    want[1, 68] = False
+    assert _iou(filled, want) > 0.97
+    # a diagonal blob survives simplification within the epsilon
+    yy, xx = np.mgrid[0:64, 0:64]
+    disc = (yy - 30) ** 2 + (xx - 34) ** 2 < 20**2
+    ((points, _),) = mask_to_polygons(disc)
+    assert _iou(polygon_to_mask(points, 64, 64), disc) > 0.9
+    assert mask_to_polygons(np.zeros((8, 8), bool)) == []
+    with pytest.raises(ValueError, match="confidence shape"):
+        mask_to_polygons(mask, conf[:10])
+
+
+def test_argmax_input_equals_probs_input(schema):
+    preds, kw = make_golden.prediction_inputs()
+    kw["input_size"] = tuple(kw["input_size"])
+    reduced = {k: SegmentationArgmax(v.argmax(0), v.max(0)) if v.ndim == 3 and k != "depth" else v
+               for k, v in preds.items()}
+    assert predictions_to_results(reduced, schema, **kw) == predictions_to_results(preds, schema, **kw)
+    with pytest.raises(ValueError, match="semantic.*class ids"):
+        bad = SegmentationArgmax(np.full((4, 4), 3), np.ones((4, 4), np.float32))
+        predictions_to_results({"semantic": bad}, schema, 4, 4)
+    with pytest.raises(ValueError, match="semantic.*same"):
+        predictions_to_results({"semantic": SegmentationArgmax(np.zeros((4, 4), int), np.ones(4))}, schema, 4, 4)
 
 
 def test_predictions_bad_input_names_modality(schema):

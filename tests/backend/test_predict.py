@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from backend.convert import rle_to_mask
+from backend.convert import polygon_to_mask, rle_to_mask
 from backend.labeling import parse_label_config
 from backend.predict import _as_rgb, latest_annotation, predict_tasks, task_scores
 from mtal_models.modalities import ModalitySpec
@@ -108,6 +108,10 @@ def test_one_batched_forward_and_known_results(schema: Any) -> None:
         assert (brush["original_height"], brush["original_width"]) == (h, w)
         mask = rle_to_mask(brush["value"]["rle"], h, w) > 0
         assert mask[:, : w // 2 - 1].all() and not mask[:, w // 2 + 1 :].any()
+        (poly,) = by_tag["poly"]  # PolygonLabels tag: a polygon of the left half, not a brush
+        assert poly["type"] == "polygonlabels" and poly["value"]["polygonlabels"] == ["road"]
+        filled = polygon_to_mask(poly["value"]["points"], h, w)
+        assert filled[:, : w // 2 - 1].all() and not filled[:, w // 2 + 1 :].any()
         (rect,) = by_tag["boxes"]
         assert rect["value"]["rectanglelabels"] == ["Fußgänger"]
         for key in ("x", "y", "width", "height"):

@@ -142,13 +142,20 @@ def no_choices_annotation() -> dict:
 
 
 def prediction_inputs() -> tuple[dict, dict]:
-    """Segmentation probs [3, 20, 30] (network output half the image size) and detections [3, 8]
-    in network-input pixels (input 20x30), plus the call's keyword arguments."""
+    """Segmentation probs [3, 20, 30] (network output half the image size), polygon-tag probs
+    [2, 20, 30] (a wheel square, rows 4-13 x cols 2-7 -> image rows 8-27 x cols 4-15, plus a
+    1-pixel speck -> 2x2 image pixels, too small to become a polygon) and detections [3, 8] in
+    network-input pixels (input 20x30), plus the call's keyword arguments."""
     probs = np.zeros((3, H // 2, W // 2), np.float32)
     probs[0] = 0.8
     probs[1] = 0.2
     probs[:, 0:5, 0:10] = np.array([0.1, 0.7, 0.2])[:, None, None]  # road, top-left 5x10 -> 10x20
     probs[:, 10:20, 20:30] = np.array([0.2, 0.2, 0.6])[:, None, None]  # Straße, bottom-right
+    parts = np.zeros((2, H // 2, W // 2), np.float32)
+    parts[0] = 0.9
+    parts[1] = 0.1
+    parts[:, 4:14, 2:8] = np.array([0.25, 0.75])[:, None, None]
+    parts[:, 17, 25] = np.array([0.4, 0.6])
     dets = np.array(
         [
             [3, 5, 9, 15, 0.9, 0, 0.9, 0.1],  # car -> image px [6, 10, 18, 30]
@@ -157,7 +164,7 @@ def prediction_inputs() -> tuple[dict, dict]:
         ],
         np.float32,
     )
-    preds = {"semantic": probs, "boxes": dets, "depth": np.ones((1, H, W), np.float32)}
+    preds = {"semantic": probs, "boxes": dets, "parts": parts, "depth": np.ones((1, H, W), np.float32)}
     kwargs = {"height": H, "width": W, "requested": ["semantic", "parts"], "min_score": 0.3, "input_size": [20, 30]}
     return preds, kwargs
 
