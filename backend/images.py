@@ -3,7 +3,7 @@
 URL kinds (see ``docs/labeling.md``):
 
 - ``/data/upload/...``, ``/data/local-files/?d=...`` and other paths starting with ``/``: joined to
-  ``ls_url`` and sent with ``Authorization: Token <token>``.
+  ``ls_url`` and sent with the LS token (see "Tokens" below).
 - absolute ``http(s)`` URLs on the LS host (same scheme, host and port as ``ls_url``): token sent.
 - other ``http(s)`` URLs: only when the host is in ``allow_hosts`` (``"example.com"`` or
   ``"*.example.com"``); no token.
@@ -17,6 +17,14 @@ LS host or in ``allow_hosts``; every redirect is re-checked (at most 5); the bod
 at ``max_bytes``; images over ``max_pixels`` are refused before decoding (``PIL.Image.MAX_IMAGE_PIXELS``
 is left alone). DNS is checked before connecting; a rebinding attack between the check and the
 connection is not prevented.
+
+Tokens (as ``label_studio_sdk``'s ``TokensClientExt`` decides): a token that is not a JWT is a legacy
+API token, sent as ``Authorization: Token <token>`` (``token_scheme``). A JWT (decoded without
+verifying the signature) with ``token_type`` ``"refresh"`` is a personal access token (LS >= 1.19):
+it is exchanged for a short-lived access token with ``POST {ls_url}/api/token/refresh/``
+``{"refresh": <token>}`` -> ``{"access": ...}``, sent as ``Authorization: Bearer <access>``; the access
+token is cached (shared by the fetch threads) and refreshed 30 s before its ``exp`` or after a 401.
+A JWT access token is sent as ``Bearer`` as is.
 
 Cache: raw bytes on disk under ``cache_dir``, file name = sha256 of the URL (for relative URLs, the
 absolute LS URL; for cloud URIs, the URI itself). Files behind LS URLs and cloud URIs are treated as
@@ -33,24 +41,104 @@ import logging
 import os
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import jwt  # PyJWT, a dependency of label-studio-sdk (which detects tokens the same way)
 import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["CLOUD_SCHEMES", "ImageError", "ImageFetcher"]
+__all__ = ["CLOUD_SCHEMES", "ImageError", "ImageFetcher", "jwt_claims"]
 
 logger = logging.getLogger(__name__)
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
 _MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
+_REFRESH_MARGIN_S = 30.0  # refresh an access token this long before it expires
+_REFRESH_PATH = "/api/token/refresh/"
 
 
 class ImageError(ValueError):
     """An image or array could not be fetched or decoded; the message names the URL."""
+
+
+def jwt_claims(token: str | None) -> dict | None:
+    """The claims of a JWT, decoded WITHOUT signature verification (only to tell the token kind and
+    expiry, like ``label_studio_sdk.tokens.client_ext.TokensClientExt``); None for a legacy token."""
+    if not token:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class _LSAuth:
+    """The Authorization header for LS: legacy token, or a personal access token's access token."""
+
+    def __init__(self, token: str | None, scheme: str, session: requests.Session, timeout: float) -> None:
+        self.token = token
+        self.scheme = scheme
+        self.session = session
+        self.timeout = timeout
+        claims = jwt_claims(token)
+        self.kind = "legacy" if claims is None else ("access" if claims.get("token_type") == "access" else "refresh")
+        self.refresh_exp = claims.get("exp") if claims else None
+        self._access: str | None = None
+        self._access_exp: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def refreshes(self) -> bool:
+        return self.kind == "refresh"
+
+    def header(self, ls_url: str, original: str) -> str | None:
+        if not self.token:
+            return None
+        if self.kind == "legacy":
+            return f"{self.scheme} {self.token}"
+        if self.kind == "access":
+            return f"Bearer {self.token}"
+        return f"Bearer {self._access_token(ls_url, original)}"
+
+    def invalidate(self, header: str) -> None:
+        """A request with ``header`` got 401: drop that access token (unless another thread already did)."""
+        with self._lock:
+            if self._access is not None and header == f"Bearer {self._access}":
+                self._access = None
+
+    def _access_token(self, ls_url: str, original: str) -> str:
+        with self._lock:
+            now = time.time()
+            if self._access is None or (self._access_exp is not None and self._access_exp - _REFRESH_MARGIN_S < now):
+                self._access = self._refresh(ls_url, original, now)
+                exp = (jwt_claims(self._access) or {}).get("exp")
+                self._access_exp = float(exp) if isinstance(exp, int | float) else None
+            return self._access
+
+    def _refresh(self, ls_url: str, original: str, now: float) -> str:
+        if isinstance(self.refresh_exp, int | float) and self.refresh_exp < now:
+            raise ImageError(f"{original}: the Label Studio personal access token has expired; create a new one")
+        url = ls_url + _REFRESH_PATH
+        try:
+            resp = self.session.post(url, json={"refresh": self.token}, timeout=self.timeout, allow_redirects=False)
+        except requests.RequestException as e:
+            raise ImageError(f"{original}: personal access token refresh at {url} failed: {e}") from e
+        with resp:
+            if resp.status_code != 200:
+                raise ImageError(f"{original}: personal access token refresh at {url} failed: HTTP {resp.status_code}")
+            try:
+                access = resp.json().get("access")
+            except (ValueError, AttributeError):
+                access = None
+        if not isinstance(access, str) or not access:
+            raise ImageError(f"{original}: personal access token refresh at {url} returned no access token")
+        return access
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -85,6 +173,7 @@ class ImageFetcher:
         self.token_scheme = token_scheme
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies/netrc from the environment
+        self._auth = _LSAuth(ls_token, token_scheme, self.session, self.timeout)
 
     # ---- public API --------------------------------------------------------------------------
     def fetch_image(self, url: str, task_id: int | None = None) -> np.ndarray:
@@ -213,11 +302,14 @@ class ImageFetcher:
     # ---- HTTP --------------------------------------------------------------------------------
     def _download(self, original: str, target: str) -> bytes:
         via_presign = False
-        for _ in range(_MAX_REDIRECTS + 1):
+        retried = False
+        hops = 0
+        while hops <= _MAX_REDIRECTS:
             send_token = self._check_target(original, target, via_presign)
             headers = {"Accept": "*/*"}
-            if send_token and self.ls_token:
-                headers["Authorization"] = f"{self.token_scheme} {self.ls_token}"
+            auth = self._auth.header(self.ls_url or "", original) if send_token else None
+            if auth:
+                headers["Authorization"] = auth
             try:
                 resp = self.session.get(
                     target, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False
@@ -225,6 +317,10 @@ class ImageFetcher:
             except requests.RequestException as e:
                 raise ImageError(f"{original}: request failed: {e}") from e
             with resp:
+                if resp.status_code == 401 and auth and self._auth.refreshes and not retried:
+                    self._auth.invalidate(auth)  # access token expired early or revoked: refresh once
+                    retried = True
+                    continue
                 if resp.is_redirect or resp.status_code in (301, 302, 303, 307, 308):
                     location = resp.headers.get("Location")
                     if not location:
@@ -232,6 +328,7 @@ class ImageFetcher:
                     # only LS's presign endpoint may send us to a non-allow-listed (public) host
                     via_presign = "/presign/" in urlsplit(target).path and self._is_ls(target)
                     target = urljoin(target, location)
+                    hops += 1
                     continue
                 if resp.status_code != 200:
                     raise ImageError(f"{original}: HTTP {resp.status_code} from {urlsplit(target).hostname}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import numpy as np
 import pytest
 from PIL import Image
@@ -36,6 +39,8 @@ class Server:
     def __init__(self, host: str) -> None:
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.post_routes: dict[str, tuple[int, dict[str, str], object]] = {}  # path -> (status, headers, fn(body))
+        self.posts: list[tuple[str, bytes]] = []
         srv = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +56,17 @@ class Server:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                srv.posts.append((self.path, body))
+                status, headers, out = srv.post_routes.get(self.path, (404, {}, lambda _b: b"not found"))
+                data = out(body)
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -242,3 +258,87 @@ def test_fetch_array_rgb_normals(ls):
     assert n.shape == (1, 2, 3)
     np.testing.assert_allclose(n[0, 0], [1.0, 128 / 127.5 - 1, -1.0], atol=1e-6)
     assert (n[0, 1] == 0).all()  # black = invalid
+
+
+# ---- personal access tokens (JWT refresh token -> short-lived Bearer access token) ----------------
+def _jwt(token_type: str, exp_in: float, n: int = 0) -> str:
+    return jwt.encode({"token_type": token_type, "exp": int(time.time() + exp_in), "jti": str(n)}, "k" * 32, "HS256")
+
+
+class FakeTokenLS:
+    """Mimics LS 1.23: POST /api/token/refresh/ {"refresh": PAT} -> {"access": <new JWT>}; the upload
+    path answers 401 unless sent ``Bearer <the latest access token>``."""
+
+    def __init__(self, ls: Server, pat: str, access_exp_in: float = 300.0) -> None:
+        self.pat, self.access, self.n = pat, None, 0
+        img = _png(np.full((3, 4, 3), 9, np.uint8))
+        ls.post_routes["/api/token/refresh/"] = (200, {"Content-Type": "application/json"}, self.refresh)
+        ls.routes["/data/upload/p.png"] = (0, {}, lambda h: self.serve(h, img))
+        self.access_exp_in = access_exp_in
+
+    def refresh(self, body: bytes) -> bytes:
+        if json.loads(body).get("refresh") != self.pat:
+            return json.dumps({"detail": "bad token"}).encode()
+        self.n += 1
+        self.access = _jwt("access", self.access_exp_in, self.n)
+        return json.dumps({"access": self.access}).encode()
+
+    def serve(self, handler, img: bytes):
+        if self.access is not None and handler.headers.get("Authorization") == f"Bearer {self.access}":
+            return 200, {}, img
+        return 401, {}, b"unauthorized"
+
+
+def test_personal_access_token_refreshed_cached_and_retried(ls):
+    pat = _jwt("refresh", 3600)
+    fake = FakeTokenLS(ls, pat)
+    f = ImageFetcher(ls.url, pat, timeout=5.0)
+    assert f.fetch_image("/data/upload/p.png").shape == (3, 4, 3)
+    assert f.fetch_image("/data/upload/p.png").shape == (3, 4, 3)
+    assert fake.n == 1  # access token cached
+    assert [json.loads(b) for _, b in ls.posts] == [{"refresh": pat}]
+    assert ls.requests[-1] == ("/data/upload/p.png", f"Bearer {fake.access}")
+    old, fake.access = fake.access, "revoked"  # server-side expiry/revocation: 401 -> refresh once -> retry
+    assert f.fetch_image("/data/upload/p.png").shape == (3, 4, 3)
+    assert fake.n == 2 and [a for _, a in ls.requests[-2:]] == [f"Bearer {old}", f"Bearer {fake.access}"]
+
+
+def test_access_token_refreshed_before_expiry(ls):
+    pat = _jwt("refresh", 3600)
+    fake = FakeTokenLS(ls, pat, access_exp_in=10.0)  # inside the 30 s margin: refreshed every time
+    f = ImageFetcher(ls.url, pat, timeout=5.0)
+    for _ in range(3):
+        f.fetch_image("/data/upload/p.png")
+    assert fake.n == 3
+    assert all(a == "Bearer " + a[7:] and a[7:].count(".") == 2 for _, a in ls.requests)
+    assert len(ls.requests) == 3  # no 401 round trips
+
+
+def test_personal_access_token_errors(ls):
+    FakeTokenLS(ls, _jwt("refresh", 3600))
+    with pytest.raises(ImageError, match=r"p\.png.*refresh.*HTTP 404"):
+        ImageFetcher(ls.url + "/sub", _jwt("refresh", 3600), timeout=5.0).fetch_image("/data/upload/p.png")
+    with pytest.raises(ImageError, match="no access token"):  # wrong PAT: the fake answers without "access"
+        ImageFetcher(ls.url, _jwt("refresh", 3600, 7), timeout=5.0).fetch_image("/data/upload/p.png")
+    with pytest.raises(ImageError, match="expired"):
+        ImageFetcher(ls.url, _jwt("refresh", -5), timeout=5.0).fetch_image("/data/upload/p.png")
+    assert not any(path == "/data/upload/p.png" and auth and "refresh" in auth for path, auth in ls.requests)
+
+
+def test_token_kinds_and_legacy_unchanged(ls):
+    ls.routes["/data/upload/a.png"] = (200, {}, _png(np.zeros((2, 2, 3), np.uint8)))
+    access = _jwt("access", 300)
+    for token, want in [(TOKEN, f"Token {TOKEN}"), ("a.b.c", "Token a.b.c"), (access, f"Bearer {access}")]:
+        ImageFetcher(ls.url, token, timeout=5.0).fetch_image("/data/upload/a.png")
+        assert ls.requests[-1] == ("/data/upload/a.png", want)
+    assert ls.posts == []  # neither a legacy token nor an access token is refreshed
+
+
+def test_personal_access_token_not_sent_to_storage(ls, storage):
+    pat = _jwt("refresh", 3600)
+    fake = FakeTokenLS(ls, pat)
+    storage.routes["/img.png"] = (200, {}, _png(np.zeros((2, 2, 3), np.uint8)))
+    ls.routes["/data/upload/r.png"] = (302, {"Location": storage.url + "/img.png"}, b"")
+    ImageFetcher(ls.url, pat, allow_hosts=["127.0.0.2"], timeout=5.0).fetch_image("/data/upload/r.png")
+    assert ls.requests == [("/data/upload/r.png", f"Bearer {fake.access}")]
+    assert storage.requests == [("/img.png", None)]
