@@ -38,7 +38,7 @@ import requests
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
-  <BrushLabels name="semantic" toName="image"><Label value="road"/><Label value="car"/><Label value="sky"/></BrushLabels>
+  <BrushLabels name="semantic" toName="image"><Label value="road"/><Label value="car"/></BrushLabels>
   <BrushLabels name="parts" toName="image"><Label value="wheel"/><Label value="door"/></BrushLabels>
   <Choices name="mtal_labelled" toName="image" choice="multiple">
     <Choice value="semantic"/><Choice value="parts"/>
