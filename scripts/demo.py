@@ -1,0 +1,173 @@
+"""``make demo``: Label Studio + the MTAL backend + a ranked sample project, on this machine.
+
+Steps: make sure Label Studio 1.23 has its own virtualenv (``scripts/ls_venv.sh``), start it with a
+known user and legacy token, start the backend under gunicorn with the embedded queue (no Redis), create a
+project of synthetic scenes (semantic brush + object rectangles + the ``mtal_labelled`` modalities
+choice), connect the backend, retrieve predictions, submit a few partial annotations made from the
+scenes' exact labels, press "Start Training" and wait for the retrained, ranked version. Then print
+where to click and keep everything running until Ctrl-C.
+
+The data directory (default ``~/.cache/mtal/demo``) is wiped at every start: the demo is a fresh
+sample, not a place to keep work. Run ``python scripts/demo.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # tests.support holds the service starters and the scene project
+
+import requests  # noqa: E402
+
+from tests.support.label_studio import LabelStudioServer  # noqa: E402
+from tests.support.mtal_processes import backend_env, start_backend  # noqa: E402
+from tests.support.scene_project import annotate, create_scene_project  # noqa: E402
+
+USERNAME = "demo@mtal.local"
+PASSWORD = "mtal-demo"
+TOKEN = "mtal0demo0legacy0token00000000000000000000"
+PARTIAL = ((0, ["semantic"]), (1, ["objects"]), (2, ["semantic", "objects"]), (3, ["objects"]),
+           (4, ["semantic", "objects"]), (5, ["semantic"]))
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ls-port", type=int, default=int(os.environ.get("LS_PORT", "8080")),
+                   help="Label Studio port (env LS_PORT, default 8080)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9090")),
+                   help="backend port (env PORT, default 9090)")
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MTAL_DEMO_DIR", "~/.cache/mtal/demo")),
+                   help="wiped and re-created at each start (env MTAL_DEMO_DIR, default ~/.cache/mtal/demo)")
+    p.add_argument("--tasks", type=int, default=24, help="synthetic images in the project (default 24)")
+    p.add_argument("--size", type=int, default=128, help="image size in pixels, a multiple of 32 (default 128)")
+    p.add_argument("--epochs", type=int, default=40, help="epochs of each training round (default 40)")
+    p.add_argument("--net", default="tiny", choices=["tiny", "small", "default"], help="network size (default tiny)")
+    p.add_argument("--no-wait", action="store_true", help="stop everything once the project is ranked")
+    args = p.parse_args(argv)
+    if args.size < 32 or args.size % 32:
+        p.error("--size must be a positive multiple of 32")
+    if args.tasks < len(PARTIAL) + 2:
+        p.error(f"--tasks must be at least {len(PARTIAL) + 2}")
+    return args
+
+
+def _step(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def _ensure_ls_venv() -> None:
+    _step("Label Studio virtualenv (first time: installs label-studio 1.23.2, about 70 s)...")
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ls_venv.sh")], check=True, stdout=subprocess.DEVNULL)
+
+
+def _wait_trained(backend_url: str, project: int, old: str | None, timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        status = requests.get(f"{backend_url}/status", params={"project": project}, timeout=10).json()
+        if status.get("error"):
+            raise RuntimeError(f"training failed: {status['error']}")
+        if status["state"] == "idle" and status.get("version") and status["version"] != old:
+            return status
+        if status["state"] != last or status["state"] == "training":
+            training = status["state"] == "training" and status.get("epoch") is not None
+            epoch = f", epoch {status['epoch']:.0f}" if training else ""
+            _step(f"  ... {status['state']}{epoch}")
+            last = status["state"]
+        time.sleep(3)
+    raise RuntimeError(f"no trained version within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    data_dir = args.data_dir.expanduser().resolve()
+    _ensure_ls_venv()
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the services like Ctrl-C does
+
+    with ExitStack() as services:
+        _step(f"starting Label Studio on port {args.ls_port} (data in {data_dir / 'label-studio'})...")
+        ls = services.enter_context(LabelStudioServer.start(data_dir / "label-studio", username=USERNAME,
+                                                            password=PASSWORD, token=TOKEN, port=args.ls_port))
+        _step(f"Label Studio is up at {ls.url} ({ls.startup_s:.0f} s)")
+        env = backend_env(ls.url, TOKEN, data_dir / "models", cache_dir=data_dir / "cache",
+                          MTAL_NET_CONFIG=args.net, MTAL_IMAGE_SIZE=str(args.size),
+                          MTAL_TRAIN_EPOCHS=str(args.epochs), MTAL_TRAIN_THRESHOLD="0", LOG_LEVEL="INFO")
+        _step(f"starting the MTAL backend (gunicorn, embedded queue) on port {args.port}...")
+        backend = services.enter_context(start_backend(env, data_dir, port=args.port))
+        _step(f"backend is up at {backend.url} (log: {backend.log_path})")
+
+        _step(f"creating the sample project: {args.tasks} synthetic scenes, brush + rectangles + modalities choice")
+        project = create_scene_project(ls.url, ls.headers, ls.files_root, "MTAL demo", args.tasks, size=args.size,
+                                       boxes=True, parts=False)
+        r = requests.post(f"{ls.url}/api/ml/", headers=ls.headers, timeout=60,
+                          json={"url": backend.url, "project": project.id, "title": "MTAL", "is_interactive": False})
+        r.raise_for_status()
+        ml_id = r.json()["id"]
+        v1 = requests.get(f"{backend.url}/versions", params={"project": project.id}, timeout=10).json()["current"]
+        v1 = v1.get(str(project.id))
+        _step(f"backend connected (ML backend id {ml_id}, initial version {v1}); retrieving predictions...")
+        requests.post(f"{ls.url}/api/dm/actions/", headers=ls.headers, timeout=600,
+                      params={"id": "retrieve_tasks_predictions", "project": project.id},
+                      json={"selectedItems": {"all": True, "excluded": []}}).raise_for_status()
+        for index, modalities in PARTIAL:
+            annotate(ls.url, ls.headers, project, index, modalities)
+        _step(f"submitted {len(PARTIAL)} partial annotations (some tasks: semantic only, some: objects only); "
+              "pressing Start Training...")
+        requests.post(f"{ls.url}/api/ml/{ml_id}/train", headers=ls.headers, json={}, timeout=60).raise_for_status()
+        status = _wait_trained(backend.url, project.id, v1)
+        _step(f"trained and ranked: version {status['version']} "
+              f"({status['metrics'].get('train_seconds', '?')} s of training)")
+        nxt = requests.get(f"{ls.url}/api/projects/{project.id}/next", headers=ls.headers, timeout=60).json()
+
+        print(f"""
+==============================================================================
+ MTAL demo is running.
+
+ Label Studio   {ls.url}
+   user         {USERNAME}
+   password     {PASSWORD}
+   API token    {TOKEN}   (legacy token)
+ Project        {ls.url}/projects/{project.id}/data
+ MTAL backend   {backend.url}   (status: {backend.url}/status?project={project.id})
+
+ What to click:
+  1. Open the project URL above and log in.
+  2. Click "Label All Tasks": tasks now come in the backend's order, the most informative
+     first (task {nxt.get('id')} is next). Regions are prefilled by the model; the
+     "mtal_labelled" choices show the modalities it asks you to label.
+  3. Fix the regions of the ticked modalities, keep the ticks of what you labelled, Submit.
+     Labelling only some modalities of a task is fine (partial labels).
+  4. Settings > Model > the MTAL card's menu > "Start Training" retrains on all annotations
+     and re-ranks the project (watch the status URL above); then go on labelling.
+  In the Data Manager you can also add the "Prediction score" column and sort by it:
+  low score = label first.
+
+ Ctrl-C stops Label Studio and the backend. Data: {data_dir} (wiped at the next start)
+==============================================================================
+""", flush=True)
+        if not args.no_wait:
+            try:
+                while ls.process.poll() is None and backend.alive():
+                    time.sleep(1)
+                _step("a service exited; stopping the demo (see the logs under the data dir)")
+                return 1
+            except KeyboardInterrupt:
+                print()
+        _step("stopping Label Studio and the backend...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
