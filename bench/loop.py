@@ -22,6 +22,8 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import logging
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -91,17 +93,43 @@ def _event(project: int, i: int) -> dict[str, Any]:
             "annotation": {"id": i, "task": i, "result": result, "was_cancelled": False, "completed_by": 1}}
 
 
-def bench_webhook(tmp: Path, sleep_s: float) -> dict[str, float]:
-    """p50/p99/max latency (ms) of 50 concurrent webhook POSTs while a training job runs."""
-    import redis as redis_lib
+def _start_server(tmp: Path, url: str | None, conn: Any = None) -> str:
+    """The app (QueueTrainer on ``url``, or on ``conn``) on werkzeug's threaded server; returns its base URL."""
     from rq import Queue
     from werkzeug.serving import make_server
 
     from backend.app import create_app
     from backend.loop import QueueTrainer
-    from backend.queueing import QUEUE_NAME, QueueHandle, ThreadWorker
+    from backend.queueing import QUEUE_NAME, QueueHandle, open_queue
     from backend.settings import Settings
     from backend.store import ModelStore
+
+    settings = Settings(model_dir=tmp / "models", net_config="tiny", image_size=64, device="cpu",
+                        redis_url=url, train_threshold=10)
+    store = ModelStore(settings.model_dir, device="cpu")
+    handle = open_queue(url, start_worker=False) if url else QueueHandle(conn, Queue(QUEUE_NAME, connection=conn),
+                                                                         embedded=True)
+    trainer = QueueTrainer(settings, store, handle=handle)
+    trainer.coordinator.train_job = "bench.loop.sleepy_train_job"
+    trainer.coordinator.rank_job = "bench.loop.quick_rank_job"
+    httpd = make_server("127.0.0.1", 0, create_app(settings, store, trainer), threaded=True)
+    threading.Thread(target=httpd.serve_forever, name="bench-server", daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_port}"
+
+
+def _serve_process(tmp: str, url: str, ports: Any) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
+    base = _start_server(Path(tmp), url)
+    ports.put(int(base.rsplit(":", 1)[1]))
+    threading.Event().wait()  # serve until terminated
+
+
+def bench_webhook(tmp: Path, sleep_s: float) -> dict[str, float]:
+    """p50/p99/max latency (ms) of 50 concurrent webhook POSTs while a training job runs."""
+    import redis as redis_lib
+    from rq import Queue
+
+    from backend.queueing import QUEUE_NAME, QueueHandle, ThreadWorker
     from tests.support.redis_server import RedisServer, redis_server_path
 
     with ExitStack() as stack:
@@ -115,24 +143,24 @@ def bench_webhook(tmp: Path, sleep_s: float) -> dict[str, float]:
             conn, kind, url = fakeredis.FakeRedis(server=fakeredis.FakeServer()), "embedded fakeredis", None
         print(f"[bench.loop] webhook: queue on {kind}", file=sys.stderr)
         conn.set("bench:sleep", sleep_s)
-        settings = Settings(model_dir=tmp / "models", net_config="tiny", image_size=64, device="cpu",
-                            redis_url=url, train_threshold=10)
-        store = ModelStore(settings.model_dir, device="cpu")
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        if url is None:  # the server must share the fake server with the worker: serve in this process
+            base = _start_server(tmp, None, conn)
+        else:  # a separate process, so the client threads here do not compete with it for the GIL
+            ctx = multiprocessing.get_context("spawn")
+            ports: Any = ctx.Queue()
+            proc = ctx.Process(target=_serve_process, args=(str(tmp), url, ports), daemon=True)
+            proc.start()
+            stack.callback(proc.terminate)
+            base = f"http://127.0.0.1:{ports.get(timeout=120)}"
         handle = QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=url is None)
-        trainer = QueueTrainer(settings, store, handle=handle)
-        trainer.coordinator.train_job = "bench.loop.sleepy_train_job"
-        trainer.coordinator.rank_job = "bench.loop.quick_rank_job"
-        httpd = make_server("127.0.0.1", 0, create_app(settings, store, trainer), threaded=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        stack.callback(httpd.shutdown)
-        base = f"http://127.0.0.1:{httpd.server_port}"
         project = 5
         for i in range(3):  # warm-up: label config parse cache, Lua script load, first connections
             requests.post(f"{base}/webhook", json=_event(99, i), timeout=10).raise_for_status()
         requests.post(f"{base}/webhook", json={"action": "START_TRAINING", "project": {"id": project}},
                       timeout=10).raise_for_status()
-        worker = threading.Thread(
-            target=lambda: ThreadWorker([handle.queue], connection=conn).work(burst=True), daemon=True)
+        rq_worker = ThreadWorker([handle.queue], connection=conn)
+        worker = threading.Thread(target=lambda: rq_worker.work(burst=True, logging_level="WARNING"), daemon=True)
         worker.start()
         deadline = time.time() + 30
         while requests.get(f"{base}/status", params={"project": project}, timeout=10).json()["state"] != "training":
