@@ -77,10 +77,18 @@ def encode_rle(values: np.ndarray | Sequence[int]) -> list[int]:
         if flat.min() < 0 or flat.max() > 255:
             raise ValueError("rle values must be bytes (0-255)")
         flat = flat.astype(np.uint8)
-    n = flat.size
-    ends = np.append(np.flatnonzero(flat[1:] != flat[:-1]), n - 1)
-    lengths = np.diff(ends, prepend=-1)
-    vals = flat[ends].astype(np.int64)
+    lengths, vals = _runs(flat)
+    return _encode_runs(lengths, vals, flat.size)
+
+
+def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat [N] -> (run lengths int64 [R], run values int64 [R])."""
+    ends = np.append(np.flatnonzero(flat[1:] != flat[:-1]), flat.size - 1)
+    return np.diff(ends, prepend=-1), flat[ends].astype(np.int64)
+
+
+def _encode_runs(lengths: np.ndarray, vals: np.ndarray, n: int) -> list[int]:
+    """Maximal runs (lengths, byte values) of an [n] array -> the SDK's RLE bytes (see encode_rle)."""
     long_run = lengths > 256
     pieces = np.where(long_run, -(-lengths // _RUN_PIECE), 1)  # ceil(len / 2**16) 16-bit pieces
     run = np.repeat(np.arange(lengths.size), pieces)
@@ -113,7 +121,9 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"brush mask must be a non-empty [H, W] array, got shape {mask.shape}")
-    return encode_rle(np.repeat(np.where(mask.astype(bool), np.uint8(255), np.uint8(0)).reshape(-1), 4))
+    # the runs of the 4-byte-per-pixel array are the pixel runs, 4x longer: encode those directly
+    lengths, vals = _runs(mask.astype(bool).reshape(-1))
+    return _encode_runs(lengths * 4, vals * 255, mask.size * 4)
 
 
 def rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray:
