@@ -44,7 +44,7 @@ from tests.support.scene_project import CHOICES_TAG, SceneProject, annotate, cre
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 N_TASKS = 10
 SIZE = 64
-EPOCHS = int(os.environ.get("E2E_EPOCHS", "40"))
+EPOCHS = int(os.environ.get("E2E_EPOCHS", "60"))
 TRAIN_TIMEOUT_S = float(os.environ.get("E2E_TRAIN_TIMEOUT", "240"))
 PARTIAL = ((0, ["semantic"]), (1, ["objects"]), (2, ["semantic", "objects"]), (3, ["objects"]),
            (4, ["semantic", "objects"]), (5, ["objects"]))
