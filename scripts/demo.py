@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the services like Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
 
     with ExitStack() as services:
         _step(f"starting Label Studio on port {args.ls_port} (data in {data_dir / 'label-studio'})...")
