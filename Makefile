@@ -37,6 +37,10 @@ services: ls-venv redis
 test: venv lint services
 	$(BIN)/python -m pytest
 
+# Label Studio + the backend (embedded queue) + a ranked sample project; prints where to click.
+demo: venv ls-venv
+	$(BIN)/python scripts/demo.py
+
 bench: venv
 	@for m in $$(ls bench/*.py | grep -v __init__ | xargs -n1 basename | sed 's/\.py$$//'); do \
 		echo "== bench.$$m"; $(BIN)/python -m bench.$$m || exit 1; done
