@@ -1,4 +1,4 @@
-"""Scene generator throughput on one core: prints ``METRIC scenes_per_s <value>`` for 128x128 scenes.
+"""Scene generator throughput on one core: prints ``METRIC scenes_per_s=<value>`` for 128x128 scenes.
 
 Run: ``python -m bench.data_rate [--n 200] [--size 128]``. Target: >= 17 scenes/s (1000 in under a minute).
 """
@@ -34,7 +34,7 @@ def main() -> None:
         ds[i]
     dt = time.perf_counter() - t0
     print(f"{args.n} scenes of {args.size}x{args.size} in {dt:.2f} s on one core")
-    print(f"METRIC scenes_per_s {args.n / dt:.1f}")
+    print(f"METRIC scenes_per_s={args.n / dt:.1f}")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         t_full, p_full = t_small, p_small
     elif estimate > args.max_s:
         print(f"EXTRAPOLATED (not measured) diversity_{args.pool}x{args.labelled}: ~{estimate:.0f} s")
-        print(f"METRIC diversity_peak_mb {p_small:.0f}  # measured at {small} x {args.labelled}")
+        print(f"METRIC diversity_peak_mb={p_small:.0f}  # measured at {small} x {args.labelled}")
         return 0
     else:
         t_full, p_full = _measure(args.pool, args.labelled, args.dim, args.chunk, args.threads)
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inputs {inputs_mb:.0f} MB; full matrix would be {args.pool * args.labelled * 4 / 2**20:.0f} MB")
     full = (args.pool, args.labelled, args.dim) == (100_000, 10_000, 512)
     name = "diversity_100k_x_10k_s" if full else f"diversity_{args.pool}_x_{args.labelled}_d{args.dim}_s"
-    print(f"METRIC {name} {t_full:.2f}")
-    print(f"METRIC diversity_peak_mb {p_full:.0f}")
+    print(f"METRIC {name}={t_full:.2f}")
+    print(f"METRIC diversity_peak_mb={p_full:.0f}")
     return 0
 
 
