@@ -168,6 +168,7 @@ class _Run:
         self.strategy_state: dict[str, Any] = {}
         self.weights: dict[str, dict[str, float]] | None = None
         self.done = -1  # last finished round
+        self.checkpoint: Path | None = None
 
     # ---- persistence -------------------------------------------------------------------------
     def load(self) -> None:
@@ -180,15 +181,19 @@ class _Run:
                 f"{self.dir}: holds a run with different settings; use another --out or delete it "
                 f"(stored {state.get('settings')}, now {settings_key(self.config)})"
             )
-        ck = load_checkpoint(self.dir / state["checkpoint"])
-        self.model.load_state_dict(ck.model_state)
-        if self.hook is not None and "ll4al_state" in ck.extra:
-            self.hook.module.load_state_dict(ck.extra["ll4al_state"])
+        self.checkpoint = self.dir / state["checkpoint"]
         self.pool = LabelPool.from_dict(state["pool"])
         self.rows = state["rows"]
         self.strategy_state = state["strategy_state"]
         self.weights = state["sample_weights"]
         self.done = int(state["round"])
+
+    def restore_weights(self) -> None:
+        """Load the last finished round's checkpoint (only needed when rounds remain to run)."""
+        ck = load_checkpoint(self.checkpoint)
+        self.model.load_state_dict(ck.model_state)
+        if self.hook is not None and "ll4al_state" in ck.extra:
+            self.hook.module.load_state_dict(ck.extra["ll4al_state"])
 
     def save(self, rnd: int) -> None:
         name = f"model_round{rnd}.pt"
@@ -248,6 +253,8 @@ class _Run:
 
     def run(self, reference: Mapping[str, Any], tick: Tick) -> list[dict[str, Any]]:
         self.load()
+        if 0 <= self.done < self.config.rounds:
+            self.restore_weights()
         for rnd in range(self.done + 1, self.config.rounds + 1):
             start = time.perf_counter()
             if rnd == 0:
