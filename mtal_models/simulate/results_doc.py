@@ -81,6 +81,12 @@ def reading(rows: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]
         f"\n\nCaveat: {seeds} seed(s); where the std over seeds is as large as the gap between strategies, the "
         "ordering is not established by this run."
     )
+    if any(t["final_score"] is not None and t["final_score"] > 1 for t in table):
+        caveat += (
+            " Final scores above 1.0 mean the full-data reference (trained `full_epochs` epochs once) is weaker "
+            "than models trained continuously over all rounds, so '95% of the full-data score' is a lower bar "
+            "than in the papers."
+        )
     return f"- {_labels_verdict(table)}\n- {_pairs_verdict(rows)}{caveat}"
 
 
@@ -94,8 +100,9 @@ def _bench_section(bench: Path | None) -> str:
     return "\n".join(lines) + f"\n\nWall time per module: {secs}.\n"
 
 
-def render(sim: Path, bench: Path | None, plots_dir: Path, doc: Path) -> str:
-    """The markdown of docs/results.md; copies the PNG plots to ``plots_dir``."""
+def render(sim: Path, bench: Path | None, plots_dir: Path, doc: Path, notes: Path | None = None) -> str:
+    """The markdown of docs/results.md; copies the PNG plots to ``plots_dir``; ``notes`` (a markdown file,
+    optional) is included verbatim under "Notes" (how the committed run went: interruptions, load ...)."""
     data = json.loads((sim / "metrics.json").read_text())
     rows, table, config, machine = data["rows"], data["labels_to_target"], data["config"], data["machine"]
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +114,7 @@ def render(sim: Path, bench: Path | None, plots_dir: Path, doc: Path) -> str:
     ref_s = sum(json.loads(p.read_text())["seconds"] for p in (sim / "reference").glob("seed*.json"))
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     wall_min = data.get("seconds_this_invocation", 0) / 60
+    notes_md = notes.read_text().strip() + "\n" if notes is not None and notes.is_file() else "_None._\n"
     cfg = ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("path", "strategy_options"))
     return f"""# Results
 
@@ -145,6 +153,9 @@ seed-mean curve, interpolated linearly between rounds.
 
 {chr(10).join(images)}
 
+## Notes on this run
+
+{notes_md}
 ## Benchmarks (`python -m bench.collect`)
 
 {_bench_section(bench)}"""
@@ -156,12 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bench", default="runs/bench-results.json", help="bench.collect --json output")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--plots", default="docs/results", help="where the PNG plots are copied")
+    ap.add_argument("--notes", default="docs/results/notes.md", help="hand-written notes included verbatim")
     args = ap.parse_args(argv)
     sim, out = Path(args.sim), Path(args.out)
     if not (sim / "metrics.json").is_file():
         raise SystemExit(f"results_doc: {sim}/metrics.json not found: run the simulation first")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(sim, Path(args.bench), Path(args.plots), out))
+    out.write_text(render(sim, Path(args.bench), Path(args.plots), out, Path(args.notes)))
     print(f"wrote {out}")
     return 0
 

@@ -211,13 +211,28 @@ def test_results_page_renders_from_a_finished_run(tiny_run: tuple[Path, object],
     doc = tmp_path / "docs" / "results.md"
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"rows": [{"name": "x_s", "value": "1.5", "module": "m", "note": ""}]}))
+    notes = tmp_path / "notes.md"
+    notes.write_text("Interrupted once, resumed.")
     assert (
-        results_main(["--sim", str(out), "--bench", str(bench), "--out", str(doc), "--plots", str(doc.parent / "r")])
+        results_main(
+            [
+                "--sim",
+                str(out),
+                "--bench",
+                str(bench),
+                "--out",
+                str(doc),
+                "--plots",
+                str(doc.parent / "r"),
+                "--notes",
+                str(notes),
+            ]
+        )
         == 0
     )
     text = doc.read_text()
     assert "| x_s | 1.5 | bench.m |" in text and "![multi_task_score](r/multi_task_score.png)" in text
-    assert "partal and partal_image were not both run" in text
+    assert "partal and partal_image were not both run" in text and "Interrupted once, resumed." in text
     assert (doc.parent / "r" / "multi_task_score.png").is_file()
 
 
