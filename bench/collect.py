@@ -1,6 +1,7 @@
 """Run every ``bench.*`` module and collect their ``METRIC`` lines into one table (``make bench``).
 
-    python -m bench.collect [--out bench-results.md] [--only model_cost,strategies] [--timeout 900]
+    python -m bench.collect [--out bench-results.md] [--json F] [--only model_cost,strategies] [--skip loop]
+                            [--module-args "loop=--sizes 1000"] [--timeout 900]
 
 Each module runs as ``python -m bench.<name>`` in its own subprocess (from the repository root), one
 after the other, so they do not compete for the CPU. A line ``METRIC <name> <value>`` or
@@ -16,6 +17,7 @@ import argparse
 import json
 import pkgutil
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -51,8 +53,25 @@ def parse_metrics(text: str, module: str) -> list[Metric]:
 
 
 def bench_modules() -> list[str]:
-    """Names of the ``bench`` package's modules, sorted, without this collector."""
-    return sorted(m.name for m in pkgutil.iter_modules([str(ROOT / "bench")]) if m.name not in SKIP)
+    """Names of the ``bench`` package's benchmark modules, sorted: those whose source prints ``METRIC``
+    lines (helpers such as ``bench.fake_ls`` and this collector are left out)."""
+    names = []
+    for m in pkgutil.iter_modules([str(ROOT / "bench")]):
+        path = ROOT / "bench" / f"{m.name}.py"
+        if m.name not in SKIP and path.is_file() and "METRIC" in path.read_text():
+            names.append(m.name)
+    return sorted(names)
+
+
+def parse_module_args(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["loop=--sizes 1000 --image-size 32"]`` -> ``{"loop": ["--sizes", "1000", "--image-size", "32"]}``."""
+    out = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--module-args: expected NAME=ARGS, got {item!r}")
+        out[name.strip()] = shlex.split(rest)
+    return out
 
 
 def run_module(name: str, timeout: float, args: Sequence[str] = ()) -> tuple[list[Metric], float]:
@@ -78,13 +97,20 @@ def to_markdown(rows: Sequence[Metric]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect(modules: Sequence[str], timeout: float) -> tuple[list[Metric], dict[str, float]]:
-    """Run ``modules`` one after the other; returns all rows and each module's wall time."""
+def collect(
+    modules: Sequence[str], timeout: float, module_args: dict[str, list[str]] | None = None
+) -> tuple[list[Metric], dict[str, float]]:
+    """Run ``modules`` one after the other (``module_args[name]`` on the command line); returns all rows and
+    each module's wall time."""
     rows: list[Metric] = []
     times: dict[str, float] = {}
     for name in modules:
-        print(f"[bench.collect] running bench.{name} ...", file=sys.stderr, flush=True)
-        metrics, times[name] = run_module(name, timeout)
+        args = (module_args or {}).get(name, [])
+        print(f"[bench.collect] running bench.{name} {' '.join(args)}", file=sys.stderr, flush=True)
+        metrics, times[name] = run_module(name, timeout, args)
+        if args:
+            for m in metrics:
+                m.note = (m.note + f" (args: {' '.join(args)})").strip()
         rows.extend(metrics)
     return rows, times
 
@@ -94,15 +120,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results.md", help="markdown file to write")
     ap.add_argument("--json", default="", help="also write the rows as JSON here")
     ap.add_argument("--only", default="", help="comma-separated module names (default: all)")
+    ap.add_argument("--skip", default="", help="comma-separated module names to leave out")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per module")
+    ap.add_argument("--module-args", action="append", default=[], help='e.g. "loop=--sizes 1000" (repeatable)')
     args = ap.parse_args(argv)
+    try:
+        module_args = parse_module_args(args.module_args)
+    except ValueError as e:
+        print(f"bench.collect: {e}", file=sys.stderr)
+        return 2
     available = bench_modules()
-    modules = [m.strip() for m in args.only.split(",") if m.strip()] or available
+    skip = {m.strip() for m in args.skip.split(",") if m.strip()}
+    modules = [m for m in ([m.strip() for m in args.only.split(",") if m.strip()] or available) if m not in skip]
     unknown = [m for m in modules if m not in available]
     if unknown:
         print(f"bench.collect: unknown module(s) {unknown}; available: {available}", file=sys.stderr)
         return 2
-    rows, times = collect(modules, args.timeout)
+    rows, times = collect(modules, args.timeout, module_args)
     table = to_markdown(rows)
     print(table)
     Path(args.out).write_text(table)

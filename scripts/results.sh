@@ -17,7 +17,8 @@ mkdir -p runs
 "$PY" -m mtal_models.simulate --config "$SIM_CONFIG" --out "$SIM_OUT"
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   # a failing benchmark is reported in the table (FAILED row) and does not stop the page
-  "$PY" -m bench.collect --out runs/bench-results.md --json runs/bench-results.json || true
+  # BENCH_ARGS adds options, e.g. BENCH_ARGS='--module-args "loop=--sizes 1000" --timeout 600'
+  eval "\"$PY\" -m bench.collect --out runs/bench-results.md --json runs/bench-results.json ${BENCH_ARGS:-}" || true
 fi
 "$PY" -m mtal_models.simulate.results_doc --sim "$SIM_OUT" --bench runs/bench-results.json \
   --out docs/results.md --plots docs/results

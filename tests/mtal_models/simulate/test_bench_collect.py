@@ -22,6 +22,12 @@ def test_parse_metrics_accepts_both_forms_and_ignores_other_lines() -> None:
 def test_bench_modules_lists_the_package_without_the_collector() -> None:
     names = collect.bench_modules()
     assert "collect" not in names and "data_rate" in names and names == sorted(names)
+    assert "fake_ls" not in names  # a helper server, prints no METRIC
+
+
+def test_module_args_parse() -> None:
+    assert collect.parse_module_args(["loop=--sizes 1000 --x 'a b'"]) == {"loop": ["--sizes", "1000", "--x", "a b"]}
+    assert collect.main(["--module-args", "oops", "--out", "/dev/null"]) == 2
 
 
 def test_unknown_module_is_rejected(capsys) -> None:  # noqa: ANN001
