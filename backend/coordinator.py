@@ -34,23 +34,25 @@ __all__ = ["Coordinator"]
 log = logging.getLogger(__name__)
 _RECOVER_AFTER_S = 30.0
 
-# Request a run: idle -> queued (returns 1: the caller enqueues job ARGV[2]); queued -> nothing;
-# training/ranking -> follow_up. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id.
+# Request a run. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE (idle -> queued:
+# the caller enqueues job ARGV[2]), QUEUED (a run is already waiting: nothing to do) or FOLLOW_UP
+# (training/ranking: follow_up set, exactly one more run after this one).
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'idle' then
   redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
   return 1
 elseif state == 'queued' then
-  return 0
+  return 2
 end
 redis.call('HSET', KEYS[1], 'follow_up', '1')
-return 0
+return 3
 """
+_ENQUEUE, _QUEUED, _FOLLOW_UP = 1, 2, 3
 _REQUEST = _TRANSITION
 
 # KEYS: state, counts, counts_inflight. ARGV: now, job id, threshold, modality names...
-# Adds one to each modality; when the total reaches the threshold, requests a run as above.
+# Adds one to each modality; when the total reaches the threshold, requests a run as above (else 0).
 _RECORD = """
 for i = 4, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
 local total = 0
@@ -113,27 +115,28 @@ class Coordinator:
     # ---- triggers (called from the webhook: must take milliseconds) -------------------------------
     def record_labels(self, project: int | str, modalities: Iterable[str], threshold: int) -> bool:
         """Count one new label per modality; request a run when the count since the last run reaches
-        ``threshold``. Returns True if a run was enqueued now."""
+        ``threshold``. Returns True if a run was enqueued now (including a lost queued run re-enqueued)."""
         names = [str(m) for m in modalities]
         if not names:
             return False
         job_id = _new_job_id()
-        if self._record(keys=self._keys(project), args=[time.time(), job_id, max(1, int(threshold)), *names]):
+        outcome = self._record(keys=self._keys(project), args=[time.time(), job_id, max(1, int(threshold)), *names])
+        if outcome == _ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return True
-        self._recover_lost_job(project)
-        return False
+        return outcome == _QUEUED and self._recover_lost_job(project)
 
     def request_training(self, project: int | str) -> str:
         """Request a run now (START_TRAINING). Returns "enqueued", "queued" (one is already waiting) or
         "follow_up" (a run is in progress; exactly one more will follow it)."""
         job_id = _new_job_id()
-        if self._request(keys=self._keys(project)[:1], args=[time.time(), job_id]):
+        outcome = self._request(keys=self._keys(project)[:1], args=[time.time(), job_id])
+        if outcome == _ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return "enqueued"
-        if self._recover_lost_job(project):
-            return "enqueued"
-        return "queued" if self._field(project, "state") == "queued" else "follow_up"
+        if outcome == _FOLLOW_UP:
+            return "follow_up"
+        return "enqueued" if self._recover_lost_job(project) else "queued"
 
     # ---- run lifecycle (called from the jobs) -----------------------------------------------------
     def begin(self, project: int | str) -> None:
@@ -206,8 +209,6 @@ class Coordinator:
     def _recover_lost_job(self, project: int | str) -> bool:
         """If the state has said queued for a while but its job is gone or failed (a crash between
         the state change and the enqueue, or a lost queue), enqueue again. Returns True if it did."""
-        if self._field(project, "state") != "queued":
-            return False
         if time.time() - float(self._field(project, "updated") or 0) < _RECOVER_AFTER_S:
             return False  # the requester is still between its state change and its enqueue
         job_id = self._field(project, "job_id")

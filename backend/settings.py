@@ -60,8 +60,9 @@ class Settings:
     train_lr [MTAL_TRAIN_LR] (1e-3), val_fraction [MTAL_VAL_FRACTION] (0.1, in [0, 1)),
     mtpsl_weight [MTAL_MTPSL_WEIGHT] (0.1, >= 0; cross-task consistency term),
     clusters [MTAL_CLUSTERS] (8; 0 = no prediction clusters), cluster_push_limit
-    [MTAL_CLUSTER_PUSH_LIMIT] (10000), set_sampling [MTAL_SET_SAMPLING] (true: set the project's
-    sampling to "Uncertainty sampling").
+    [MTAL_CLUSTER_PUSH_LIMIT] (1000: Label Studio 1.23 stores a prediction's cluster only through
+    one POST per prediction, so larger rankings are pushed in bulk without clusters),
+    set_sampling [MTAL_SET_SAMPLING] (true: set the project's sampling to "Uncertainty sampling").
     """
 
     label_studio_url: str | None = None
@@ -89,7 +90,7 @@ class Settings:
     val_fraction: float = 0.1
     mtpsl_weight: float = 0.1
     clusters: int = 8
-    cluster_push_limit: int = 10000
+    cluster_push_limit: int = 1000
     set_sampling: bool = True
 
     def __post_init__(self) -> None:
@@ -216,7 +217,7 @@ class Settings:
             val_fraction=get_float("MTAL_VAL_FRACTION", 0.1),
             mtpsl_weight=get_float("MTAL_MTPSL_WEIGHT", 0.1),
             clusters=get_int("MTAL_CLUSTERS", 8),
-            cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 10000),
+            cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 1000),
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
         )
 

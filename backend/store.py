@@ -118,7 +118,7 @@ class ModelStore:
         self._cache: dict[str, _CacheEntry] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._ranking_cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._json_cache: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
     # ---- paths ---------------------------------------------------------------------------------
     def project_dir(self, project: str, create: bool = False) -> Path:
@@ -303,8 +303,9 @@ class ModelStore:
             return default
 
     def project_info(self, project: str) -> dict[str, Any]:
-        """What /setup stored for ``project`` ({} if nothing)."""
-        return self._read_json(project, "project.json", {})
+        """What /setup stored for ``project`` ({} if nothing). Cached until the file changes (it is
+        read on every webhook)."""
+        return self._read_json_cached(project, "project.json")
 
     def save_project_info(self, project: str, info: dict[str, Any]) -> None:
         with self._write_lock(project) as pdir:
@@ -313,16 +314,20 @@ class ModelStore:
     def ranking(self, project: str) -> dict[str, Any]:
         """The loop's ranking: {"model_version": str, "tasks": {task_id: {"score": float,
         "requested": [modality, ...]}}} ({} if none). Cached until the file changes."""
+        return self._read_json_cached(project, "ranking.json")
+
+    def _read_json_cached(self, project: str, name: str) -> dict[str, Any]:
+        """A small per-project JSON file, re-read only when its (inode, mtime, size) changed."""
         try:
-            st = os.stat(self.project_dir(project) / "ranking.json")
+            st = os.stat(self.project_dir(project) / name)
         except FileNotFoundError:
             return {}
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._ranking_cache.get(project)
+        cached = self._json_cache.get((project, name))
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        data = self._read_json(project, "ranking.json", {})
-        self._ranking_cache[project] = (stamp, data)
+        data = self._read_json(project, name, {})
+        self._json_cache[(project, name)] = (stamp, data)
         return data
 
     def save_ranking(self, project: str, ranking: dict[str, Any]) -> None:

@@ -142,14 +142,15 @@ def rank_tasks(
     selection = strategy.select(concat_pool(parts), labelled, budget=max(1, len(candidates)))
     scores = ls_scores(selection.scores, candidates)
     requested = requested_modalities(selection, strategy.unit, labelled, candidates, schema.annotatable)
-    clusters = kmeans_clusters(torch.cat(pooled), k=min(settings.clusters, n)) if settings.clusters else None
+    push_clusters = settings.clusters > 0 and len(candidates) <= settings.cluster_push_limit
+    clusters = kmeans_clusters(torch.cat(pooled), k=min(settings.clusters, n)) if push_clusters else None
 
     predictions = []
     for i in candidates:
         choices = predictions_to_results({}, schema, *rows[i]["size"], requested=requested.get(i) or None)
         pred = {"task": int(rows[i]["id"]), "result": rows[i]["results"] + choices, "score": scores[i],
                 "model_version": version}
-        if clusters is not None and len(candidates) <= settings.cluster_push_limit:
+        if clusters is not None:
             pred["cluster"] = int(clusters[i])
         predictions.append(pred)
     pushed = 0

@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         if not args.skip_webhook:
             lat = bench_webhook(tmp, args.sleep)
-            print(f"METRIC webhook_p99_ms {lat['p99']:.1f} (p50 {lat['p50']:.1f}, max {lat['max']:.1f}; "
-                  f"{N_CONCURRENT} concurrent POSTs during a training job; target <= 50)")
+            print(f"METRIC webhook_p99_ms={lat['p99']:.1f}  # p50 {lat['p50']:.1f}, max {lat['max']:.1f}; "
+                  f"{N_CONCURRENT} concurrent POSTs during a training job; target <= 50")
         if not args.skip_rank:
             sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
             names = {1000: "1k", 10000: "10k"}
@@ -257,12 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 times = {}
                 for n in sizes:
                     times[n], _ = bench_rank(tmp, n, args.image_size, clusters)
-                    print(f"METRIC rank_{names.get(n, n)}{suffix}_s {times[n]:.2f} "
-                          f"({n} tasks, tiny net, {args.image_size}px, cold image cache)", flush=True)
+                    print(f"METRIC rank_{names.get(n, n)}{suffix}_s={times[n]:.2f}  "
+                          f"# {n} tasks, tiny net, {args.image_size}px, cold image cache", flush=True)
                 if len(sizes) >= 2:
                     lo, hi = sizes[0], sizes[-1]
-                    print(f"METRIC rank_{names.get(hi, hi)}_over_{names.get(lo, lo)}{suffix} "
-                          f"{times[hi] / times[lo]:.2f} (linear = {hi / lo:.0f})", flush=True)
+                    print(f"METRIC rank_{names.get(hi, hi)}_over_{names.get(lo, lo)}{suffix}="
+                          f"{times[hi] / times[lo]:.2f}  # linear = {hi / lo:.0f}", flush=True)
     return 0
 
 
