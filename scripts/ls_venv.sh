@@ -28,8 +28,13 @@ fi
 echo "Installing label-studio==$LS_VERSION into $VENV (about 70 s)..." >&2
 mkdir -p "$(dirname "$VENV")"
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check "label-studio==$LS_VERSION" >&2
-"$VENV/bin/label-studio" --version >/dev/null 2>&1 || { echo "label-studio did not install in $VENV" >&2; exit 1; }
+"$VENV/bin/pip" install -q --disable-pip-version-check "label-studio==$LS_VERSION" 2>&1 | grep -v "is ignored" >&2 || true
+# Check the install through package metadata: `label-studio --version` starts a server in LS 1.23.
+installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("label-studio"))' 2>/dev/null || true)"
+if [[ "$installed" != "$LS_VERSION" || ! -x "$VENV/bin/label-studio" ]]; then
+    echo "label-studio $LS_VERSION did not install in $VENV (found: ${installed:-nothing})" >&2
+    exit 1
+fi
 rm -f "$VENV"/.mtal-label-studio-*
 touch "$STAMP"
 echo "$VENV"
