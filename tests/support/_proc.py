@@ -9,7 +9,16 @@ import socket
 import subprocess
 import time
 
-__all__ = ["free_port", "stop_process_group", "services_required"]
+__all__ = ["die_with_parent", "free_port", "stop_process_group", "services_required"]
+
+
+def die_with_parent(args: list[str]) -> list[str]:
+    """``args`` prefixed so the service gets SIGTERM if the test process dies without its teardown
+    (a crash or a kill): util-linux ``setpriv --pdeathsig``, when present; else ``args`` unchanged."""
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else list(args)
 
 
 def free_port() -> int:

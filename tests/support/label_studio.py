@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support._proc import free_port, stop_process_group
+from tests.support._proc import die_with_parent, free_port, stop_process_group
 
 __all__ = [
     "LabelStudioServer",
@@ -153,7 +153,7 @@ class LabelStudioServer:
         args = [str(exe), "start", "--no-browser", "--port", str(port), "--username", username,
                 "--password", password, "--user-token", token]
         t0 = time.monotonic()
-        proc = subprocess.Popen(args, cwd=data_dir, env=_ls_env(data_dir, files_root), stdout=log,
+        proc = subprocess.Popen(die_with_parent(args), cwd=data_dir, env=_ls_env(data_dir, files_root), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         server = cls(url=f"http://127.0.0.1:{port}", token=token, username=username, password=password,

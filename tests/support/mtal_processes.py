@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support._proc import free_port, stop_process_group
+from tests.support._proc import die_with_parent, free_port, stop_process_group
 
 __all__ = ["ManagedProcess", "ProcessStartError", "backend_env", "start_backend", "start_worker", "REPO_ROOT"]
 
@@ -50,8 +50,8 @@ class ManagedProcess:
         full_env = {**os.environ, **env}
         full_env.pop("VIRTUAL_ENV", None)
         log = open(log_path, "wb")  # noqa: SIM115 - the child keeps its own copy
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(die_with_parent(args), cwd=REPO_ROOT, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         return cls(name, log_path, proc)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support._proc import free_port, stop_process_group
+from tests.support._proc import die_with_parent, free_port, stop_process_group
 
 __all__ = ["RedisServer", "redis_server_path", "RedisStartError"]
 
@@ -58,7 +58,7 @@ class RedisServer:
         log = open(workdir / "redis.log", "wb")  # noqa: SIM115 - closed with the process
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(die_with_parent(args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         server = cls(port=port, workdir=workdir, process=proc)
         client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
