@@ -114,6 +114,10 @@ def render(sim: Path, bench: Path | None, plots_dir: Path, doc: Path, notes: Pat
     ref_s = sum(json.loads(p.read_text())["seconds"] for p in (sim / "reference").glob("seed*.json"))
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     wall_min = data.get("seconds_this_invocation", 0) / 60
+    if wall_min * 60 < 0.5 * (total_s + ref_s):
+        wall_text = "The last `mtal simulate` invocation reused stored rounds; see the notes for the run's wall time."
+    else:
+        wall_text = f"The last `mtal simulate` invocation took {wall_min:.1f} minutes of wall time."
     notes_md = notes.read_text().strip() + "\n" if notes is not None and notes.is_file() else "_None._\n"
     cfg = ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("path", "strategy_options"))
     return f"""# Results
@@ -132,8 +136,7 @@ Python {machine["python"]}. The machine is shared with other jobs, so times are 
 Settings: {cfg}.
 
 Compute: {(total_s + ref_s) / 60:.1f} minutes summed over all rounds and references ({ref_s:.0f} s of it
-for the full-data references); the last `mtal simulate` invocation took {wall_min:.1f}
-minutes of wall time (equal to the whole run when it was not resumed).
+for the full-data references; per-round times exclude evaluation). {wall_text}
 
 Multi-task score = mean over modalities of the metric relative to the full-data model of the same seed
 (mIoU: value/full; RMSE and mean angle: full/value), so 1.0 = the model trained on every label. Labels
