@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 9090
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv run test lint bench demo clean services ls-venv redis
+.PHONY: venv run test lint bench demo simulate results clean services ls-venv redis
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,9 +41,17 @@ test: venv lint services
 demo: venv ls-venv
 	$(BIN)/python scripts/demo.py
 
+# Every bench.* module, their METRIC lines collected into one table (runs/bench-results.md).
 bench: venv
-	@for m in $$(ls bench/*.py | grep -v __init__ | xargs -n1 basename | sed 's/\.py$$//'); do \
-		echo "== bench.$$m"; $(BIN)/python -m bench.$$m || exit 1; done
+	$(BIN)/python -m bench.collect --out runs/bench-results.md --json runs/bench-results.json --timeout 1800 \
+		--module-args "loop=--sizes 1000,10000 --image-size 32"
+
+# The default active-learning simulation (CPU; the GPU when present) and docs/results.md from it.
+simulate: venv
+	$(BIN)/mtal simulate --config default --out runs/simulate-default
+
+results: venv
+	scripts/results.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -28,7 +28,7 @@ from pathlib import Path
 __all__ = ["Metric", "bench_modules", "collect", "main", "parse_metrics", "to_markdown"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP = {"collect", "__main__"}
+SKIP = {"collect", "__main__", "fake_ls"}
 _LINE = re.compile(r"^\s*METRIC\s+([A-Za-z0-9_.:/\-]+)\s*(?:=\s*|\s+)(\S+)(?:\s+(.*))?$")
 
 
