@@ -77,9 +77,14 @@ class MultiTaskOutput:
 
 
 class MultiTaskNet(nn.Module, ABC):
-    """Base class: holds the modality specs and fixes the method signatures."""
+    """Base class: holds the modality specs and fixes the method signatures.
+
+    ``substitutable`` names the modalities whose ground truth ``forward(given=...)`` uses (PartAL GT
+    substitution); networks that ignore ``given`` leave it empty.
+    """
 
     modalities: dict[str, ModalitySpec]
+    substitutable: tuple[str, ...] = ()
 
     def __init__(self, modalities: Mapping[str, ModalitySpec]) -> None:
         super().__init__()

@@ -69,6 +69,7 @@ class PADNet(MultiTaskNet):
         # per-modality modules live in lists (modality order), so any name works (ModuleDict keys may not
         # contain "." or shadow attributes); self._index maps a name to its position
         self._index = {name: i for i, name in enumerate(names)}
+        self.substitutable = tuple(names)  # every modality has a label encoder
         specs = list(self.modalities.values())
         self.initial_heads = nn.ModuleList(TaskHead(ch, ch, s.channels, cfg.dropout) for s in specs)
         self.distillation = MultiModalDistillation(names, ch)

@@ -51,10 +51,9 @@ SampleWeights = Mapping[str, Mapping[str, float]]
 
 
 def substitutable(model: MultiTaskNet) -> list[str]:
-    """Modalities whose ground truth the network can take as ``given``: those with a label encoder
-    (``model.label_encoders``, PAD-Net). Networks without one ignore substitution."""
-    encoders = getattr(model, "label_encoders", None)
-    return [n for n in model.modalities if encoders is not None and n in encoders and model.modalities[n].dense]
+    """Modalities whose ground truth the network takes as ``given`` (``model.substitutable``: PAD-Net's
+    label encoders). Networks without any ignore substitution."""
+    return [n for n in model.modalities if n in model.substitutable and model.modalities[n].dense]
 
 
 def substitute_labels(
