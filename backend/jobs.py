@@ -113,7 +113,9 @@ def train_job(project: Any) -> str:
             raise ValueError(f"project {project} has no usable labelled task yet ({len(tasks)} annotated)")
         val_fraction = ctx.settings.val_fraction if len(samples) >= 10 else 0.0
         val = [s for s in samples if _in_val(s.id, val_fraction)]
-        train = [s for s in samples if not _in_val(s.id, val_fraction)] or samples
+        train = [s for s in samples if not _in_val(s.id, val_fraction)]
+        if not train:  # every task hashed into validation: train on all, validate on none
+            train, val = samples, []
         ranking = ctx.store.ranking(project)
         last_throttle = [0.0]
 
