@@ -106,6 +106,16 @@ class Coordinator:
         self._begin = self.redis.register_script(_BEGIN)
         self._finish = self.redis.register_script(_FINISH)
 
+    @classmethod
+    def on_connection(cls, connection: Any, **kwargs: Any) -> Coordinator:
+        """A coordinator over an existing Redis connection (e.g. ``rq.get_current_job().connection``
+        inside a job), on MTAL's queue; ``kwargs`` as for the constructor."""
+        from rq import Queue
+
+        from backend.queueing import QUEUE_NAME
+
+        return cls(QueueHandle(connection, Queue(QUEUE_NAME, connection=connection), embedded=False), **kwargs)
+
     # ---- keys ------------------------------------------------------------------------------------
     @staticmethod
     def _keys(project: int | str) -> list[str]:

@@ -50,7 +50,8 @@ class Settings:
     image_size [MTAL_IMAGE_SIZE]: square inference size in pixels, a multiple of 32 (default 256).
     allow_hosts [MTAL_ALLOW_HOSTS]: comma list of extra hosts images may be fetched from.
     dense_fields [MTAL_DENSE_FIELDS]: "modality=task_data_key" pairs for sensor ground truth.
-    cache_dir [MTAL_CACHE_DIR]: image cache directory (None = no cache).
+    cache_dir [MTAL_CACHE_DIR]: on-disk image cache (default <MODEL_DIR>/.image-cache: Label Studio asks
+        for the same tasks again after every version, and its upload URLs never change; "off" = none).
     initial_checkpoint [MTAL_INITIAL_CHECKPOINT]: checkpoint used as a project's first version.
     predict_batch_size [MTAL_PREDICT_BATCH]: images per forward pass in /predict (default 32).
     seed [MTAL_SEED]: seed of the untrained initial network (default 0).
@@ -191,10 +192,18 @@ class Settings:
         checkpoint = get_path("MTAL_INITIAL_CHECKPOINT")
         if checkpoint is not None and not checkpoint.is_file():
             raise SettingsError(f"MTAL_INITIAL_CHECKPOINT: no such file {str(checkpoint)!r}")
+        model_dir = get_path("MODEL_DIR") or Path("models")
+        cache = get("MTAL_CACHE_DIR")
+        if cache is None:
+            cache_dir: Path | None = model_dir / ".image-cache"  # "." keeps it apart from project ids
+        elif cache.lower() in ("off", "none", "0", "false"):
+            cache_dir = None
+        else:
+            cache_dir = get_path("MTAL_CACHE_DIR")
         return cls(
             label_studio_url=url.rstrip("/") if url else None,
             label_studio_api_key=get("LABEL_STUDIO_API_KEY"),
-            model_dir=get_path("MODEL_DIR") or Path("models"),
+            model_dir=model_dir,
             redis_url=get("REDIS_URL"),
             port=get_int("PORT", 9090),
             basic_auth_user=get("BASIC_AUTH_USER"),
@@ -206,7 +215,7 @@ class Settings:
             image_size=get_int("MTAL_IMAGE_SIZE", 256),
             allow_hosts=tuple(h.strip() for h in (get("MTAL_ALLOW_HOSTS") or "").split(",") if h.strip()),
             dense_fields=_parse_pairs("MTAL_DENSE_FIELDS", get("MTAL_DENSE_FIELDS")),
-            cache_dir=get_path("MTAL_CACHE_DIR"),
+            cache_dir=cache_dir,
             initial_checkpoint=checkpoint,
             predict_batch_size=get_int("MTAL_PREDICT_BATCH", 32),
             seed=get_int("MTAL_SEED", 0),

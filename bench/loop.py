@@ -52,14 +52,13 @@ N_CONCURRENT = 50
 
 # ---- job functions for the webhook benchmark (imported by path by the RQ worker) ---------------------
 def _coordinator() -> Any:
-    from rq import Queue, get_current_job
+    from rq import get_current_job
 
     from backend.coordinator import Coordinator
-    from backend.queueing import QUEUE_NAME, QueueHandle
 
-    conn = get_current_job().connection
-    handle = QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=False)
-    return Coordinator(handle, train_job=f"{__name__}.sleepy_train_job", rank_job=f"{__name__}.quick_rank_job")
+    return Coordinator.on_connection(
+        get_current_job().connection, train_job=f"{__name__}.sleepy_train_job", rank_job=f"{__name__}.quick_rank_job"
+    )
 
 
 def sleepy_train_job(project: str) -> str:

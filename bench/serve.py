@@ -7,6 +7,9 @@ conversion to LS results + JSON) against ``model.predict`` on the same 16 images
 (same network object, same device, run on the same inference thread as /predict's forward). Runs
 alternate to share any machine noise; the ratio is median /predict time / median forward time (the
 median of per-run ratios is printed too: on a loaded machine the two disagree by up to ~0.2).
+The backend runs with its default on-disk image cache (``<MODEL_DIR>/.image-cache``), so the timed
+requests are steady state: Label Studio asks again for the same tasks after every model version; the
+warm-up request is the one that downloads.
 
 Measures each ``--net`` (default: ``small``, the server's default ``MTAL_NET_CONFIG``, and
 ``default``) and prints ``METRIC predict_vs_forward_<net>=...`` per net, ``METRIC
@@ -99,6 +102,7 @@ def measure(net: str, device_arg: str, runs: int) -> dict[str, float | str]:
             net_config=net,
             device=device_arg,
             image_size=SIZE,
+            cache_dir=root / "models" / ".image-cache",  # what Settings.from_env gives by default
         )
         app = create_app(settings)
         http_server = make_server("127.0.0.1", 0, app, threaded=True)

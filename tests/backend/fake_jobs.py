@@ -11,17 +11,14 @@ from collections.abc import Callable
 from rq import get_current_job
 
 from backend.coordinator import Coordinator
-from backend.queueing import QUEUE_NAME, QueueHandle
 
 HOOK: list[Callable[[Coordinator, str], None]] = []
 
 
 def _coordinator() -> Coordinator:
-    from rq import Queue
-
-    conn = get_current_job().connection
-    handle = QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=False)
-    return Coordinator(handle, train_job=f"{__name__}.train_job", rank_job=f"{__name__}.rank_job")
+    return Coordinator.on_connection(
+        get_current_job().connection, train_job=f"{__name__}.train_job", rank_job=f"{__name__}.rank_job"
+    )
 
 
 def train_job(project: str) -> str:

@@ -80,3 +80,9 @@ def test_strategy_must_be_auto_or_registered() -> None:
     assert Settings.from_env({"MTAL_STRATEGY": "partal"}).strategy == "partal"
     with pytest.raises(SettingsError, match="MTAL_STRATEGY.*coreset"):
         Settings.from_env({"MTAL_STRATEGY": "best"})
+
+
+def test_image_cache_defaults_under_the_model_dir() -> None:
+    assert Settings.from_env({"MODEL_DIR": "/m"}).cache_dir == Path("/m/.image-cache")
+    assert Settings.from_env({"MTAL_CACHE_DIR": "off"}).cache_dir is None
+    assert Settings.from_env({"MTAL_CACHE_DIR": "/tmp/c"}).cache_dir == Path("/tmp/c")

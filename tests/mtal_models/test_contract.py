@@ -6,7 +6,6 @@ Parametrised over NETWORKS x modality sets (a set goes to the network ``choose_n
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,6 @@ CASES = [
     for net in NETWORKS
     if choose_network(mods) == net
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _label(spec: ModalitySpec, rects: list[tuple[int, int, int, int, int]]) -> object:

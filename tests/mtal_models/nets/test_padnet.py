@@ -41,15 +41,6 @@ def all_labels(batch: int = B, present: bool = True, h: int = H, w: int = W) -> 
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # noqa: ANN201 - generator fixture
-    """Tiny tensors: one intra-op thread is much faster than two on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def net() -> PADNet:
     torch.manual_seed(0)

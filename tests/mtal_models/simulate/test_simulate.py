@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,23 +19,10 @@ from mtal_models.simulate.score import task_scores
 TINY = PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("sim")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return out, simulate(TINY, out, progress=False)
-    finally:
-        torch.set_num_threads(before)
+    return out, simulate(TINY, out, progress=False)
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
