@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from mtal_models.atomic import atomic_write
+
 __all__ = ["LoadedModel", "ModelStore", "StoreError", "atomic_write_bytes", "atomic_write_json"]
 
 log = logging.getLogger(__name__)
@@ -53,28 +55,9 @@ class StoreError(ValueError):
     """Bad project id, unknown version or unreadable store content."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: hidden temp file, fsync, os.replace, fsync dir."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``data`` to ``path`` atomically (see :func:`mtal_models.atomic.atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -13,9 +13,7 @@ over the target, so a reader sees the old or the new file, never half of one.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from mtal_models.atomic import atomic_write
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import MultiTaskNet
 from mtal_models.nets.config import NetConfig
@@ -101,26 +100,7 @@ def save_checkpoint(
         "epoch": int(epoch),
         "extra": dict(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(
