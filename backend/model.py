@@ -27,7 +27,7 @@ from backend.labeling import ProjectSchema, parse_label_config
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 
-__all__ = ["MTALModel", "ModelSetupError", "RecordingTrainer", "Trainer", "load_schema", "schema_compatible"]
+__all__ = ["MTALModel", "ModelSetupError", "Trainer", "load_schema", "schema_compatible"]
 
 log = logging.getLogger(__name__)
 _setup_locks: dict[str, threading.Lock] = {}
@@ -49,19 +49,6 @@ class Trainer(Protocol):
         """Queue state for /health."""
         ...
 
-
-class RecordingTrainer:
-    """Default trainer until the queue is wired in: counts events per project in the store."""
-
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
-
-    def submit(self, project_id: str, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        counts = self.store.record_event(project_id, event)
-        return {"queued": False, "events": counts}
-
-    def state(self) -> dict[str, Any]:
-        return {"backend": "none", "detail": "no training queue configured; events are only recorded"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -113,7 +100,7 @@ class MTALModel:
         store.project_dir(self.project_id)  # validates the id
         self.settings = settings
         self.store = store
-        self.trainer = trainer or RecordingTrainer(store)
+        self.trainer = trainer
         self.fetcher = fetcher
         self._label_config = label_config
 
@@ -175,6 +162,8 @@ class MTALModel:
 
     def fit(self, event: str, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Route a webhook event to the trainer (queue); returns what it answered. Never trains here."""
+        if self.trainer is None:
+            raise RuntimeError(f"project {self.project_id}: this MTALModel has no trainer to route {event} to")
         return self.trainer.submit(self.project_id, event, data)
 
     # ---- initial version -----------------------------------------------------------------------

@@ -317,17 +317,6 @@ class ModelStore:
         with self._write_lock(project) as pdir:
             atomic_write_json(pdir / "ranking.json", ranking)
 
-    def record_event(self, project: str, event: str) -> dict[str, int]:
-        """Add one to the count of ``event`` for ``project``; returns all counts."""
-        with self._write_lock(project) as pdir:
-            counts = self._read_json(project, "events.json", {})
-            counts[event] = int(counts.get(event, 0)) + 1
-            atomic_write_json(pdir / "events.json", counts)
-        return counts
-
-    def events(self, project: str) -> dict[str, int]:
-        return self._read_json(project, "events.json", {})
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -120,13 +120,11 @@ def test_concurrent_publishers_get_distinct_versions(store: ModelStore, tmp_path
     assert len(store.list_versions("9")) == 6
 
 
-def test_move_events_ranking_project_info(store: ModelStore, tmp_path: Path) -> None:
+def test_move_ranking_project_info(store: ModelStore, tmp_path: Path) -> None:
     src = store.tmp_dir("2") / "fresh.pt"
     src.write_bytes(b"moved")
     v = store.publish("2", src, {}, move=True)
     assert not src.exists() and store.checkpoint_path("2", v).read_bytes() == b"moved"
-    assert store.record_event("2", "START_TRAINING") == {"START_TRAINING": 1}
-    assert store.record_event("2", "START_TRAINING") == {"START_TRAINING": 2}
     assert store.ranking("2") == {}
     store.save_ranking("2", {"model_version": v, "tasks": {"1": {"score": 0.5}}})
     assert store.ranking("2")["tasks"]["1"]["score"] == 0.5
