@@ -154,23 +154,20 @@ class Settings:
             value = env.get(name)
             return value.strip() if value is not None and value.strip() else None
 
-        def get_int(name: str, default: int) -> int:
+        def get_number(name: str, default: Any, kind: type, word: str) -> Any:
             raw = get(name)
             if raw is None:
                 return default
             try:
-                return int(raw)
+                return kind(raw)
             except ValueError:
-                raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+                raise SettingsError(f"{name} must be {word}, got {raw!r}") from None
+
+        def get_int(name: str, default: int) -> int:
+            return get_number(name, default, int, "an integer")
 
         def get_float(name: str, default: float) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                return float(raw)
-            except ValueError:
-                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+            return get_number(name, default, float, "a number")
 
         def get_bool(name: str, default: bool) -> bool:
             raw = get(name)

@@ -13,7 +13,8 @@ labelled.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,46 +49,43 @@ def find_file(directory: Path, stem: str, exts: Sequence[str]) -> Path:
     raise DataError(f"missing file {want}")
 
 
-def load_image(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB."""
+@contextmanager
+def _reading(path: Path, kind: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Turn a missing or unreadable file into a DataError naming it (``kind``: "image", "label", ...)."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        yield
     except FileNotFoundError:
         raise DataError(f"missing file {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"corrupt image file {path}: {e}") from None
+    except errors as e:
+        raise DataError(f"corrupt {kind} file {path}: {e}") from None
+
+
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError)
+
+
+def load_image(path: Path) -> np.ndarray:
+    """uint8 [H, W, 3] RGB."""
+    with _reading(path, "image", _IMAGE_ERRORS), Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
 def load_png_label(path: Path) -> np.ndarray:
     """Integer [H, W] from a single-channel or palette PNG (palette indices, not colours)."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
-                raise DataError(f"label file {path} has mode {im.mode}; expected a single-channel or palette PNG")
-            return np.asarray(im, dtype=np.int64).copy()
-    except FileNotFoundError:
-        raise DataError(f"missing file {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"corrupt label file {path}: {e}") from None
+    with _reading(path, "label", _IMAGE_ERRORS), Image.open(path) as im:
+        if im.mode not in ("L", "P", "I", "I;16", "1"):
+            raise DataError(f"label file {path} has mode {im.mode}; expected a single-channel or palette PNG")
+        return np.asarray(im, dtype=np.int64).copy()
 
 
 def load_npy(path: Path) -> np.ndarray:
-    try:
+    with _reading(path, "array", (ValueError, OSError, EOFError)):
         return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"missing file {path}") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"corrupt array file {path}: {e}") from None
 
 
 def load_json(path: Path) -> Any:
-    try:
+    with _reading(path, "JSON", (json.JSONDecodeError, UnicodeDecodeError, OSError)):
         return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"missing file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise DataError(f"corrupt JSON file {path}: {e}") from None
+
 
 
 def save_png(path: Path, array: np.ndarray) -> None:

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,22 @@ class ManagedProcess:
         """The last ``n`` characters of the process's output."""
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float) -> ManagedProcess:
+        """Poll ``ready()`` until it is true; stop the process and raise ProcessStartError (quoting the
+        log) if it exits first or ``timeout`` s pass. Returns self."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready():
+                if not self.alive():
+                    raise ProcessStartError(f"{self.name} exited with {self.process.returncode}: {self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise ProcessStartError(f"{self.name}: {what} not within {timeout} s: {self.log_tail()}")
+                time.sleep(0.25)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL after 10 s."""
         stop_process_group(self.process)
@@ -102,23 +118,15 @@ def start_backend(env: Mapping[str, str], workdir: Path, port: int | None = None
     args = [_bin("gunicorn"), "-c", "backend/gunicorn.conf.py", "backend.wsgi:app"]
     proc = ManagedProcess.spawn("backend", args, {**env, "PORT": str(port)}, Path(workdir) / "backend.log")
     proc.url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if not proc.alive():
-                raise ProcessStartError(f"gunicorn exited with {proc.process.returncode}: {proc.log_tail()}")
-            try:
-                r = requests.get(f"{proc.url}/health", timeout=2)
-                if r.ok and r.json().get("status") == "UP":
-                    return proc
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise ProcessStartError(f"backend /health not UP within {timeout} s: {proc.log_tail()}")
-            time.sleep(0.25)
-    except BaseException:
-        proc.stop()
-        raise
+
+    def up() -> bool:
+        try:
+            r = requests.get(f"{proc.url}/health", timeout=2)
+            return r.ok and r.json().get("status") == "UP"
+        except requests.RequestException:
+            return False
+
+    return proc.wait_until(up, "/health UP", timeout)
 
 
 def start_worker(env: Mapping[str, str], workdir: Path, name: str = "mtal-e2e-worker",
@@ -138,18 +146,8 @@ def start_worker(env: Mapping[str, str], workdir: Path, name: str = "mtal-e2e-wo
     args = [sys.executable, "-m", "backend.worker", "--name", name]
     proc = ManagedProcess.spawn("worker", args, env, Path(workdir) / f"{name}.log")
     conn = redis.Redis.from_url(env["REDIS_URL"])
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if not proc.alive():
-                raise ProcessStartError(f"worker exited with {proc.process.returncode}: {proc.log_tail()}")
-            if any(w.name == name for w in Worker.all(connection=conn)):
-                return proc
-            if time.monotonic() > deadline:
-                raise ProcessStartError(f"worker not registered in Redis within {timeout} s: {proc.log_tail()}")
-            time.sleep(0.25)
-    except BaseException:
-        proc.stop()
-        raise
+        return proc.wait_until(lambda: any(w.name == name for w in Worker.all(connection=conn)),
+                               "registration in Redis", timeout)
     finally:
         conn.close()
