@@ -23,7 +23,9 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from backend.images import ImageFetcher
 from backend.labeling import LabelConfigError
+from backend.loop import QueueTrainer
 from backend.model import ModelSetupError, MTALModel, Trainer
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
@@ -131,8 +133,6 @@ class _State:
 
 def _default_fetcher_factory(settings: Settings) -> FetcherFactory:
     def make(url: str | None, token: str | None) -> Any:
-        from backend.images import ImageFetcher
-
         return ImageFetcher(url, token, allow_hosts=settings.allow_hosts, cache_dir=settings.cache_dir)
 
     return make
@@ -150,8 +150,6 @@ def create_app(
     settings = settings or Settings.from_env()
     store = store or ModelStore(settings.model_dir, device=settings.torch_device())
     if trainer is None:
-        from backend.loop import QueueTrainer
-
         trainer = QueueTrainer(settings, store)
     state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
     app = Flask("mtal-backend")

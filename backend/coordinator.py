@@ -24,10 +24,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from backend.queueing import QueueHandle
+from backend.queueing import QUEUE_NAME, QueueHandle
 
 __all__ = ["Coordinator"]
 
@@ -110,10 +111,6 @@ class Coordinator:
     def on_connection(cls, connection: Any, **kwargs: Any) -> Coordinator:
         """A coordinator over an existing Redis connection (e.g. ``rq.get_current_job().connection``
         inside a job), on MTAL's queue; ``kwargs`` as for the constructor."""
-        from rq import Queue
-
-        from backend.queueing import QUEUE_NAME
-
         return cls(QueueHandle(connection, Queue(QUEUE_NAME, connection=connection), embedded=False), **kwargs)
 
     # ---- keys ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from backend.labeling import ProjectSchema, parse_label_config
+from backend.predict import predict_tasks
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 
@@ -135,8 +136,6 @@ class MTALModel:
 
     def predict(self, tasks: Sequence[Mapping[str, Any]], context: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
         """One prediction per task, same order (see :func:`backend.predict.predict_tasks`)."""
-        from backend.predict import predict_tasks
-
         if not tasks:
             return []
         schema = self.schema

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from backend.convert import SegmentationArgmax, annotation_to_labels, predictions_to_results
+from backend.labeling import ProjectSchema
 from mtal_models.data.sample import Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels
@@ -57,7 +59,6 @@ class Fetcher(Protocol):
 class PreparedTask:
     """One task ready for the batch: resized image, resized labels, original size."""
 
-    index: int
     task_id: Any
     height: int
     width: int
@@ -116,14 +117,7 @@ def _resize_label(spec: ModalitySpec, label: Any, h: int, w: int, size: int) -> 
     return out.astype(dtype)
 
 
-def prepare_task(
-    index: int,
-    task: Mapping[str, Any],
-    schema: Any,
-    fetcher: Fetcher,
-    size: int,
-    annotation_to_labels: Any,
-) -> PreparedTask:
+def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetcher, size: int) -> PreparedTask:
     """Fetch, decode and resize one task's image to ``size`` x ``size`` and its (partial) ground truth
     (latest non-cancelled annotation, dense fields) to the same size. Raises on failure (bad data,
     image not fetchable/decodable); a broken annotation is logged and ignored."""
@@ -165,7 +159,7 @@ def prepare_task(
             except Exception as e:
                 log.warning("predict: task %s: dense field %r not used (%s)", task_id, key, e)
     sample = Sample(id=str(task_id), image=resized, labels=labels, present=present)
-    return PreparedTask(index, task_id, h, w, sample, {n for n, f in present.items() if f})
+    return PreparedTask(task_id, h, w, sample, {n for n, f in present.items() if f})
 
 
 def task_scores(preds: Mapping[str, Tensor], modalities: Mapping[str, ModalitySpec]) -> list[float]:
@@ -211,15 +205,13 @@ def predict_tasks(
     model: a MultiTaskNet over ``schema.modalities``; tasks: LS task dicts (``data``, optional
     ``id`` and ``annotations``). Tasks that fail get {"result": [], "model_version"} (no score).
     """
-    from backend.convert import annotation_to_labels, predictions_to_results
-
     size = int(image_size)
     empty = [{"result": [], "model_version": model_version} for _ in tasks]
     prepared: list[PreparedTask] = []
 
     def job(i: int) -> PreparedTask | None:
         try:
-            return prepare_task(i, tasks[i], schema, fetcher, size, annotation_to_labels)
+            return prepare_task(tasks[i], schema, fetcher, size)
         except Exception as e:
             log.error("predict: task %s skipped: %s", tasks[i].get("id", f"#{i}"), e)
             return None
@@ -229,7 +221,7 @@ def predict_tasks(
     else:
         with ThreadPoolExecutor(max_workers=min(_FETCH_THREADS, len(tasks))) as pool:
             results = list(pool.map(job, range(len(tasks))))
-    prepared = [p for p in results if p is not None]
+    prepared = [(i, p) for i, p in enumerate(results) if p is not None]
     if not prepared:
         return empty
 
@@ -238,17 +230,16 @@ def predict_tasks(
     modalities = schema.modalities
     for start in range(0, len(prepared), batch_size):
         chunk = prepared[start : start + batch_size]
-        if any(p.labelled for p in chunk):  # GT substitution: placeholders for absent labels via collate
-            batch = collate([p.sample for p in chunk], modalities)
+        if any(p.labelled for _, p in chunk):  # GT substitution: placeholders for absent labels via collate
+            batch = collate([p.sample for _, p in chunk], modalities)
             images, given = batch.images, batch.labels
         else:  # nothing labelled: skip building ignore-filled label maps
-            images, given = _stack_images([p.sample.image for p in chunk]), None
+            images, given = _stack_images([p.sample.image for _, p in chunk]), None
         preds, scores = INFERENCE.submit(_infer, model, images, given, modalities, device).result()
-        for j, p in enumerate(chunk):
+        for j, (i, p) in enumerate(chunk):
             try:
-                out[p.index] = _one_prediction(
-                    p, {k: v[j] for k, v in preds.items()}, scores[j], schema, size, model_version, ranked,
-                    predictions_to_results,
+                out[i] = _one_prediction(
+                    p, {k: v[j] for k, v in preds.items()}, scores[j], schema, size, model_version, ranked
                 )
             except Exception:
                 log.exception("predict: task %s: converting the prediction failed", p.task_id)
@@ -272,8 +263,6 @@ def _reduce(pred: Tensor, spec: ModalitySpec) -> Any:
     reduced for the whole batch on the device (much cheaper than numpy's argmax per image); others -> CPU."""
     if spec.kind != "segmentation":
         return pred.cpu()
-    from backend.convert import SegmentationArgmax
-
     conf, cls = pred.max(1)
     cls_np, conf_np = cls.to(torch.int32).cpu().numpy(), conf.float().cpu().numpy()
     return [SegmentationArgmax(cls_np[i], conf_np[i]) for i in range(len(cls_np))]
@@ -300,7 +289,6 @@ def _one_prediction(
     size: int,
     model_version: str,
     ranked: Mapping[str, Any],
-    predictions_to_results: Any,
 ) -> dict[str, Any]:
     modalities = schema.modalities
     entry = ranked.get(str(p.task_id)) if p.task_id is not None else None

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from backend.convert import annotation_to_labels, predictions_to_results
+from backend.convert import predictions_to_results
 from backend.labeling import ProjectSchema
 from backend.predict import prepare_task
 from backend.ranking import kmeans_clusters, ls_scores, requested_modalities
@@ -177,7 +177,7 @@ def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: 
     thread pool (and kept in the on-disk cache for the next run); a bad image is logged and skipped."""
     def one(task: Mapping[str, Any]) -> Any:
         try:
-            return prepare_task(0, task, schema, ctx.fetcher, size, annotation_to_labels)
+            return prepare_task(task, schema, ctx.fetcher, size)
         except Exception as e:  # one bad image must not stop the run
             log.error("task %s skipped: %s", task.get("id"), e)
             return None
