@@ -42,7 +42,7 @@ demo: venv ls-venv
 	$(BIN)/python scripts/demo.py
 
 # Every bench.* module, their METRIC lines collected into one table (runs/bench-results.md).
-bench: venv
+bench: venv redis
 	$(BIN)/python -m bench.collect --out runs/bench-results.md --json runs/bench-results.json --timeout 1800 \
 		--module-args "loop=--sizes 1000,10000 --image-size 32"
 

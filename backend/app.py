@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
 
 from backend.images import ImageFetcher
@@ -29,6 +30,7 @@ from backend.loop import QueueTrainer
 from backend.model import ModelSetupError, MTALModel, Trainer
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
+from backend.webhook_http import WebhookFastPath
 
 __all__ = ["ApiError", "create_app", "parse_project_id"]
 
@@ -43,6 +45,11 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+    def body(self) -> dict[str, str]:
+        """The JSON error body: ``{"error": <reason>, "message": <text>}``."""
+        names = {400: "Bad Request", 422: "Unprocessable Entity"}
+        return {"error": names.get(self.status, "Error"), "message": self.message}
 
 
 def parse_project_id(value: Any, field: str = "project") -> str:
@@ -157,15 +164,17 @@ def create_app(
     app.extensions["mtal"] = state
     m = state.metrics
 
-    def authorized() -> bool:
+    def credentials_ok(auth: Authorization | None) -> bool:
         if not settings.auth_enabled:
             return True
-        auth = request.authorization
         if auth is None or auth.type != "basic":
             return False
         ok_user = hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())  # type: ignore[union-attr]
         ok_pass = hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())  # type: ignore[union-attr]
         return ok_user and ok_pass
+
+    def authorized() -> bool:
+        return credentials_ok(request.authorization)
 
     @app.before_request
     def _start() -> Response | None:
@@ -187,8 +196,7 @@ def create_app(
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> tuple[Response, int]:
         log.info("%s %s -> %d: %s", request.method, request.path, e.status, e.message)
-        names = {400: "Bad Request", 422: "Unprocessable Entity"}
-        return jsonify(error=names.get(e.status, "Error"), message=e.message), e.status
+        return jsonify(e.body()), e.status
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> tuple[Response, int]:
@@ -262,9 +270,7 @@ def create_app(
         m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
         return jsonify(results=results, model_version=model.model_version)
 
-    @app.post("/webhook")
-    def webhook() -> Response:
-        body = _body()
+    def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         action = _field(body, "action", str)
         pid = parse_project_id(body.get("project"))
         project = body.get("project")
@@ -275,7 +281,20 @@ def create_app(
             answer = model.fit(action, body)
         except ValueError as e:  # the trainer's payload validation (e.g. events.EventError)
             raise ApiError(400, str(e)) from e
-        return jsonify(status="ok", action=action, project=pid, **{"result": answer})
+        return {"status": "ok", "action": action, "project": pid, "result": answer}
+
+    def webhook_fast(body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        try:
+            return 200, webhook_answer(body)
+        except ApiError as e:
+            log.info("POST /webhook -> %d: %s", e.status, e.message)
+            return e.status, e.body()
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        """Reached only when the fast path hands over (no or bad credentials, a body that is not a JSON
+        object): see :mod:`backend.webhook_http`."""
+        return jsonify(webhook_answer(_body()))
 
     @app.post("/train")
     def train() -> Response:
@@ -318,6 +337,7 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(m.registry), mimetype=CONTENT_TYPE_LATEST)
 
+    app.wsgi_app = WebhookFastPath(app.wsgi_app, webhook_fast, credentials_ok, m)  # type: ignore[method-assign]
     return app
 
 

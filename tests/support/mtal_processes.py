@@ -107,16 +107,17 @@ def _bin(name: str) -> str:
 
 
 def start_backend(env: Mapping[str, str], workdir: Path, port: int | None = None,
-                  timeout: float = 120.0) -> ManagedProcess:
-    """``gunicorn -c backend/gunicorn.conf.py backend.wsgi:app`` on ``port`` (free one by default);
-    returns once ``GET /health`` answers ``{"status": "UP"}``.
+                  timeout: float = 120.0, app: str = "backend.wsgi:app") -> ManagedProcess:
+    """``gunicorn -c backend/gunicorn.conf.py <app>`` on ``port`` (free one by default); returns once
+    ``GET /health`` answers ``{"status": "UP"}``. ``app`` other than the backend: benchmarks' baselines.
 
     Raises:
         ProcessStartError: gunicorn exited or /health did not answer within ``timeout`` s.
     """
     port = port or free_port()
-    args = [_bin("gunicorn"), "-c", "backend/gunicorn.conf.py", "backend.wsgi:app"]
-    proc = ManagedProcess.spawn("backend", args, {**env, "PORT": str(port)}, Path(workdir) / "backend.log")
+    args = [_bin("gunicorn"), "-c", "backend/gunicorn.conf.py", app]
+    name = "backend" if app == "backend.wsgi:app" else app.split(":")[0].rsplit(".", 1)[-1]
+    proc = ManagedProcess.spawn(name, args, {**env, "PORT": str(port)}, Path(workdir) / f"{name}.log")
     proc.url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
