@@ -20,6 +20,7 @@ from backend.labeling import ProjectSchema
 from backend.predict import prepare_task
 from backend.ranking import kmeans_clusters, ls_scores, requested_modalities
 from backend.settings import Settings
+from backend.spool import ResultSpool
 from backend.store import ModelStore
 from mtal_models.data.sample import Sample, collate
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
@@ -29,6 +30,7 @@ __all__ = ["RankContext", "prepare_tasks", "rank_tasks", "strategy_for", "train_
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
+_PUSH_CHUNK = 500  # predictions built and sent to Label Studio at once
 _VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", "project", "current")
 
 
@@ -116,9 +118,21 @@ def rank_tasks(
     strategy = strategy_for(settings, schema)
     previous = store.ranking(project)
     strategy.load_state((previous.get("strategy_state") or {}).get(strategy.name, {}))
-    size = settings.image_size
+    with ResultSpool(store.tmp_dir(project)) as spool:
+        rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool)
+        if not rows:
+            raise ValueError(f"project {project}: no task image could be fetched; nothing to rank")
+        return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool)
 
-    rows: list[dict[str, Any]] = []  # per pool index: task id, prefilled results, labelled modalities
+
+def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
+                 tasks: Sequence[Mapping[str, Any]], labelled_ids: set[Any],
+                 spool: ResultSpool) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
+    """One pass over ``tasks`` in chunks: per-batch strategy scores, pooled features [B, D] (CPU), and
+    per fetched task a row {id, labelled modalities, size, "spooled": spool key of its pre-annotations, None
+    for labelled tasks}."""
+    settings, size, device = ctx.settings, ctx.settings.image_size, ctx.settings.torch_device()
+    rows: list[dict[str, Any]] = []
     parts, pooled = [], []
     for start in range(0, len(tasks), _CHUNK):
         prepared = prepare_tasks(ctx, tasks[start:start + _CHUNK], schema, size)
@@ -130,33 +144,40 @@ def rank_tasks(
             parts.append(strategy.score_batch(out))
             pooled.append(out.pooled.detach().cpu())
             for i, (task, p) in enumerate(group):
-                results = [] if task["id"] in labelled_ids else _results(out.final, i, model, schema, p, size)
-                rows.append({"id": task["id"], "results": results, "labelled": p.labelled, "size": (p.height, p.width)})
-    if not rows:
-        raise ValueError(f"project {project}: no task image could be fetched; nothing to rank")
+                key = None if task["id"] in labelled_ids else spool.add(_results(out.final, i, model, schema, p, size))
+                rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled, "size": (p.height, p.width)})
+    return rows, parts, pooled
+
+
+def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,
+                     previous: Mapping[str, Any], rows: list[dict[str, Any]], parts: list[Any],
+                     pooled: list[torch.Tensor], spool: ResultSpool) -> dict[str, Any]:
+    """Select over the scored pool, push one prediction per candidate in chunks of 500 (pre-annotations
+    read back from ``spool``), point the project at ``version``, store the ranking."""
+    settings, store = ctx.settings, ctx.store
 
     n = len(rows)
     sensor = [m for m in schema.modalities if m not in schema.annotatable]  # depth/normals: not requestable
     labelled = {m: torch.tensor([m in r["labelled"] or m in sensor for r in rows]) for m in schema.modalities}
-    candidates = [i for i, r in enumerate(rows) if r["id"] not in labelled_ids]
+    candidates = [i for i, r in enumerate(rows) if r["spooled"] is not None]  # the unlabelled tasks
     selection = strategy.select(concat_pool(parts), labelled, budget=max(1, len(candidates)))
     scores = ls_scores(selection.scores, candidates)
     requested = requested_modalities(selection, strategy.unit, labelled, candidates, schema.annotatable)
     push_clusters = settings.clusters > 0 and len(candidates) <= settings.cluster_push_limit
     clusters = kmeans_clusters(torch.cat(pooled), k=min(settings.clusters, n)) if push_clusters else None
 
-    predictions = []
-    for i in candidates:
+    def prediction(i: int) -> dict[str, Any]:
         choices = predictions_to_results({}, schema, *rows[i]["size"], requested=requested.get(i) or None)
-        pred = {"task": int(rows[i]["id"]), "result": rows[i]["results"] + choices, "score": scores[i],
+        pred = {"task": int(rows[i]["id"]), "result": spool.get(rows[i]["spooled"]) + choices, "score": scores[i],
                 "model_version": version}
         if clusters is not None:
             pred["cluster"] = int(clusters[i])
-        predictions.append(pred)
+        return pred
+
     pushed = 0
-    for b in range(0, len(predictions), 500):
-        pushed += ctx.ls.create_predictions_bulk(int(project), predictions[b:b + 500])
-    if settings.set_sampling and predictions:
+    for b in range(0, len(candidates), _PUSH_CHUNK):
+        pushed += ctx.ls.create_predictions_bulk(int(project), [prediction(i) for i in candidates[b:b + _PUSH_CHUNK]])
+    if settings.set_sampling and candidates:
         ctx.ls.set_project_ranking(int(project), version)
     ids = [str(r["id"]) for r in rows]
     store.save_ranking(project, {
