@@ -114,7 +114,19 @@ def _resize_label(spec: ModalitySpec, label: Any, h: int, w: int, size: int) -> 
     out = cv2.resize(work, (size, size), interpolation=cv2.INTER_NEAREST)
     if arr.ndim == 3 and out.ndim == 2:
         out = out[:, :, None]
+    if spec.kind == "segmentation":  # held for a whole training run: the smallest integer type that fits
+        return out.astype(_class_dtype(spec))
     return out.astype(dtype)
+
+
+def _class_dtype(spec: ModalitySpec) -> type:
+    """uint8 / int16 / int32: holds 0..channels-1 and ``ignore_index`` (collate widens to int64)."""
+    lo, hi = min(0, spec.ignore_index), max(spec.channels - 1, spec.ignore_index)
+    for dtype in (np.uint8, np.int16):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return dtype
+    return np.int32
 
 
 def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetcher, size: int) -> PreparedTask:

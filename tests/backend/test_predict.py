@@ -211,3 +211,23 @@ def test_latest_annotation_and_rgb() -> None:
     assert _as_rgb(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
     with pytest.raises(ValueError, match="uint8"):
         _as_rgb(np.zeros((4, 5, 3), np.float32))
+
+
+@pytest.mark.parametrize(("channels", "ignore", "dtype"),
+                         [(3, 255, np.uint8), (300, 255, np.int16), (3, -1, np.int16), (40000, 255, np.int32)])
+def test_segmentation_labels_are_held_compactly(channels: int, ignore: int, dtype: type) -> None:
+    """Training holds every labelled task's labels: class maps use the smallest integer type that fits,
+    values unchanged, and collate still hands the losses int64."""
+    from backend.predict import _resize_label
+    from mtal_models.data.sample import Sample, collate
+
+    spec = ModalitySpec("seg", "segmentation", channels, ignore_index=ignore)
+    label = np.full((30, 40), ignore, np.int64)
+    label[:, :20] = channels - 1
+    label[:10] = 0
+    out = _resize_label(spec, label, 30, 40, 16)
+    assert out.dtype == dtype and out.shape == (16, 16)
+    assert set(np.unique(out).tolist()) == {0, channels - 1, ignore}
+    batch = collate([Sample("a", np.zeros((16, 16, 3), np.uint8), {"seg": out}, {"seg": True})], {"seg": spec})
+    assert batch.labels.values["seg"].dtype == torch.int64
+    assert torch.equal(batch.labels.values["seg"][0], torch.from_numpy(out.astype(np.int64)))
