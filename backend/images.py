@@ -15,8 +15,9 @@ SSRF rules: every other scheme (``file:``, ``data:``, ``ftp:``...) is refused; a
 loopback, link-local, private, multicast, reserved or unspecified address is refused unless it is the
 LS host or in ``allow_hosts``; every redirect is re-checked (at most 5); the body is streamed and cut
 at ``max_bytes``; images over ``max_pixels`` are refused before decoding (``PIL.Image.MAX_IMAGE_PIXELS``
-is left alone). DNS is checked before connecting; a rebinding attack between the check and the
-connection is not prevented.
+is left alone). For hosts that must be public, DNS is checked before the request (a clear error) and
+the connected socket's peer address again before a byte is sent (:mod:`backend.netguard`), so DNS
+rebinding between the two does not reach an internal address.
 
 Tokens (as ``label_studio_sdk``'s ``TokensClientExt`` decides): a token that is not a JWT is a legacy
 API token, sent as ``Authorization: Token <token>`` (``token_scheme``). A JWT (decoded without
@@ -36,7 +37,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import ipaddress
 import logging
 import os
 import socket
@@ -51,6 +51,8 @@ import jwt  # PyJWT, a dependency of label-studio-sdk (which detects tokens the 
 import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from backend.netguard import is_public, public_only_session
 
 __all__ = ["CLOUD_SCHEMES", "ImageError", "ImageFetcher", "jwt_claims"]
 
@@ -173,6 +175,7 @@ class ImageFetcher:
         self.token_scheme = token_scheme
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies/netrc from the environment
+        self.public_session = public_only_session()  # presigned URLs on hosts nobody allow-listed
         self._auth = _LSAuth(ls_token, token_scheme, self.session, self.timeout)
 
     # ---- public API --------------------------------------------------------------------------
@@ -266,20 +269,20 @@ class ImageFetcher:
     def _allowed_host(self, host: str) -> bool:
         return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) for a in self.allow_hosts)
 
-    def _check_target(self, original: str, target: str, via_presign: bool) -> bool:
-        """Raise unless ``target`` may be fetched; returns whether the LS token may be sent."""
+    def _check_target(self, original: str, target: str, via_presign: bool) -> tuple[bool, bool]:
+        """Raise unless ``target`` may be fetched; returns (send the LS token, connect to public peers only)."""
         parts = urlsplit(target)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ImageError(f"{original}: refused URL {target!r} (only http(s) with a host)")
         if self._is_ls(target):
-            return True
+            return True, False
         host = parts.hostname.lower()
         allowed = self._allowed_host(host)
         if not allowed and not via_presign:
             raise ImageError(f"{original}: host {host!r} is neither the Label Studio host nor in the allowed hosts")
         if not allowed:
             self._check_public(original, host, parts.port or (443 if parts.scheme == "https" else 80))
-        return False
+        return False, not allowed
 
     @staticmethod
     def _check_public(original: str, host: str, port: int) -> None:
@@ -288,15 +291,8 @@ class ImageFetcher:
         except (socket.gaierror, UnicodeError) as e:
             raise ImageError(f"{original}: cannot resolve host {host!r}: {e}") from e
         for info in infos:
-            ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-            if (
-                ip.is_loopback
-                or ip.is_link_local
-                or ip.is_private
-                or ip.is_multicast
-                or ip.is_unspecified
-                or ip.is_reserved
-            ):
+            if not is_public(info[4][0]):
+                ip = info[4][0].split("%", 1)[0]
                 raise ImageError(f"{original}: host {host!r} resolves to non-public address {ip}; refused")
 
     # ---- HTTP --------------------------------------------------------------------------------
@@ -305,13 +301,14 @@ class ImageFetcher:
         retried = False
         hops = 0
         while hops <= _MAX_REDIRECTS:
-            send_token = self._check_target(original, target, via_presign)
+            send_token, public_only = self._check_target(original, target, via_presign)
             headers = {"Accept": "*/*"}
             auth = self._auth.header(self.ls_url or "", original) if send_token else None
             if auth:
                 headers["Authorization"] = auth
+            session = self.public_session if public_only else self.session
             try:
-                resp = self.session.get(
+                resp = session.get(
                     target, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False
                 )
             except requests.RequestException as e:

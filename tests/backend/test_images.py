@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from backend.images import ImageError, ImageFetcher
+from backend.netguard import is_public
 
 TOKEN = "secret-token"
 
@@ -164,6 +166,36 @@ def test_private_address_refused_for_presigned_redirect(ls):
         303, {"Location": "http://127.0.0.3:1/signed"}, b"")
     with pytest.raises(ImageError, match="non-public address 127.0.0.3"):
         _fetcher(ls).fetch_image("s3://b/k.png", task_id=1)
+
+
+def test_dns_rebinding_after_the_check_is_refused_at_connect(ls, storage, monkeypatch):
+    """The presigned host resolves to a public address for the check, then to the storage server on
+    127.0.0.2 for the connection: the connected peer is checked, and no request reaches the server."""
+    storage.routes["/signed"] = (200, {}, _png(np.zeros((2, 2, 3), np.uint8)))
+    port = int(storage.url.rsplit(":", 1)[1])
+    ls.routes["/tasks/1/presign/?fileuri=" + base64.urlsafe_b64encode(b"s3://b/k.png").decode()] = (
+        303, {"Location": f"http://rebind.example:{port}/signed"}, b"")
+    real = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])  # the first answer is public, every later one internal
+
+    def rebinding(host, *args, **kwargs):
+        if host != "rebind.example":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (next(answers, "127.0.0.2"), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(ImageError, match="non-public address 127.0.0.2"):
+        _fetcher(ls).fetch_image("s3://b/k.png", task_id=1)
+    assert storage.requests == []
+
+
+@pytest.mark.parametrize(("address", "public"), [
+    ("93.184.216.34", True), ("2606:2800:220:1::1", True), ("127.0.0.1", False), ("10.1.2.3", False),
+    ("169.254.169.254", False), ("::1", False), ("::ffff:127.0.0.1", False), ("fe80::1%eth0", False),
+    ("0.0.0.0", False), ("224.0.0.1", False),
+])
+def test_is_public(address, public):
+    assert is_public(address) is public
 
 
 def test_redirect_rechecked(ls, storage):
