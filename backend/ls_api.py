@@ -189,6 +189,23 @@ class LabelStudioAPI:
         return created
 
 
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """Prediction count per ``model_version`` of the project (``GET /api/projects/{id}/model-versions/``;
+        the project's own ``model_version`` is listed even with no prediction)."""
+        body = self._request("list model versions", "GET", f"api/projects/{int(project_id)}/model-versions/")
+        if not isinstance(body, dict):
+            raise LabelStudioAPIError("list model versions", 200, f"expected an object, got {body!r:.200}")
+        return {str(k): int(v or 0) for k, v in body.items()}
+
+    def delete_predictions(self, project_id: int, model_version: str) -> None:
+        """Delete every prediction of ``model_version`` in the project
+        (``DELETE /api/projects/{id}/model-versions/`` with ``{"model_version": ...}``)."""
+        if not model_version:
+            raise ValueError("model_version: must be a non-empty string (an empty one would delete every prediction)")
+        self._request("delete predictions", "DELETE", f"api/projects/{int(project_id)}/model-versions/",
+                      json={"model_version": model_version})
+
+
 def _check_prediction(i: int, item: Mapping[str, Any]) -> dict[str, Any]:
     """Validate one prediction item of create_predictions_bulk; returns a plain dict with known keys."""
     if not isinstance(item, Mapping):

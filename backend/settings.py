@@ -63,7 +63,10 @@ class Settings:
     clusters [MTAL_CLUSTERS] (8; 0 = no prediction clusters), cluster_push_limit
     [MTAL_CLUSTER_PUSH_LIMIT] (1000: Label Studio 1.23 stores a prediction's cluster only through
     one POST per prediction, so larger rankings are pushed in bulk without clusters),
-    set_sampling [MTAL_SET_SAMPLING] (true: set the project's sampling to "Uncertainty sampling").
+    set_sampling [MTAL_SET_SAMPLING] (true: set the project's sampling to "Uncertainty sampling"),
+    keep_prediction_versions [MTAL_KEEP_PREDICTION_VERSIONS] (2: after a ranking, the predictions of
+    MTAL's versions of the project other than the new one and the newest before it are deleted from
+    Label Studio; 0 = delete nothing).
     """
 
     label_studio_url: str | None = None
@@ -93,6 +96,7 @@ class Settings:
     clusters: int = 8
     cluster_push_limit: int = 1000
     set_sampling: bool = True
+    keep_prediction_versions: int = 2
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -105,6 +109,8 @@ class Settings:
             raise SettingsError(f"MTAL_STRATEGY must be 'auto' or one of {_strategy_names()}, got {self.strategy!r}")
         if self.train_threshold < 0:
             raise SettingsError(f"MTAL_TRAIN_THRESHOLD must be >= 0, got {self.train_threshold}")
+        if self.keep_prediction_versions < 0:
+            raise SettingsError(f"MTAL_KEEP_PREDICTION_VERSIONS must be >= 0, got {self.keep_prediction_versions}")
         if self.predict_batch_size < 1:
             raise SettingsError(f"MTAL_PREDICT_BATCH must be >= 1, got {self.predict_batch_size}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
@@ -225,6 +231,7 @@ class Settings:
             clusters=get_int("MTAL_CLUSTERS", 8),
             cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 1000),
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
+            keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 2),
         )
 
     def configure_logging(self) -> None:

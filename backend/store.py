@@ -41,7 +41,7 @@ import torch
 
 from mtal_models.atomic import atomic_write
 
-__all__ = ["LoadedModel", "ModelStore", "StoreError", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["LoadedModel", "ModelStore", "StoreError", "atomic_write_bytes", "atomic_write_json", "version_number"]
 
 log = logging.getLogger(__name__)
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -53,6 +53,12 @@ ModelLoader = Callable[[Path, str], torch.nn.Module]
 
 class StoreError(ValueError):
     """Bad project id, unknown version or unreadable store content."""
+
+
+def version_number(name: str, project: str) -> int | None:
+    """N of a version name ``mtal-<project>-v<N>-<hash8>`` of ``project``; None for any other name."""
+    m = _VERSION_RE.match(name)
+    return int(m["n"]) if m and m["project"] == project else None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -21,12 +21,12 @@ from backend.predict import prepare_task
 from backend.ranking import kmeans_clusters, ls_scores, requested_modalities
 from backend.settings import Settings
 from backend.spool import ResultSpool
-from backend.store import ModelStore
+from backend.store import ModelStore, version_number
 from mtal_models.data.sample import Sample, collate
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
-__all__ = ["RankContext", "prepare_tasks", "rank_tasks", "strategy_for", "train_version"]
+__all__ = ["RankContext", "prepare_tasks", "prune_predictions", "rank_tasks", "strategy_for", "train_version"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
@@ -179,6 +179,7 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
         pushed += ctx.ls.create_predictions_bulk(int(project), [prediction(i) for i in candidates[b:b + _PUSH_CHUNK]])
     if settings.set_sampling and candidates:
         ctx.ls.set_project_ranking(int(project), version)
+    prune_predictions(ctx.ls, project, version, settings.keep_prediction_versions)
     ids = [str(r["id"]) for r in rows]
     store.save_ranking(project, {
         "model_version": version,
@@ -191,6 +192,27 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
              project, n, len(candidates), strategy.name, pushed)
     return {"version": version, "strategy": strategy.name, "tasks": n, "candidates": len(candidates),
             "pushed": pushed}
+
+
+def prune_predictions(ls: Any, project: str, current: str, keep: int) -> list[str]:
+    """Delete from Label Studio the predictions of MTAL's older versions of ``project``: every
+    ``mtal-<project>-v<N>-*`` version except ``current`` and the ``keep - 1`` newest others (``keep`` 0:
+    nothing). Versions of other backends or imports are never touched. Returns the deleted versions; a
+    failure is logged, never raised (the ranking is already pushed)."""
+    if keep <= 0:
+        return []
+    try:
+        ours = {v: n for v in ls.model_versions(int(project)) if (n := version_number(v, project)) is not None}
+        others = sorted((v for v in ours if v != current), key=lambda v: ours[v], reverse=True)
+        stale = others[keep - 1:]
+        for v in stale:
+            ls.delete_predictions(int(project), v)
+    except Exception as e:  # pruning is housekeeping: the new ranking is in place either way
+        log.warning("project %s: could not delete the predictions of older versions: %s", project, e)
+        return []
+    if stale:
+        log.info("project %s: deleted the predictions of %d older version(s): %s", project, len(stale), stale)
+    return stale
 
 
 def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: ProjectSchema, size: int) -> list:

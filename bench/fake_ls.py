@@ -9,6 +9,8 @@ Endpoints (shapes as recorded in docs/label-studio.md):
 - ``GET /api/tasks/?project=&fields=&page=&page_size=`` -> ``{"total", "tasks": [...]}``; 404 past the end
 - ``POST /api/projects/{id}/import/predictions`` (a list) -> 201 ``{"created": n}``
 - ``POST /api/predictions/`` (one dict; a list is refused with 400, like LS) -> 201 the prediction
+- ``GET /api/projects/{id}/model-versions/`` -> ``{version: prediction count}``; ``DELETE`` with
+  ``{"model_version": v}`` deletes that version's predictions
 - ``GET /data/upload/{project}/{task}.png`` -> one of ``n_images`` generated PNGs (task id modulo n_images)
 
 Usage::
@@ -36,6 +38,7 @@ __all__ = ["FakeLabelStudio", "make_images"]
 
 _PROJECT = re.compile(r"^/api/projects/(\d+)/$")
 _IMPORT = re.compile(r"^/api/projects/(\d+)/import/predictions/?$")
+_VERSIONS = re.compile(r"^/api/projects/(\d+)/model-versions/$")
 _IMAGE = re.compile(r"^/data/upload/(\d+)/(\d+)\.png$")
 
 
@@ -171,6 +174,23 @@ class _Handler(BaseHTTPRequestHandler):
         elif (m := _PROJECT.match(parts.path)) and int(m.group(1)) == fake.project_id:
             fake.calls["project"] += 1
             self._json(200, fake.project)
+        elif (m := _VERSIONS.match(parts.path)) and int(m.group(1)) == fake.project_id:
+            fake.calls["model_versions"] += 1
+            self._json(200, dict(Counter(p["model_version"] for p in fake.predictions)))
+        else:
+            self._json(404, {"detail": "Not found."})
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        fake = self.fake
+        m = _VERSIONS.match(urlsplit(self.path).path)
+        body = self._body()
+        if m and int(m.group(1)) == fake.project_id and isinstance(body, dict) and body.get("model_version"):
+            fake.calls["delete_predictions"] += 1
+            with fake.lock:
+                before = len(fake.predictions)
+                fake.predictions[:] = [p for p in fake.predictions if p["model_version"] != body["model_version"]]
+                deleted = before - len(fake.predictions)
+            self._json(200, {"count": deleted})
         else:
             self._json(404, {"detail": "Not found."})
 

@@ -227,3 +227,20 @@ def test_ml_backend_connect_and_train_flow(api: LabelStudioAPI, label_studio: La
     assert resp.status_code == 200, resp.text
     train = [body for method, path, body in calls if path == "/webhook" and body["action"] == "START_TRAINING"]
     assert len(train) == 1 and "annotation" not in train[0] and train[0]["project"]["id"] == pid
+
+
+def test_model_versions_listed_and_older_ones_deleted(api: LabelStudioAPI, label_studio: LabelStudioServer) -> None:
+    from backend.trainrank import prune_predictions
+
+    pid, ids = _make_project(api, label_studio, "prune", 2)
+    names = [f"mtal-{pid}-v{n}-0000000{n}" for n in (1, 2, 3)]
+    for n, version in enumerate(names):
+        api.create_predictions_bulk(pid, [_prediction(t, 0.5, version, t + n) for t in ids])
+    api.create_predictions_bulk(pid, [_prediction(ids[0], 0.5, "imported", 9)])
+    api.set_project_ranking(pid, names[2])
+    assert api.model_versions(pid) == {names[0]: 2, names[1]: 2, names[2]: 2, "imported": 1}
+    assert prune_predictions(api, str(pid), names[2], keep=2) == [names[0]]
+    assert api.model_versions(pid) == {names[1]: 2, names[2]: 2, "imported": 1}
+    assert api.get_project(pid)["model_version"] == names[2]  # the project still points at the ranking
+    with pytest.raises(ValueError, match="every prediction"):
+        api.delete_predictions(pid, "")
