@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="(image, modality) labels per round")
     p.add_argument("--n-images", dest="n_images", type=int)
     p.add_argument("--epochs-per-round", dest="epochs_per_round", type=int)
+    p.add_argument("--steps-per-round", dest="steps_per_round", type=int, help="optimizer steps per round (0 = epochs)")
     p.add_argument("--net", help="network preset: tiny, small, default")
     p.add_argument("--dataset", help="synthetic, nyud or pascal")
     p.add_argument("--path", help="dataset root for nyud / pascal")
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "budget",
             "n_images",
             "epochs_per_round",
+            "steps_per_round",
             "net",
             "dataset",
             "path",

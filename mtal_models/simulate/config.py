@@ -32,8 +32,17 @@ class SimConfig:
     strategy_options: per strategy name, keyword options for ``get_strategy`` (e.g. {"partal": {"mc_samples": 8}}).
     seeds:            one run per seed and strategy; a seed fixes the initial set and the initial weights.
     net:              network preset ("tiny", "small", "default").
-    epochs_per_round: epochs of continued training on the labelled set after every labelling step.
+    epochs_per_round: epochs of training on the labelled set after every labelling step (when
+                      ``steps_per_round`` is 0).
+    steps_per_round:  > 0: train exactly this many optimizer steps per round, whatever the size of the
+                      labelled set (so a round's score measures its labels, not how many steps it got).
+    retrain:          True: every round trains from the seed's initial weights (as the papers retrain each
+                      cycle); False: continue from the previous round's weights.
     full_epochs:      epochs of the full-data reference run (all labels), which defines 100% of the score.
+    full_steps:       > 0: the reference trains this many optimizer steps instead of ``full_epochs``.
+    substitution_prob: PartAL GT substitution during training (``TrainConfig.substitution_prob``), for every
+                      strategy and the reference alike; trains the label encoders that PartAL-conditioned
+                      pool predictions go through.
     batch_size, lr:   training settings (Adam, poly LR per round).
     mc_samples:       default MC-dropout passes for strategies that take ``mc_samples``.
     device:           "auto" (CUDA when present, else CPU), "cpu", "cuda".
@@ -58,7 +67,11 @@ class SimConfig:
     seeds: tuple[int, ...] = (0, 1)
     net: str = "small"
     epochs_per_round: int = 3
+    steps_per_round: int = 0
+    retrain: bool = False
     full_epochs: int = 10
+    full_steps: int = 0
+    substitution_prob: float = 0.0
     batch_size: int = 16
     lr: float = 1e-3
     mc_samples: int = 8
@@ -86,7 +99,11 @@ class SimConfig:
             ("seeds", len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds), "must be non-empty, unique"),
             ("net", self.net in CONFIGS, f"must be one of {sorted(CONFIGS)}"),
             ("epochs_per_round", self.epochs_per_round >= 1, "must be >= 1"),
+            ("steps_per_round", self.steps_per_round >= 0, "must be >= 0 (0 = use epochs_per_round)"),
+            ("retrain", isinstance(self.retrain, bool), "must be true or false"),
             ("full_epochs", self.full_epochs >= 1, "must be >= 1"),
+            ("full_steps", self.full_steps >= 0, "must be >= 0 (0 = use full_epochs)"),
+            ("substitution_prob", 0 <= self.substitution_prob <= 1, "must be in [0, 1]"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("lr", self.lr > 0, "must be > 0"),
             ("mc_samples", self.mc_samples >= 2, "must be >= 2"),
@@ -141,8 +158,13 @@ PRESETS: dict[str, SimConfig] = {
         strategies=("random", "partal"), seeds=(0,), net="tiny", epochs_per_round=1, full_epochs=1,
         batch_size=8, mc_samples=2,
     ),
-    # finishes on a 2-core CPU in under 30 minutes (see docs/results.md for the measured time)
-    "default": SimConfig(),
+    # finishes on a 2-core CPU in under 30 minutes with one torch thread (measured time: docs/results.md).
+    # Every round retrains from the seed's initial weights for a fixed 200 steps, and the reference gets the
+    # same recipe, so a round's score measures its labels, not its share of gradient steps (docs/simulate.md).
+    "default": SimConfig(
+        image_size=32, n_images=320, val_images=96, initial=8, rounds=5, budget=48, seeds=(0, 1, 2),
+        steps_per_round=200, retrain=True, full_steps=200, lr=5e-3, substitution_prob=0.2,
+    ),
 }  # fmt: skip
 
 

@@ -4,9 +4,10 @@ Round 0 labels a random initial set of images (all modalities; the same images f
 seed) and trains from the seed's initial weights. Each later round scores the whole pool with the
 current model (labelled and unlabelled images: ``labelled`` masks tell the strategy what to skip and
 diversity strategies use the labelled ones), buys ``budget`` (image, modality) labels from the oracle
-through :class:`~mtal_models.data.LabelPool`, and continues training the same weights for
-``epochs_per_round`` epochs on every labelled pair (continuous training; a fresh Adam + poly schedule
-per round), then evaluates on the fixed held-out set.
+through :class:`~mtal_models.data.LabelPool`, and trains on every labelled pair (a fresh Adam + poly
+schedule per round) for ``steps_per_round`` optimizer steps (or ``epochs_per_round`` epochs when it is
+0), continuing from the previous round's weights, or from the seed's initial weights when ``retrain``;
+then evaluates on the fixed held-out set.
 
 Resumable: after every round ``runs/<strategy>/seed<s>/state.json`` (pool, rows, strategy state, MTAL
 sample weights) and the round's checkpoint are written atomically; a rerun skips finished rounds and
@@ -15,6 +16,7 @@ references, and a larger ``rounds`` continues from the last one.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from mtal_models.data import LabelPool, Sample, collate
 from mtal_models.modalities import ModalitySpec
@@ -54,13 +56,14 @@ from mtal_models.training import (
     save_checkpoint,
 )
 
-__all__ = ["initial_images", "run_reference", "run_strategy", "settings_key"]
+__all__ = ["initial_images", "merge_weights", "run_reference", "run_strategy", "settings_key"]
 
 # Fields that change the meaning of stored rounds; the others (rounds, strategies, seeds, device ...)
 # may change between a run and its resumption.
 _RESULT_FIELDS = (
     "dataset", "path", "train_split", "val_split", "modalities", "image_size", "n_images", "val_images",
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
+    "steps_per_round", "retrain", "full_steps", "substitution_prob",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
@@ -94,24 +97,38 @@ def _build_model(config: SimConfig, modalities: Mapping[str, ModalitySpec], seed
 def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) -> TrainConfig:
     return TrainConfig(
         epochs=epochs, batch_size=config.batch_size, lr=config.lr, device=config.device, seed=seed,
-        committee=committee,
+        committee=committee, substitution_prob=config.substitution_prob,
     )  # fmt: skip
 
 
 def _train_loader(
-    samples: list[Sample], modalities: Mapping[str, ModalitySpec], batch_size: int, seed: int
+    samples: list[Sample], modalities: Mapping[str, ModalitySpec], batch_size: int, seed: int, steps: int = 0
 ) -> DataLoader:
-    """Shuffled Batch loader; drops a last batch of one sample (BatchNorm cannot train on it)."""
+    """Shuffled Batch loader; drops a last batch of one sample (BatchNorm cannot train on it).
+
+    ``steps`` > 0: one pass of the loader is exactly ``steps`` batches of ``batch_size`` (whole shuffled
+    passes over ``samples`` back to back, the last one cut), so training for one "epoch" of it is a fixed
+    number of optimizer steps whatever the number of samples."""
     generator = torch.Generator().manual_seed(seed)
+    collate_fn = partial(collate, modalities=dict(modalities))
+    if steps > 0:
+        sampler = RandomSampler(SampleDataset(samples), num_samples=steps * batch_size, generator=generator)
+        return DataLoader(SampleDataset(samples), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
     return DataLoader(
         SampleDataset(samples), batch_size=batch_size, shuffle=True, generator=generator,
-        collate_fn=partial(collate, modalities=dict(modalities)), drop_last=len(samples) % batch_size == 1,
+        collate_fn=collate_fn, drop_last=len(samples) % batch_size == 1,
     )  # fmt: skip
 
 
+def _schedule(steps: int, epochs: int) -> tuple[int, int]:
+    """(loader steps, epochs) for a training of ``steps`` optimizer steps (> 0) or else ``epochs`` epochs."""
+    return (steps, 1) if steps > 0 else (0, epochs)
+
+
 def run_reference(config: SimConfig, data: SimData, seed: int, out: Path) -> dict[str, Any]:
-    """Train on every label of the pool for ``full_epochs`` (same initial weights as the seed's AL runs);
-    returns (and caches in ``reference/seed<s>.json``) ``{"metrics": evaluate(...), "seconds": t}``."""
+    """Train on every label of the pool for ``full_steps`` steps, or ``full_epochs`` epochs when it is 0
+    (same initial weights as the seed's AL runs); returns (and caches in ``reference/seed<s>.json``)
+    ``{"metrics": evaluate(...), "seconds": t}``."""
     path = out / "reference" / f"seed{seed}.json"
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -119,8 +136,9 @@ def run_reference(config: SimConfig, data: SimData, seed: int, out: Path) -> dic
             return stored
     start = time.perf_counter()
     model = _build_model(config, data.modalities, seed)
-    loader = _train_loader(data.pool, data.modalities, config.batch_size, seed)
-    fit(model, loader, _train_config(config, config.full_epochs, seed, False))
+    steps, epochs = _schedule(config.full_steps, config.full_epochs)
+    loader = _train_loader(data.pool, data.modalities, config.batch_size, seed, steps)
+    fit(model, loader, _train_config(config, epochs, seed, False))
     metrics = evaluate(model, make_loader(data.val, data.modalities, config.batch_size))
     result = {"settings": settings_key(config), "metrics": metrics, "seconds": time.perf_counter() - start}
     _write_json(path, result)
@@ -138,6 +156,20 @@ def _strategy_options(config: SimConfig, name: str, seed: int, rnd: int) -> dict
         opts["seed"] = seed * 1000 + rnd
     opts.update(config.strategy_options.get(name, {}))
     return opts
+
+
+def merge_weights(
+    old: Mapping[str, dict[str, float]] | None, new: Mapping[str, dict[str, float]], chosen: list[str]
+) -> dict[str, dict[str, float]]:
+    """MTAL-WACV loss weights (eq. 5) after a selection: each image keeps the s_k(x) of the round that
+    selected it. ``new`` holds this round's scores for the whole pool; only the ``chosen`` images take
+    theirs. Images labelled earlier keep their weights, and the initial set (never selected) has none,
+    i.e. weight 1; rescoring them with the current model would give images it already fits (low
+    inconsistency) weights near 0 and drop them from training."""
+    merged = {k: dict(v) for k, v in (old or {}).items()}
+    for i in chosen:
+        merged.setdefault(i, dict(new[i]))
+    return merged
 
 
 def _pool_samples(data: SimData, pool: LabelPool) -> list[Sample]:
@@ -163,6 +195,9 @@ class _Run:
             if pooled is None:
                 raise ValueError("strategy 'll4al': the network gives no pooled features")
             self.hook = make_ll4al_extra_loss(LossPredictionModule(int(pooled.shape[1])), data.modalities)
+        self.initial = {"model": copy.deepcopy(self.model.state_dict())}
+        if self.hook is not None:
+            self.initial["hook"] = copy.deepcopy(self.hook.module.state_dict())
         self.pool = LabelPool(len(data.pool), self.names)
         self.rows: list[dict[str, Any]] = []
         self.strategy_state: dict[str, Any] = {}
@@ -194,6 +229,12 @@ class _Run:
         self.model.load_state_dict(ck.model_state)
         if self.hook is not None and "ll4al_state" in ck.extra:
             self.hook.module.load_state_dict(ck.extra["ll4al_state"])
+
+    def reset_weights(self) -> None:
+        """Back to the seed's initial weights (network and LL4AL module), for ``retrain``."""
+        self.model.load_state_dict(self.initial["model"])
+        if self.hook is not None:
+            self.hook.module.load_state_dict(self.initial["hook"])
 
     def save(self, rnd: int) -> None:
         name = f"model_round{rnd}.pt"
@@ -229,13 +270,17 @@ class _Run:
         selection = strategy.select(scores, labelled, self.config.budget)
         self.strategy_state = strategy.state()
         if selection.weights:
-            self.weights = selection.sample_weights(self.data.ids)
+            chosen = [self.data.ids[i] for i in selection.by_image()]
+            self.weights = merge_weights(self.weights, selection.sample_weights(self.data.ids), chosen)
         return self.pool.label(selection.pairs)
 
     def train(self, rnd: int) -> None:
         samples = [self.pool.apply(self.data.pool[i], i) for i in self.pool.labelled_images()]
-        config = _train_config(self.config, self.config.epochs_per_round, self.seed * 1000 + rnd, self.committee)
-        loader = _train_loader(samples, self.data.modalities, self.config.batch_size, config.seed)
+        if self.config.retrain and rnd > 0:
+            self.reset_weights()
+        steps, epochs = _schedule(self.config.steps_per_round, self.config.epochs_per_round)
+        config = _train_config(self.config, epochs, self.seed * 1000 + rnd, self.committee)
+        loader = _train_loader(samples, self.data.modalities, self.config.batch_size, config.seed, steps)
         fit(self.model, loader, config, sample_weights=self.weights, extra_loss=self.hook)
 
     def row(self, rnd: int, reference: Mapping[str, Any], seconds: float) -> dict[str, Any]:

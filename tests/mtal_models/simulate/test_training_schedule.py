@@ -1,0 +1,86 @@
+"""The simulator's per-round training schedule: fixed optimizer steps, retraining from the initial weights,
+GT substitution passed to training."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import mtal_models.simulate.loop as loop
+from mtal_models.simulate import PRESETS, simulate
+from mtal_models.simulate.data import load_data
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.mark.parametrize("n_samples", [3, 8, 21])
+def test_step_loader_gives_exactly_the_steps_and_covers_every_sample(n_samples: int) -> None:
+    data = load_data(TINY.replace(n_images=max(n_samples, 2)))
+    samples = data.pool[:n_samples]
+    loader = loop._train_loader(samples, data.modalities, batch_size=4, seed=0, steps=7)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 7
+    assert all(len(b.ids) == 4 for b in batches)
+    order = [i for b in batches for i in b.ids]  # 28 draws
+    assert set(order) == {s.id for s in samples}
+    # whole shuffled passes back to back: no sample is seen twice before every sample was seen once
+    assert len(set(order[:n_samples])) == n_samples
+    assert max(Counter(order).values()) - min(Counter(order).values()) <= 1
+
+
+def test_epoch_loader_is_unchanged_without_steps() -> None:
+    data = load_data(TINY)
+    loader = loop._train_loader(data.pool[:10], data.modalities, batch_size=4, seed=0)
+    assert len(loader) == 3  # ceil(10 / 4); a last batch of one would be dropped
+
+
+def _record_fit(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Replace loop.fit by a recorder of (first parameter at the call, loader length, TrainConfig)."""
+    calls: list[dict] = []
+    real_fit = loop.fit
+
+    def recording_fit(model: torch.nn.Module, loader: object, config: object, **kwargs: object) -> object:
+        first = next(model.parameters()).detach().clone()
+        calls.append({"param": first, "steps": len(loader), "config": config})  # type: ignore[arg-type]
+        return real_fit(model, loader, config, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "fit", recording_fit)
+    return calls
+
+
+@pytest.mark.parametrize("retrain", [True, False])
+def test_retrain_starts_every_round_from_the_initial_weights(
+    retrain: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_fit(monkeypatch)
+    config = TINY.replace(strategies=("random",), rounds=2, retrain=retrain, steps_per_round=3, full_steps=2)
+    simulate(config, tmp_path, progress=False)
+    reference, *rounds = calls
+    assert [c["steps"] for c in calls] == [2, 3, 3, 3]  # fixed steps, whatever the labelled-set size
+    assert all(c["config"].epochs == 1 for c in calls)
+    initial = reference["param"]
+    for c in rounds[1:]:
+        assert torch.equal(c["param"], initial) is retrain
+
+
+def test_substitution_prob_reaches_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_fit(monkeypatch)
+    simulate(TINY.replace(strategies=("random",), rounds=1, substitution_prob=0.25), tmp_path, progress=False)
+    assert [c["config"].substitution_prob for c in calls] == [0.25, 0.25, 0.25]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"steps_per_round": -1}, "steps_per_round"),
+        ({"full_steps": -5}, "full_steps"),
+        ({"substitution_prob": 1.5}, "substitution_prob"),
+        ({"retrain": "yes"}, "retrain"),
+    ],
+)
+def test_bad_schedule_values_raise(changes: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        TINY.replace(**changes)
