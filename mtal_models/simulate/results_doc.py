@@ -74,14 +74,25 @@ def _pairs_verdict(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def reading(rows: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]]) -> str:
-    """The two questions of issue 8, answered from the numbers."""
+def reading(
+    rows: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None = None
+) -> str:
+    """The two questions of issue 8, answered from the numbers; ``config`` (the run's) words the caveat."""
     seeds = len({r["seed"] for r in rows})
     caveat = (
         f"\n\nCaveat: {seeds} seed(s); where the std over seeds is as large as the gap between strategies, the "
         "ordering is not established by this run."
     )
-    if any(t["final_score"] is not None and t["final_score"] > 1 for t in table):
+    config = config or {}
+    same_budget = config.get("retrain") and config.get("steps_per_round", 0) > 0
+    if same_budget and config.get("full_steps") == config.get("steps_per_round"):
+        caveat += (
+            f" Every round retrains from the initial weights for {config['steps_per_round']} steps and the "
+            "reference gets the same recipe, so 1.0 = this training budget with every label, short of convergence "
+            "(the papers train to convergence); scores above 1.0 are within noise or a short budget fitting fewer "
+            "images better."
+        )
+    elif any(t["final_score"] is not None and t["final_score"] > 1 for t in table):
         caveat += (
             " Final scores above 1.0 mean the full-data reference (trained `full_epochs` epochs once) is weaker "
             "than models trained continuously over all rounds, so '95% of the full-data score' is a lower bar "
@@ -147,7 +158,7 @@ seed-mean curve, interpolated linearly between rounds.
 {labels_markdown(table, config["target"])}
 ### Reading
 
-{reading(rows, table)}
+{reading(rows, table, config)}
 
 ### Multi-task score per round (mean ± std over seeds)
 
