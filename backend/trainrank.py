@@ -26,7 +26,8 @@ from mtal_models.data.sample import Sample, collate
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
-__all__ = ["RankContext", "prepare_tasks", "prune_predictions", "rank_tasks", "strategy_for", "train_version"]
+__all__ = ["RankContext", "loss_weights", "prepare_tasks", "prune_predictions", "rank_tasks", "strategy_for",
+           "train_version"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
@@ -185,13 +186,26 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
         "model_version": version,
         "strategy": strategy.name,
         "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, [])} for i in candidates},
-        "weights": selection.sample_weights(ids),
+        "weights": loss_weights(previous.get("weights") or {}, selection.sample_weights(ids), ids,
+                                [ids[i] for i in candidates]),
         "strategy_state": {**(previous.get("strategy_state") or {}), strategy.name: strategy.state()},
     })
     log.info("project %s: ranked %d tasks (%d candidates) with %s, pushed %d predictions",
              project, n, len(candidates), strategy.name, pushed)
     return {"version": version, "strategy": strategy.name, "tasks": n, "candidates": len(candidates),
             "pushed": pushed}
+
+
+def loss_weights(previous: Mapping[str, Mapping[str, float]], fresh: Mapping[str, Mapping[str, float]],
+                 ids: Sequence[str], candidates: Sequence[str]) -> dict[str, dict[str, float]]:
+    """MTAL's per-sample loss weights (s_k(x), eq. 5) to store with a ranking of tasks ``ids``: every
+    unlabelled task (``candidates``) takes this ranking's weight, and a labelled task keeps the weight it
+    had in the last ranking before it was labelled (tasks labelled before any ranking have none: weight 1).
+    Rescoring labelled tasks with the current model would give the ones it already fits weights near 0
+    and drop them from training."""
+    labelled = set(ids) - set(candidates)
+    kept = {t: dict(w) for t, w in previous.items() if t in labelled}
+    return {**kept, **{t: dict(fresh[t]) for t in candidates if t in fresh}}
 
 
 def prune_predictions(ls: Any, project: str, current: str, keep: int) -> list[str]:

@@ -53,3 +53,15 @@ def test_a_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> Non
     with caplog.at_level(logging.WARNING):
         assert prune_predictions(ls, "3", "mtal-3-v10-cccccccc", 2) == []
     assert "LS is down" in caplog.text and ls.deleted == []
+
+
+def test_loss_weights_freeze_when_a_task_is_labelled() -> None:
+    """MTAL weights: candidates take this ranking's weight; labelled tasks keep the one they had while
+    they were candidates (the initial set has none); tasks gone from the project are forgotten."""
+    from backend.trainrank import loss_weights
+
+    previous = {"1": {"seg": 0.8}, "2": {"seg": 0.3}, "9": {"seg": 0.5}}  # from the last ranking
+    fresh = {t: {"seg": 0.01} for t in ("1", "2", "3", "4")}  # the model now fits 1 and 2 well
+    out = loss_weights(previous, fresh, ids=["1", "2", "3", "4"], candidates=["2", "4"])  # 1 and 3 labelled since
+    assert out == {"1": {"seg": 0.8}, "2": {"seg": 0.01}, "4": {"seg": 0.01}}
+    assert previous["1"] == {"seg": 0.8}
