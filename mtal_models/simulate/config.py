@@ -10,9 +10,10 @@ from typing import Any
 from mtal_models.nets.config import CONFIGS
 from mtal_models.strategies import STRATEGIES
 
-__all__ = ["PRESETS", "SimConfig", "load_config"]
+__all__ = ["PRESETS", "SAMPLINGS", "SimConfig", "load_config"]
 
 DATASETS = ("synthetic", "nyud", "pascal")
+SAMPLINGS = ("modality", "label", "image")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class SimConfig:
                       labelled set (so a round's score measures its labels, not how many steps it got).
     retrain:          True: every round trains from the seed's initial weights (as the papers retrain each
                       cycle); False: continue from the previous round's weights.
+    sampling:         how the fixed-step loader (``steps_per_round`` / ``full_steps`` > 0) draws labelled images:
+                      "modality" (a modality uniformly, then one of the images labelled for it uniformly),
+                      "label" (an (image, modality) label uniformly, i.e. images in proportion to their label
+                      count) or "image" (images uniformly). The three coincide when every image is fully
+                      labelled; they differ on partially labelled sets (``partal``). See docs/simulate.md.
     full_epochs:      epochs of the full-data reference run (all labels), which defines 100% of the score.
     full_steps:       > 0: the reference trains this many optimizer steps instead of ``full_epochs``.
     substitution_prob: PartAL GT substitution during training (``TrainConfig.substitution_prob``), for every
@@ -69,6 +75,7 @@ class SimConfig:
     epochs_per_round: int = 3
     steps_per_round: int = 0
     retrain: bool = False
+    sampling: str = "modality"
     full_epochs: int = 10
     full_steps: int = 0
     substitution_prob: float = 0.0
@@ -101,6 +108,7 @@ class SimConfig:
             ("epochs_per_round", self.epochs_per_round >= 1, "must be >= 1"),
             ("steps_per_round", self.steps_per_round >= 0, "must be >= 0 (0 = use epochs_per_round)"),
             ("retrain", isinstance(self.retrain, bool), "must be true or false"),
+            ("sampling", self.sampling in SAMPLINGS, f"must be one of {SAMPLINGS}"),
             ("full_epochs", self.full_epochs >= 1, "must be >= 1"),
             ("full_steps", self.full_steps >= 0, "must be >= 0 (0 = use full_epochs)"),
             ("substitution_prob", 0 <= self.substitution_prob <= 1, "must be in [0, 1]"),

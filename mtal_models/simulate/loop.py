@@ -5,9 +5,10 @@ seed) and trains from the seed's initial weights. Each later round scores the wh
 current model (labelled and unlabelled images: ``labelled`` masks tell the strategy what to skip and
 diversity strategies use the labelled ones), buys ``budget`` (image, modality) labels from the oracle
 through :class:`~mtal_models.data.LabelPool`, and trains on every labelled pair (a fresh Adam + poly
-schedule per round) for ``steps_per_round`` optimizer steps (or ``epochs_per_round`` epochs when it is
-0), continuing from the previous round's weights, or from the seed's initial weights when ``retrain``;
-then evaluates on the fixed held-out set.
+schedule per round) for ``steps_per_round`` optimizer steps (drawing images as ``sampling`` says:
+:func:`draw_probabilities`), or ``epochs_per_round`` epochs when it is 0, continuing from the previous
+round's weights, or from the seed's initial weights when ``retrain``; then evaluates on the fixed held-out
+set.
 
 Resumable: after every round ``runs/<strategy>/seed<s>/state.json`` (pool, rows, strategy state, MTAL
 sample weights) and the round's checkpoint are written atomically; a rerun skips finished rounds and
@@ -29,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from mtal_models.data import LabelPool, Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets import build_network, choose_network
 from mtal_models.nets.base import MultiTaskNet
-from mtal_models.simulate.config import SimConfig
+from mtal_models.simulate.config import SAMPLINGS, SimConfig
 from mtal_models.simulate.data import SimData
 from mtal_models.simulate.score import flat_metrics, task_scores
 from mtal_models.strategies import (
@@ -56,14 +57,14 @@ from mtal_models.training import (
     save_checkpoint,
 )
 
-__all__ = ["initial_images", "merge_weights", "run_reference", "run_strategy", "settings_key"]
+__all__ = ["draw_probabilities", "initial_images", "merge_weights", "run_reference", "run_strategy", "settings_key"]
 
 # Fields that change the meaning of stored rounds; the others (rounds, strategies, seeds, device ...)
 # may change between a run and its resumption.
 _RESULT_FIELDS = (
     "dataset", "path", "train_split", "val_split", "modalities", "image_size", "n_images", "val_images",
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
-    "steps_per_round", "retrain", "full_steps", "substitution_prob",
+    "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
@@ -101,21 +102,57 @@ def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) ->
     )  # fmt: skip
 
 
+def draw_probabilities(samples: list[Sample], names: list[str], sampling: str) -> np.ndarray:
+    """Probability [N] that one draw of the fixed-step loader picks each of ``samples``.
+
+    "image": uniform. "label": proportional to the number of labelled modalities, i.e. every
+    (image, modality) label equally often. "modality": pick one of the M modalities that have labels
+    uniformly, then one of the N_m images labelled for it uniformly: p_i = (1/M) Σ_{m labelled in i} 1/N_m,
+    so every modality is present in at least 1/M of the draws, whatever its share of the labels.
+    All three are uniform when every sample carries the same modalities. Samples without labels get 0.
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    present = np.array([[s.is_present(m) for m in names] for s in samples], dtype=float).reshape(len(samples), -1)
+    if sampling == "image" or not present.any():
+        return np.full(len(samples), 1.0 / len(samples))
+    if sampling == "label":
+        weights = present.sum(axis=1)
+    else:
+        counts = present.sum(axis=0)
+        weights = (present[:, counts > 0] / counts[counts > 0]).sum(axis=1)
+    return weights / weights.sum()
+
+
 def _train_loader(
-    samples: list[Sample], modalities: Mapping[str, ModalitySpec], batch_size: int, seed: int, steps: int = 0
+    samples: list[Sample],
+    modalities: Mapping[str, ModalitySpec],
+    batch_size: int,
+    seed: int,
+    steps: int = 0,
+    sampling: str = "image",
 ) -> DataLoader:
     """Shuffled Batch loader; drops a last batch of one sample (BatchNorm cannot train on it).
 
-    ``steps`` > 0: one pass of the loader is exactly ``steps`` batches of ``batch_size`` (whole shuffled
-    passes over ``samples`` back to back, the last one cut), so training for one "epoch" of it is a fixed
-    number of optimizer steps whatever the number of samples."""
+    ``steps`` > 0: one pass of the loader is exactly ``steps`` batches of ``batch_size``, so training for one
+    "epoch" of it is a fixed number of optimizer steps whatever the number of samples. Samples are drawn
+    with :func:`draw_probabilities` (``sampling``): when these are uniform (e.g. every image fully
+    labelled), as whole shuffled passes over ``samples`` back to back, the last one cut; otherwise
+    independently with replacement (``WeightedRandomSampler``)."""
     generator = torch.Generator().manual_seed(seed)
     collate_fn = partial(collate, modalities=dict(modalities))
+    dataset = SampleDataset(samples)
     if steps > 0:
-        sampler = RandomSampler(SampleDataset(samples), num_samples=steps * batch_size, generator=generator)
-        return DataLoader(SampleDataset(samples), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
+        p = draw_probabilities(samples, list(modalities), sampling)
+        sampler: RandomSampler | WeightedRandomSampler
+        if np.allclose(p, p[0], rtol=1e-9, atol=0):
+            sampler = RandomSampler(dataset, num_samples=steps * batch_size, generator=generator)
+        else:
+            weights = torch.as_tensor(p, dtype=torch.double)
+            sampler = WeightedRandomSampler(weights, steps * batch_size, replacement=True, generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
     return DataLoader(
-        SampleDataset(samples), batch_size=batch_size, shuffle=True, generator=generator,
+        dataset, batch_size=batch_size, shuffle=True, generator=generator,
         collate_fn=collate_fn, drop_last=len(samples) % batch_size == 1,
     )  # fmt: skip
 
@@ -137,7 +174,7 @@ def run_reference(config: SimConfig, data: SimData, seed: int, out: Path) -> dic
     start = time.perf_counter()
     model = _build_model(config, data.modalities, seed)
     steps, epochs = _schedule(config.full_steps, config.full_epochs)
-    loader = _train_loader(data.pool, data.modalities, config.batch_size, seed, steps)
+    loader = _train_loader(data.pool, data.modalities, config.batch_size, seed, steps, config.sampling)
     fit(model, loader, _train_config(config, epochs, seed, False))
     metrics = evaluate(model, make_loader(data.val, data.modalities, config.batch_size))
     result = {"settings": settings_key(config), "metrics": metrics, "seconds": time.perf_counter() - start}
@@ -280,7 +317,9 @@ class _Run:
             self.reset_weights()
         steps, epochs = _schedule(self.config.steps_per_round, self.config.epochs_per_round)
         config = _train_config(self.config, epochs, self.seed * 1000 + rnd, self.committee)
-        loader = _train_loader(samples, self.data.modalities, self.config.batch_size, config.seed, steps)
+        loader = _train_loader(
+            samples, self.data.modalities, self.config.batch_size, config.seed, steps, self.config.sampling
+        )
         fit(self.model, loader, config, sample_weights=self.weights, extra_loss=self.hook)
 
     def row(self, rnd: int, reference: Mapping[str, Any], seconds: float) -> dict[str, Any]:
