@@ -30,7 +30,7 @@ class QueueTrainer:
         self.store = store
         if handle is None and not settings.redis_url:
             jobs.configure(settings)  # jobs of the embedded queue run in this process, with these settings
-        self.handle = handle or open_queue(settings.redis_url)
+        self.handle = handle or open_queue(settings.redis_url, nice=settings.worker_nice)
         self.coordinator = Coordinator(self.handle)
 
     def threshold(self, project_id: str) -> int:

@@ -4,11 +4,17 @@ Embedded mode keeps ``make run`` working on a machine without Redis: one process
 server, the RQ queue on it, and a :class:`ThreadWorker` that runs jobs in a daemon thread. It needs
 rq's ``TimerDeathPenalty`` (no SIGALRM outside the main thread) and no signal handlers. Several
 gunicorn workers would each get their own fake server, so embedded mode means one server process.
+
+Jobs run at a lower CPU priority than the server (:func:`lower_priority`, ``MTAL_WORKER_NICE``): a
+training run that takes every core must not delay the answers Label Studio waits for (webhooks give up
+after about a second).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -17,12 +23,31 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
-__all__ = ["QUEUE_NAME", "QueueHandle", "ThreadWorker", "open_queue"]
+__all__ = ["QUEUE_NAME", "QueueHandle", "ThreadWorker", "lower_priority", "open_queue"]
 
 log = logging.getLogger(__name__)
 QUEUE_NAME = "mtal"
 _embedded_lock = threading.Lock()
 _embedded: QueueHandle | None = None
+
+
+def lower_priority(increment: int) -> int | None:
+    """Raise the calling thread's nice value by ``increment`` (capped at 19); returns the new value, or
+    None when nothing changed (``increment`` <= 0, or not Linux).
+
+    On Linux the nice value belongs to the thread, and threads it starts later inherit it, torch's
+    intra-op (OpenMP) team included, so calling this first in a job-running thread lowers the priority of
+    all of that thread's work and of nothing else in the process."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        value = min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        os.setpriority(os.PRIO_PROCESS, tid, value)
+    except OSError as e:
+        log.warning("could not lower the job thread's CPU priority: %s", e)
+        return None
+    return value
 
 
 class ThreadWorker(SimpleWorker):
@@ -54,7 +79,8 @@ class QueueHandle:
         }
 
 
-def _run_embedded_worker(handle: QueueHandle) -> None:
+def _run_embedded_worker(handle: QueueHandle, nice: int) -> None:
+    lower_priority(nice)
     worker = ThreadWorker([handle.queue], connection=handle.connection)
     while True:  # work() returns only on errors; keep the embedded queue served for the process lifetime
         try:
@@ -63,9 +89,10 @@ def _run_embedded_worker(handle: QueueHandle) -> None:
             log.exception("embedded worker loop crashed; restarting it")
 
 
-def open_queue(redis_url: str | None, start_worker: bool = True) -> QueueHandle:
+def open_queue(redis_url: str | None, start_worker: bool = True, nice: int = 0) -> QueueHandle:
     """Connect to ``redis_url`` (separate ``python -m backend.worker`` processes run the jobs), or, when
-    it is None, return the process-wide embedded queue (created once, worker thread started once)."""
+    it is None, return the process-wide embedded queue (created once, worker thread started once, at
+    nice value + ``nice``: see :func:`lower_priority`)."""
     global _embedded
     if redis_url:
         conn = redis.Redis.from_url(redis_url)
@@ -75,7 +102,9 @@ def open_queue(redis_url: str | None, start_worker: bool = True) -> QueueHandle:
             conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
             _embedded = QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=True)
         if start_worker and _embedded.worker_thread is None:
-            thread = threading.Thread(target=_run_embedded_worker, args=(_embedded,), name="mtal-worker", daemon=True)
+            thread = threading.Thread(
+                target=_run_embedded_worker, args=(_embedded, nice), name="mtal-worker", daemon=True
+            )
             thread.start()
             _embedded.worker_thread = thread
             log.info("embedded queue: fakeredis with an in-process worker thread (set REDIS_URL to scale out)")

@@ -67,6 +67,10 @@ class Settings:
     keep_prediction_versions [MTAL_KEEP_PREDICTION_VERSIONS] (2: after a ranking, the predictions of
     MTAL's versions of the project other than the new one and the newest before it are deleted from
     Label Studio; 0 = delete nothing).
+    worker_nice [MTAL_WORKER_NICE] (10, 0..19): how much lower the CPU priority of the thread that runs
+    the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
+    on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
+    server.
     """
 
     label_studio_url: str | None = None
@@ -97,6 +101,7 @@ class Settings:
     cluster_push_limit: int = 1000
     set_sampling: bool = True
     keep_prediction_versions: int = 2
+    worker_nice: int = 10
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -111,6 +116,8 @@ class Settings:
             raise SettingsError(f"MTAL_TRAIN_THRESHOLD must be >= 0, got {self.train_threshold}")
         if self.keep_prediction_versions < 0:
             raise SettingsError(f"MTAL_KEEP_PREDICTION_VERSIONS must be >= 0, got {self.keep_prediction_versions}")
+        if not 0 <= self.worker_nice <= 19:
+            raise SettingsError(f"MTAL_WORKER_NICE must be in 0..19, got {self.worker_nice}")
         if self.predict_batch_size < 1:
             raise SettingsError(f"MTAL_PREDICT_BATCH must be >= 1, got {self.predict_batch_size}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
@@ -232,6 +239,7 @@ class Settings:
             cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 1000),
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
             keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 2),
+            worker_nice=get_int("MTAL_WORKER_NICE", 10),
         )
 
     def configure_logging(self) -> None:

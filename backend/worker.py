@@ -2,7 +2,8 @@
 
 Start as many as you like (one per GPU) on any machine that reaches ``REDIS_URL`` and shares
 ``MODEL_DIR`` with the server; each runs the train and rank jobs in its own process, on CUDA when
-it is present (``MTAL_DEVICE`` overrides). Without ``REDIS_URL`` there is nothing to join: the server
+it is present (``MTAL_DEVICE`` overrides), at a lower CPU priority than the server
+(``MTAL_WORKER_NICE``, default 10). Without ``REDIS_URL`` there is nothing to join: the server
 runs jobs itself in its embedded queue.
 """
 
@@ -14,7 +15,7 @@ import sys
 
 from rq import SimpleWorker
 
-from backend.queueing import QUEUE_NAME, open_queue
+from backend.queueing import QUEUE_NAME, lower_priority, open_queue
 from backend.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: REDIS_URL is not set; without it the server runs jobs in its embedded queue", file=sys.stderr)
         return 2
     handle = open_queue(settings.redis_url)
+    nice = lower_priority(settings.worker_nice)  # before torch starts any thread: they all inherit it
     logging.getLogger(__name__).info(
-        "worker on %s queue %r, device %s", settings.redis_url, QUEUE_NAME, settings.torch_device()
+        "worker on %s queue %r, device %s, nice %s", settings.redis_url, QUEUE_NAME, settings.torch_device(), nice
     )
     # SimpleWorker: jobs run in this process, so a CUDA context and the image cache stay warm between jobs.
     SimpleWorker([handle.queue], connection=handle.connection, name=args.name).work(burst=args.burst)

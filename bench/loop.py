@@ -1,19 +1,22 @@
 """Benchmarks of the active-learning loop (issue 6): webhook latency under load, and ranking cost.
 
-    python -m bench.loop [--sizes 1000,10000] [--image-size 64] [--sleep 10] [--bursts 10] [--skip-webhook]
+    python -m bench.loop [--sizes 1000,10000] [--image-size 64] [--sleep 120] [--bursts 10] [--skip-webhook]
                       [--skip-rank]
 
 Prints:
 
-- ``METRIC webhook_p99_ms`` (target <= 50): the production server (gunicorn with
-  ``backend/gunicorn.conf.py`` serving ``backend.wsgi:app``) on a real ``redis-server``, both started for
-  the run; a training job running in an RQ worker thread here (:func:`sleepy_train_job`: the coordinator's
-  real state transitions around a ``--sleep`` s pause, i.e. a job that holds no CPU); ``--bursts`` bursts
-  of 50 simultaneous ``ANNOTATION_CREATED`` POSTs, each on a fresh connection as Label Studio sends them,
-  from one asyncio client; the 99th percentile over all of them. Then the counts and the single
-  follow-up run are checked.
+- ``METRIC webhook_p99_ms`` (target <= 50): the production topology, all started for the run: the
+  server (gunicorn with ``backend/gunicorn.conf.py`` serving ``backend.wsgi:app``), a real
+  ``redis-server``, and a separate ``python -m backend.worker`` at the default ``MTAL_WORKER_NICE``
+  running a training job that takes every core (:func:`busy_train_job`: the coordinator's real state
+  transitions around Adam steps of a conv net, until the benchmark stops it, at most ``--sleep`` s);
+  ``--bursts`` bursts of 50 simultaneous ``ANNOTATION_CREATED`` POSTs, each on a fresh connection as
+  Label Studio sends them, from one asyncio client; the 99th percentile over all of them. Then the
+  counts, the single follow-up run and the final idle state are checked.
 - ``METRIC webhook_noop_p99_ms``: the same bursts, interleaved with those, against ``bench.noop_wsgi``
   under the same gunicorn settings: the floor that HTTP, gunicorn and the client set on this machine.
+- ``METRIC webhook_nice0_p99_ms``: the MTAL bursts again with the worker at the server's own priority
+  (``MTAL_WORKER_NICE=0``), what the default priority buys.
 - ``METRIC rank_1k_s`` / ``METRIC rank_10k_s`` / ``METRIC rank_10k_over_1k`` (linear = ~10):
   :func:`backend.trainrank.rank_tasks` on synthetic tasks served by :mod:`bench.fake_ls` (scoring with
   the "tiny" net at ``--image-size`` px, pre-annotations, clusters, pushing every prediction, PATCH of
@@ -32,7 +35,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -50,31 +52,45 @@ CONFIG = """<View>
     <Choice value="semantic"/><Choice value="parts"/>
   </Choices>
 </View>"""
-SLEEP_S = 10.0
+SLEEP_S = 120.0
 BURSTS = 10
 N_CONCURRENT = 50
 
 
 # ---- job functions for the webhook benchmark (imported by path by the RQ worker) ---------------------
+# by module path, not __name__: under `python -m bench.loop` that is "__main__", which the worker cannot import
+JOBS = {"train_job": "bench.loop.busy_train_job", "rank_job": "bench.loop.quick_rank_job"}
+
+
 def _coordinator() -> Any:
     from rq import get_current_job
 
     from backend.coordinator import Coordinator
 
-    return Coordinator.on_connection(
-        get_current_job().connection, train_job=f"{__name__}.sleepy_train_job", rank_job=f"{__name__}.quick_rank_job"
-    )
+    return Coordinator.on_connection(get_current_job().connection, **JOBS)
 
 
-def sleepy_train_job(project: str) -> str:
-    """A train job that takes ``SLEEP_S`` seconds (set through Redis key ``bench:sleep``)."""
+def busy_train_job(project: str) -> str:
+    """A train job that holds the CPU as a real one does: Adam steps of a small conv net on random images
+    on every torch thread, reporting progress each step, until the benchmark sets ``bench:stop:<project>``
+    (or ``bench:sleep`` seconds pass). Runs in ``python -m backend.worker``, so at its production priority."""
+    import torch
+    from torch import nn
+
     coord = _coordinator()
     coord.begin(project)
     pause = float(coord.redis.get("bench:sleep") or SLEEP_S)
-    deadline = time.time() + pause
-    while time.time() < deadline:
-        coord.progress(project, epoch=1, step=int(time.time()), loss=0.5)
-        time.sleep(0.25)
+    net = nn.Sequential(*(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()) for _ in range(6)))
+    optimizer = torch.optim.Adam(net.parameters())
+    images = torch.randn(8, 32, 64, 64)
+    deadline, step = time.time() + pause, 0
+    while time.time() < deadline and not coord.redis.exists(f"bench:stop:{project}"):
+        loss = net(images).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        coord.progress(project, epoch=1, step=step, loss=float(loss.detach()))
     coord.trained(project, "bench-v2", {"loss": 0.5})
     return "bench-v2"
 
@@ -131,14 +147,54 @@ def _burst(base: str, events: list[dict[str, Any]]) -> list[float]:
     return asyncio.run(run())
 
 
-def bench_webhook(tmp: Path, sleep_s: float, bursts: int) -> dict[str, float]:
-    """p50/p99/max latency (ms) of ``bursts`` x 50 concurrent webhook POSTs while a training job runs,
-    and the p99 of the same bursts against the no-op app (``bench.noop_wsgi``) under the same gunicorn."""
-    import redis as redis_lib
-    from rq import Queue
-
+def _phase(conn: Any, worker_env: dict[str, str], tmp: Path, project: int, urls: tuple[str, str], bursts: int,
+           nice: int) -> tuple[list[float], list[float]]:
+    """One measurement: a ``python -m backend.worker`` at ``MTAL_WORKER_NICE=nice`` runs
+    :func:`busy_train_job` for ``project``; meanwhile ``bursts`` x (a no-op burst, then an MTAL burst).
+    Returns (MTAL latencies, no-op latencies) in ms, after checking the counts and the one follow-up."""
     from backend.coordinator import Coordinator
-    from backend.queueing import QUEUE_NAME, ThreadWorker
+    from tests.support.mtal_processes import start_worker
+
+    backend_url, noop_url = urls
+    coord = Coordinator.on_connection(conn, **JOBS)
+    with start_worker({**worker_env, "MTAL_WORKER_NICE": str(nice)}, tmp, name=f"bench-worker-{project}"):
+        coord.request_training(str(project))
+        deadline = time.time() + 60
+        while (st := _status(backend_url, project))["state"] != "training" or not st["step"]:  # training, 1st step
+            if time.time() > deadline:
+                raise RuntimeError("the training job did not start within 60 s")
+            time.sleep(0.05)
+        latencies: list[float] = []
+        floor: list[float] = []
+        for b in range(bursts):  # side by side: a no-op burst, then an MTAL burst
+            floor += _burst(noop_url, [_event(project, 10**6 + b * N_CONCURRENT + i) for i in range(N_CONCURRENT)])
+            latencies += _burst(backend_url, [_event(project, 1000 + b * N_CONCURRENT + i)
+                                              for i in range(N_CONCURRENT)])
+        during = _status(backend_url, project)
+        conn.set(f"bench:stop:{project}", 1)  # ends the run and its follow-up at their next step
+        deadline = time.time() + 60
+        while (after := _status(backend_url, project))["state"] != "idle" and time.time() < deadline:
+            time.sleep(0.1)
+    n = bursts * N_CONCURRENT
+    ok = (during["state"] == "training" and during["follow_up"]
+          and during["labels_since_last_run"] == {"semantic": n, "parts": n} and after["state"] == "idle"
+          and after["version"] == "bench-v2")
+    print(f"[bench.loop] webhook, worker nice {nice}: during the run {during['state']} (step {during['step']}), "
+          f"follow_up={during['follow_up']}, counts={during['labels_since_last_run']}; after: {after['state']} "
+          f"(consistent: {ok})", file=sys.stderr)
+    if not ok:
+        raise RuntimeError(f"inconsistent loop state (is --sleep long enough?): during={during} after={after}")
+    return latencies, floor
+
+
+def bench_webhook(tmp: Path, sleep_s: float, bursts: int) -> dict[str, float]:
+    """p50/p99/max latency (ms) of ``bursts`` x 50 concurrent webhook POSTs while a CPU-bound training
+    job runs in a separate worker at the production ``MTAL_WORKER_NICE``; the p99 of the same bursts
+    against the no-op app (``bench.noop_wsgi``) under the same gunicorn; and the p99 again with the
+    worker at the server's own priority (``MTAL_WORKER_NICE=0``)."""
+    import redis as redis_lib
+
+    from backend.settings import Settings
     from tests.support.mtal_processes import backend_env, start_backend
     from tests.support.redis_server import RedisServer, redis_server_path
 
@@ -155,40 +211,14 @@ def bench_webhook(tmp: Path, sleep_s: float, bursts: int) -> dict[str, float]:
         print(f"[bench.loop] webhook: gunicorn (backend/gunicorn.conf.py) at {backend.url}, no-op app at "
               f"{noop.url}, queue on redis-server port {server.port}", file=sys.stderr)
         conn.set("bench:sleep", sleep_s)
-        project = 5
         for base in (backend.url, noop.url):  # warm-up: label config parse cache, Lua script load
             _burst(base, [_event(99, i) for i in range(3)])
-        coord = Coordinator.on_connection(conn, train_job=f"{__name__}.sleepy_train_job",
-                                          rank_job=f"{__name__}.quick_rank_job")
-        coord.request_training(project)
-        rq_worker = ThreadWorker([Queue(QUEUE_NAME, connection=conn)], connection=conn)
-        worker = threading.Thread(target=lambda: rq_worker.work(burst=True, logging_level="WARNING"), daemon=True)
-        worker.start()
-        deadline = time.time() + 30
-        while _status(backend.url, project)["state"] != "training":
-            if time.time() > deadline:
-                raise RuntimeError("the training job did not start within 30 s")
-            time.sleep(0.05)
-
-        latencies: list[float] = []
-        floor: list[float] = []
-        for b in range(bursts):  # side by side: a no-op burst, then an MTAL burst
-            floor += _burst(noop.url, [_event(project, 10**6 + b * N_CONCURRENT + i) for i in range(N_CONCURRENT)])
-            latencies += _burst(backend.url, [_event(project, 1000 + b * N_CONCURRENT + i)
-                                              for i in range(N_CONCURRENT)])
-        during = _status(backend.url, project)
-        worker.join(timeout=2 * sleep_s + 60)
-        after = _status(backend.url, project)
-        n = bursts * N_CONCURRENT
-        ok = (during["state"] == "training" and during["follow_up"]
-              and during["labels_since_last_run"] == {"semantic": n, "parts": n} and after["state"] == "idle")
-        print(f"[bench.loop] webhook: during the run {during['state']}, follow_up={during['follow_up']}, "
-              f"counts={during['labels_since_last_run']}; after: {after['state']} (consistent: {ok})",
-              file=sys.stderr)
-        if not ok:
-            raise RuntimeError(f"inconsistent loop state (is --sleep long enough?): during={during} after={after}")
+        nice = Settings().worker_nice
+        latencies, floor = _phase(conn, env, tmp, 5, (backend.url, noop.url), bursts, nice)
+        same_priority, _ = _phase(conn, env, tmp, 6, (backend.url, noop.url), bursts, 0)
     return {"p50": statistics.median(latencies), "p99": float(np.percentile(latencies, 99)), "max": max(latencies),
-            "noop_p99": float(np.percentile(floor, 99)), "n": float(n)}
+            "noop_p99": float(np.percentile(floor, 99)), "nice0_p99": float(np.percentile(same_priority, 99)),
+            "nice": float(nice), "n": float(bursts * N_CONCURRENT)}
 
 
 def _status(base: str, project: int) -> dict[str, Any]:
@@ -238,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.loop", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,10000", help="task counts to rank (first = the 1k, last = the 10k)")
     ap.add_argument("--image-size", type=int, default=64, help="inference size in px (multiple of 32)")
-    ap.add_argument("--sleep", type=float, default=SLEEP_S, help="seconds the fake training job runs")
+    ap.add_argument("--sleep", type=float, default=SLEEP_S,
+                    help="longest a benchmark training job may run (it is stopped after the bursts)")
     ap.add_argument("--bursts", type=int, default=BURSTS, help="bursts of 50 concurrent webhooks (pooled p99)")
     ap.add_argument("--skip-webhook", action="store_true")
     ap.add_argument("--skip-rank", action="store_true")
@@ -250,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_webhook:
             lat = bench_webhook(tmp, args.sleep, args.bursts)
             print(f"METRIC webhook_p99_ms={lat['p99']:.1f}  # p50 {lat['p50']:.1f}, max {lat['max']:.1f}; "
-                  f"{args.bursts} bursts of {N_CONCURRENT} concurrent POSTs during a training job, gunicorn; "
+                  f"{args.bursts} bursts of {N_CONCURRENT} concurrent POSTs during a CPU-bound training job, gunicorn; "
                   f"target <= 50", flush=True)
             print(f"METRIC webhook_noop_p99_ms={lat['noop_p99']:.1f}  # the same bursts against a no-op WSGI app "
                   f"under the same gunicorn: the floor of HTTP + client on this machine", flush=True)
+            print(f"METRIC webhook_nice0_p99_ms={lat['nice0_p99']:.1f}  # the same, with the training worker at "
+                  f"the server's priority (MTAL_WORKER_NICE=0 instead of {lat['nice']:.0f})", flush=True)
         if not args.skip_rank:
             sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
             names = {1000: "1k", 10000: "10k"}

@@ -13,7 +13,7 @@ def test_defaults() -> None:
     s = Settings.from_env({})
     assert s.port == 9090 and s.model_dir == Path("models") and s.redis_url is None
     assert s.device == "auto" and s.net_config == "small" and s.strategy == "auto" and s.image_size == 256
-    assert s.train_threshold == 10
+    assert s.train_threshold == 10 and s.worker_nice == 10
     assert not s.auth_enabled and s.allow_hosts == () and s.dense_fields == {}
     assert s.torch_device() in ("cpu", "cuda")
 
@@ -41,6 +41,7 @@ def test_parsing(tmp_path: Path) -> None:
             "MTAL_TRAIN_LR": "0.01",
             "MTAL_SET_SAMPLING": "off",
             "MTAL_CLUSTERS": "0",
+            "MTAL_WORKER_NICE": "0",
         }
     )
     assert s.label_studio_url == "http://ls:8080" and s.label_studio_api_key == "tok"
@@ -49,6 +50,7 @@ def test_parsing(tmp_path: Path) -> None:
     assert s.dense_fields == {"depth": "depth_map", "normals": "normals"}
     assert s.initial_checkpoint == ckpt and s.log_level == "DEBUG" and s.train_threshold == 10
     assert s.train_lr == 0.01 and s.set_sampling is False and s.clusters == 0
+    assert s.worker_nice == 0
 
 
 @pytest.mark.parametrize(
@@ -69,6 +71,8 @@ def test_parsing(tmp_path: Path) -> None:
         ({"MTAL_VAL_FRACTION": "1.0"}, "MTAL_VAL_FRACTION"),
         ({"MTAL_SET_SAMPLING": "maybe"}, "MTAL_SET_SAMPLING"),
         ({"MTAL_TRAIN_EPOCHS": "0"}, "MTAL_TRAIN_EPOCHS"),
+        ({"MTAL_WORKER_NICE": "20"}, "MTAL_WORKER_NICE"),
+        ({"MTAL_WORKER_NICE": "-5"}, "MTAL_WORKER_NICE"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:

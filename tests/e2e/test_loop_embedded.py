@@ -8,12 +8,16 @@ uncertainty sampling with that version, and that Label Studio serves the task we
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
+from backend import queueing
 from backend.ls_api import UNCERTAINTY_SAMPLING, LabelStudioAPI
 from backend.settings import Settings
 from backend.store import ModelStore
@@ -81,6 +85,10 @@ def test_start_training_trains_ranks_and_orders_label_studio(setup: tuple) -> No
         pytest.fail(f"no new version within 300 s: {status}")
     v2 = status["version"]
     assert store.current(str(project.id)) == v2 and v2 != v1
+    worker = queueing.open_queue(None).worker_thread  # the embedded worker ran the jobs below the server
+    if sys.platform.startswith("linux"):
+        me = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, worker.native_id) == min(19, me + settings.worker_nice) > me
     assert status["metrics"]["n_train"] + status["metrics"]["n_val"] == 3
 
     # exactly one prediction of the new version per unlabelled task, with a score in [0, 1)
