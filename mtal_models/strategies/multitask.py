@@ -10,8 +10,18 @@ MTAL-WACV (image-level; the paper labels all tasks of a chosen image):
   features when ``select`` runs, i.e. after each training round. With no labelled image div = 1.
 - ``mtal``: s(x) = div(x) · max_k s_k(x) (eq. 4); ``mtal_inconsistency``: max_k s_k(x);
   ``mtal_diversity``: div(x).
-- ``Selection.weights[k]`` = s_k(x): the per-sample loss weights of eq. 5 for the next training round
-  (modalities without committee outputs have no entry: weight 1).
+- ``Selection.weights[k]``: the per-sample loss weights of eq. 5 for the next training round (modalities
+  without committee outputs have no entry: weight 1). ``loss_weights`` picks them:
+
+  - ``"paper"`` (default): s_k(x), the pool min-max normalised inconsistency, as eq. 5 writes it.
+  - ``"relative"``: s_k(x) / max_j s_j(x), i.e. eq. 5's per-task scaling *within* a selected image while
+    the image's most informative task keeps weight 1 (an image whose s_k are all 0 gets 1 everywhere). The
+    paper's weights are meant to rank a sample's tasks against each other ("selected for its high
+    inconsistency score for one task despite having a significantly lower score for another", Sec. 3.2);
+    pool min-max puts the 1 on the pool's single most inconsistent image, so on a small pool the selected
+    images (chosen by div · max_k s_k) get weights far below the weight-1 initial set and their labels
+    count for little at a fixed step budget.
+  - ``"none"``: no weights (every label weight 1): selection only, for ablations.
 
 BoxMask (``boxmask``): MTC score of :mod:`~mtal_models.strategies.mtc`, image-level.
 """
@@ -33,14 +43,38 @@ from mtal_models.strategies.mtc import mtc_scores
 from mtal_models.strategies.selection import Selection, check_labelled, select_images
 from mtal_models.strategies.uncertainty import MinMaxNormalizer
 
-__all__ = ["MTAL", "BoxMask", "resolve_det_seg"]
+__all__ = ["LOSS_WEIGHTS", "MTAL", "BoxMask", "loss_weights_from_scores", "resolve_det_seg"]
 
 _INC = "inconsistency:"
 Mode = Literal["combined", "inconsistency", "diversity"]
+LossWeights = Literal["paper", "relative", "none"]
+LOSS_WEIGHTS = ("paper", "relative", "none")
+
+
+def loss_weights_from_scores(s: Mapping[str, Tensor], how: LossWeights = "paper") -> dict[str, Tensor]:
+    """Per-sample loss weights (eq. 5) from the normalised inconsistencies s_k [N] (values in [0, 1]).
+
+    ``"paper"``: s_k as is; ``"relative"``: s_k / max_j s_j per image (1 where every s_j is 0);
+    ``"none"``: {} (no weights, i.e. 1). See the module docstring.
+    """
+    if how not in LOSS_WEIGHTS:
+        raise ValueError(f"mtal: loss_weights must be one of {LOSS_WEIGHTS}, got {how!r}")
+    if how == "none" or not s:
+        return {}
+    weights = {k: v.float() for k, v in s.items()}
+    if how == "relative":
+        top = torch.stack(list(weights.values()), dim=1).max(dim=1).values
+        safe = torch.where(top > 0, top, torch.ones_like(top))
+        weights = {k: torch.where(top > 0, v / safe, torch.ones_like(v)) for k, v in weights.items()}
+    return weights
 
 
 class MTAL(Strategy):
-    """MTAL-WACV selection; ``mode`` picks the combined score or one of its two factors."""
+    """MTAL-WACV selection; ``mode`` picks the combined score or one of its two factors.
+
+    ``loss_weights`` ("paper", "relative", "none") picks the eq. 5 loss weights of the selected images
+    (module docstring); it does not change which images are selected.
+    """
 
     def __init__(
         self,
@@ -51,7 +85,11 @@ class MTAL(Strategy):
         seed: int = 0,
         grid: int = 1,
         chunk: int = 4096,
+        loss_weights: LossWeights = "paper",
     ) -> None:
+        if loss_weights not in LOSS_WEIGHTS:
+            raise ValueError(f"mtal: loss_weights must be one of {LOSS_WEIGHTS}, got {loss_weights!r}")
+        self.loss_weights = loss_weights
         if mode not in ("combined", "inconsistency", "diversity"):
             raise ValueError(f"mtal: mode must be combined, inconsistency or diversity, got {mode!r}")
         self.mode = mode
@@ -108,8 +146,9 @@ class MTAL(Strategy):
             if unknown:
                 raise ValueError(f"{self.name}: inconsistency for modalities {unknown} without labelled masks")
             raw = {k[len(_INC):]: pool[k].float() for k in inc_keys}
-            weights = {k: v.float() for k, v in MinMaxNormalizer(clip=True).fit(raw).transform(raw).items()}
-            score = torch.stack(list(weights.values()), dim=1).max(dim=1).values
+            s_k = {k: v.float() for k, v in MinMaxNormalizer(clip=True).fit(raw).transform(raw).items()}
+            score = torch.stack(list(s_k.values()), dim=1).max(dim=1).values
+            weights = loss_weights_from_scores(s_k, self.loss_weights)
         if self.needs.embeddings == "head":
             require(self.name, pool, ["head"], labelled)
             any_labelled = torch.stack(list(labelled.values()), dim=1).any(dim=1)
