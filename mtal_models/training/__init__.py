@@ -9,7 +9,7 @@ from mtal_models.training.checkpoint import (
     save_checkpoint,
 )
 from mtal_models.training.config import TrainConfig, resolve_device, seed_everything
-from mtal_models.training.data import SampleDataset, make_loader
+from mtal_models.training.data import SAMPLINGS, SampleDataset, draw_probabilities, make_loader, make_sampler
 from mtal_models.training.loop import (
     ExtraLoss,
     Progress,
@@ -30,16 +30,19 @@ __all__ = [
     "CheckpointError",
     "ExtraLoss",
     "MTPSLMapper",
+    "SAMPLINGS",
     "Progress",
     "SampleDataset",
     "SampleWeights",
     "TrainConfig",
     "TrainResult",
+    "draw_probabilities",
     "evaluate",
     "fit",
     "load_checkpoint",
     "make_loader",
     "make_optimizer",
+    "make_sampler",
     "make_scheduler",
     "network_name",
     "resolve_device",

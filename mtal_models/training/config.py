@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtal_models.training.data import SAMPLINGS
+
 __all__ = ["TrainConfig", "resolve_device", "seed_everything"]
 
 
@@ -29,6 +31,10 @@ class TrainConfig:
     mtpsl_weight:     weight of the MTPSL cross-task consistency term (0 = off).
     grad_clip:        max global gradient norm (0 = no clipping).
     num_workers:      DataLoader workers (0 = load in the training process).
+    sampling:         how ``fit`` draws partially labelled samples when it builds the DataLoader itself
+                      (:func:`mtal_models.training.data.draw_probabilities`): "modality" (default: each
+                      modality in an equal share of the draws), "label" or "image" (uniform). Fully
+                      labelled sets are shuffled as usual whatever this says.
     """
 
     epochs: int = 10
@@ -44,6 +50,7 @@ class TrainConfig:
     mtpsl_weight: float = 0.0
     grad_clip: float = 0.0
     num_workers: int = 0
+    sampling: str = "modality"
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,6 +63,7 @@ class TrainConfig:
             ("mtpsl_weight", self.mtpsl_weight >= 0, "must be >= 0"),
             ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("sampling", self.sampling in SAMPLINGS, f"must be one of {SAMPLINGS}"),
         ]
         for name, ok, why in checks:
             if not ok:

@@ -227,7 +227,8 @@ def _as_loader(
 ) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
-    return make_loader(data, model.modalities, config.batch_size, shuffle, config.num_workers, gen)
+    return make_loader(data, model.modalities, config.batch_size, shuffle, config.num_workers, gen,
+                       sampling=config.sampling)
 
 
 def _probe_feature_dim(model: MultiTaskNet, loader: DataLoader) -> int:
