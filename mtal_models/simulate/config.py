@@ -9,11 +9,11 @@ from typing import Any
 
 from mtal_models.nets.config import CONFIGS
 from mtal_models.strategies import STRATEGIES
+from mtal_models.training.data import SAMPLINGS
 
-__all__ = ["PRESETS", "SAMPLINGS", "SimConfig", "load_config"]
+__all__ = ["PRESETS", "SimConfig", "load_config"]
 
 DATASETS = ("synthetic", "nyud", "pascal")
-SAMPLINGS = ("modality", "label", "image")
 
 
 @dataclass(frozen=True)

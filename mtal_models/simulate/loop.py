@@ -6,9 +6,9 @@ current model (labelled and unlabelled images: ``labelled`` masks tell the strat
 diversity strategies use the labelled ones), buys ``budget`` (image, modality) labels from the oracle
 through :class:`~mtal_models.data.LabelPool`, and trains on every labelled pair (a fresh Adam + poly
 schedule per round) for ``steps_per_round`` optimizer steps (drawing images as ``sampling`` says:
-:func:`draw_probabilities`), or ``epochs_per_round`` epochs when it is 0, continuing from the previous
-round's weights, or from the seed's initial weights when ``retrain``; then evaluates on the fixed held-out
-set.
+:func:`mtal_models.training.data.draw_probabilities`), or ``epochs_per_round`` epochs when it is 0,
+continuing from the previous round's weights, or from the seed's initial weights when ``retrain``; then
+evaluates on the fixed held-out set.
 
 Resumable: after every round ``runs/<strategy>/seed<s>/state.json`` (pool, rows, strategy state, MTAL
 sample weights) and the round's checkpoint are written atomically; a rerun skips finished rounds and
@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from mtal_models.data import LabelPool, Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets import build_network, choose_network
 from mtal_models.nets.base import MultiTaskNet
-from mtal_models.simulate.config import SAMPLINGS, SimConfig
+from mtal_models.simulate.config import SimConfig
 from mtal_models.simulate.data import SimData
 from mtal_models.simulate.score import flat_metrics, task_scores
 from mtal_models.strategies import (
@@ -56,8 +56,9 @@ from mtal_models.training import (
     make_loader,
     save_checkpoint,
 )
+from mtal_models.training.data import make_sampler
 
-__all__ = ["draw_probabilities", "initial_images", "merge_weights", "run_reference", "run_strategy", "settings_key"]
+__all__ = ["initial_images", "merge_weights", "run_reference", "run_strategy", "settings_key"]
 
 # Fields that change the meaning of stored rounds; the others (rounds, strategies, seeds, device ...)
 # may change between a run and its resumption.
@@ -102,28 +103,6 @@ def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) ->
     )  # fmt: skip
 
 
-def draw_probabilities(samples: list[Sample], names: list[str], sampling: str) -> np.ndarray:
-    """Probability [N] that one draw of the fixed-step loader picks each of ``samples``.
-
-    "image": uniform. "label": proportional to the number of labelled modalities, i.e. every
-    (image, modality) label equally often. "modality": pick one of the M modalities that have labels
-    uniformly, then one of the N_m images labelled for it uniformly: p_i = (1/M) Σ_{m labelled in i} 1/N_m,
-    so every modality is present in at least 1/M of the draws, whatever its share of the labels.
-    All three are uniform when every sample carries the same modalities. Samples without labels get 0.
-    """
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    present = np.array([[s.is_present(m) for m in names] for s in samples], dtype=float).reshape(len(samples), -1)
-    if sampling == "image" or not present.any():
-        return np.full(len(samples), 1.0 / len(samples))
-    if sampling == "label":
-        weights = present.sum(axis=1)
-    else:
-        counts = present.sum(axis=0)
-        weights = (present[:, counts > 0] / counts[counts > 0]).sum(axis=1)
-    return weights / weights.sum()
-
-
 def _train_loader(
     samples: list[Sample],
     modalities: Mapping[str, ModalitySpec],
@@ -136,23 +115,16 @@ def _train_loader(
 
     ``steps`` > 0: one pass of the loader is exactly ``steps`` batches of ``batch_size``, so training for one
     "epoch" of it is a fixed number of optimizer steps whatever the number of samples. Samples are drawn
-    with :func:`draw_probabilities` (``sampling``): when these are uniform (e.g. every image fully
-    labelled), as whole shuffled passes over ``samples`` back to back, the last one cut; otherwise
-    independently with replacement (``WeightedRandomSampler``)."""
+    as :func:`~mtal_models.training.data.draw_probabilities` says for ``sampling`` (``make_sampler``): when
+    these are uniform (e.g. every image fully labelled), as whole shuffled passes over ``samples`` back to
+    back, the last one cut; otherwise independently with replacement (``WeightedRandomSampler``)."""
     generator = torch.Generator().manual_seed(seed)
     collate_fn = partial(collate, modalities=dict(modalities))
-    dataset = SampleDataset(samples)
     if steps > 0:
-        p = draw_probabilities(samples, list(modalities), sampling)
-        sampler: RandomSampler | WeightedRandomSampler
-        if np.allclose(p, p[0], rtol=1e-9, atol=0):
-            sampler = RandomSampler(dataset, num_samples=steps * batch_size, generator=generator)
-        else:
-            weights = torch.as_tensor(p, dtype=torch.double)
-            sampler = WeightedRandomSampler(weights, steps * batch_size, replacement=True, generator=generator)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
+        sampler = make_sampler(samples, list(modalities), sampling, steps * batch_size, generator)
+        return DataLoader(SampleDataset(samples), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=generator,
+        SampleDataset(samples), batch_size=batch_size, shuffle=True, generator=generator,
         collate_fn=collate_fn, drop_last=len(samples) % batch_size == 1,
     )  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""The fixed-step loader's draw probabilities (``SimConfig.sampling``) on partially labelled sets."""
+"""The simulator's fixed-step loader on partially labelled sets (``SimConfig.sampling``, drawn with
+``mtal_models.training.data.draw_probabilities`` / ``make_sampler``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 import mtal_models.simulate.loop as loop
 from mtal_models.data import LabelPool, Sample
 from mtal_models.simulate import PRESETS, simulate
-from mtal_models.simulate.config import SAMPLINGS
 from mtal_models.simulate.data import SimData, load_data
+from mtal_models.training.data import SAMPLINGS, draw_probabilities
 
 TINY = PRESETS["tiny"]
 NAMES = ["semantic", "depth", "normals"]
@@ -34,18 +35,18 @@ def _labelled(data: SimData, full: int, semantic_only: int) -> list[Sample]:
 
 @pytest.mark.parametrize("sampling", SAMPLINGS)
 def test_fully_labelled_sets_are_drawn_uniformly(data: SimData, sampling: str) -> None:
-    p = loop.draw_probabilities(data.pool[:7], NAMES, sampling)
+    p = draw_probabilities(data.pool[:7], NAMES, sampling)
     np.testing.assert_allclose(p, np.full(7, 1 / 7))
 
 
 def test_known_probabilities_for_two_full_and_four_semantic_only(data: SimData) -> None:
     samples = _labelled(data, full=2, semantic_only=4)
     # labels: 3, 3, 1, 1, 1, 1 of 10
-    np.testing.assert_allclose(loop.draw_probabilities(samples, NAMES, "label"), [0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+    np.testing.assert_allclose(draw_probabilities(samples, NAMES, "label"), [0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
     # a modality (1/3), then an image labelled for it: semantic 1/6 of 6, depth and normals 1/2 of 2
     full, part = (1 / 6 + 1 / 2 + 1 / 2) / 3, (1 / 6) / 3
-    np.testing.assert_allclose(loop.draw_probabilities(samples, NAMES, "modality"), [full] * 2 + [part] * 4)
-    np.testing.assert_allclose(loop.draw_probabilities(samples, NAMES, "image"), np.full(6, 1 / 6))
+    np.testing.assert_allclose(draw_probabilities(samples, NAMES, "modality"), [full] * 2 + [part] * 4)
+    np.testing.assert_allclose(draw_probabilities(samples, NAMES, "image"), np.full(6, 1 / 6))
 
 
 def test_modality_sampling_ignores_modalities_without_labels(data: SimData) -> None:
@@ -54,12 +55,12 @@ def test_modality_sampling_ignores_modalities_without_labels(data: SimData) -> N
     samples = [pool.apply(data.pool[i], i) for i in pool.labelled_images()]
     # semantic: 1/3 each of 3; depth: image 0; each modality 1/2
     expected = [(1 / 3 + 1) / 2, (1 / 3) / 2, (1 / 3) / 2]
-    np.testing.assert_allclose(loop.draw_probabilities(samples, NAMES, "modality"), expected)
+    np.testing.assert_allclose(draw_probabilities(samples, NAMES, "modality"), expected)
 
 
 def test_unknown_sampling_raises(data: SimData) -> None:
     with pytest.raises(ValueError, match="sampling"):
-        loop.draw_probabilities(data.pool[:2], NAMES, "pairs")
+        draw_probabilities(data.pool[:2], NAMES, "pairs")
     with pytest.raises(ValueError, match="sampling"):
         TINY.replace(sampling="pairs")
 
@@ -73,7 +74,7 @@ def test_step_loader_draws_follow_the_probabilities(data: SimData, sampling: str
     assert len(batches) == 500 and all(len(b.ids) == 8 for b in batches)
     counts = Counter(i for b in batches for i in b.ids)
     freq = np.array([counts[s.id] for s in samples]) / 4000
-    np.testing.assert_allclose(freq, loop.draw_probabilities(samples, NAMES, sampling), atol=0.015)
+    np.testing.assert_allclose(freq, draw_probabilities(samples, NAMES, sampling), atol=0.015)
 
 
 def test_step_loader_is_unchanged_on_fully_labelled_sets(data: SimData) -> None:
