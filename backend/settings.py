@@ -42,7 +42,7 @@ class Settings:
     device [MTAL_DEVICE]: "auto" (CUDA when present), "cpu" or "cuda".
     net_config [MTAL_NET_CONFIG]: network size preset ("tiny", "small", "default").
     strategy [MTAL_STRATEGY]: selection strategy of the active-learning loop: a name of
-        mtal_models.strategies.STRATEGIES, or "auto" (default: "mtal" for dense-only configs,
+        mtal_models.strategies.STRATEGIES, or "auto" (default: "mtal_unweighted" for dense-only configs,
         "boxmask" for configs with boxes).
     train_threshold [MTAL_TRAIN_THRESHOLD]: labels (per modality, summed) since the last run that
         trigger the next one (default 10; 0 = only "Start Training"); /setup's extra_params

@@ -36,11 +36,12 @@ _VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", 
 
 
 def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
-    """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score for
-    dense projects (PAD-Net) and MTC BoxMask for projects with boxes (det+seg)."""
+    """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score without
+    its eq. 5 loss weights (``mtal_unweighted``: measured, the weights make an annotator's labels on
+    selected tasks count ~0.15) for dense projects (PAD-Net) and MTC BoxMask for projects with boxes."""
     name = settings.strategy
     if name == "auto":
-        name = "boxmask" if schema.network == "detseg" else "mtal"
+        name = "boxmask" if schema.network == "detseg" else "mtal_unweighted"
     if name == "ll4al":
         raise ValueError("strategy 'll4al' needs its loss-prediction module trained with the network; "
                          "use it in the simulator (mtal simulate), not in the backend")

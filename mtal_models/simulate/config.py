@@ -172,6 +172,7 @@ PRESETS: dict[str, SimConfig] = {
     "default": SimConfig(
         image_size=32, n_images=320, val_images=96, initial=8, rounds=5, budget=48, seeds=(0, 1, 2),
         steps_per_round=200, retrain=True, full_steps=200, lr=5e-3, substitution_prob=0.2,
+        strategies=("random", "partal", "partal_image", "rbal", "mtal", "mtal_unweighted"),
     ),
 }  # fmt: skip
 

@@ -21,7 +21,11 @@ MTAL-WACV (image-level; the paper labels all tasks of a chosen image):
     pool min-max puts the 1 on the pool's single most inconsistent image, so on a small pool the selected
     images (chosen by div · max_k s_k) get weights far below the weight-1 initial set and their labels
     count for little at a fixed step budget.
-  - ``"none"``: no weights (every label weight 1): selection only, for ablations.
+  - ``"none"``: no weights (every label weight 1): the selection alone. Registered as ``mtal_unweighted``,
+    the backend's default for dense projects: in the simulator's default run the paper's weights cost
+    about 0.10 multi-task score against Random in every round (6 seeds: the selected images' weights
+    average ~0.15, so their labels barely train), while the same selection without them is on par with
+    Random (docs/strategies.md).
 
 BoxMask (``boxmask``): MTC score of :mod:`~mtal_models.strategies.mtc`, image-level.
 """
@@ -94,6 +98,8 @@ class MTAL(Strategy):
             raise ValueError(f"mtal: mode must be combined, inconsistency or diversity, got {mode!r}")
         self.mode = mode
         self.name = {"combined": "mtal", "inconsistency": "mtal_inconsistency", "diversity": "mtal_diversity"}[mode]
+        if loss_weights == "none" and mode != "diversity":
+            self.name += "_unweighted"
         self.code_dim, self.ae_epochs, self.ae_hidden = code_dim, ae_epochs, ae_hidden
         self.seed, self.grid, self.chunk = seed, grid, chunk
         self.autoencoder: AutoEncoder | None = None

@@ -22,6 +22,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "partal": partial(PartAL, unit="pair"),
     "partal_image": partial(PartAL, unit="image"),
     "mtal": partial(MTAL, mode="combined"),
+    "mtal_unweighted": partial(MTAL, mode="combined", loss_weights="none"),
     "mtal_inconsistency": partial(MTAL, mode="inconsistency"),
     "mtal_diversity": partial(MTAL, mode="diversity"),
     "boxmask": BoxMask,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -90,3 +91,11 @@ def test_image_cache_defaults_under_the_model_dir() -> None:
     assert Settings.from_env({"MODEL_DIR": "/m"}).cache_dir == Path("/m/.image-cache")
     assert Settings.from_env({"MTAL_CACHE_DIR": "off"}).cache_dir is None
     assert Settings.from_env({"MTAL_CACHE_DIR": "/tmp/c"}).cache_dir == Path("/tmp/c")
+
+
+def test_backend_auto_uses_mtal_unweighted_for_dense_projects() -> None:
+    from backend.trainrank import strategy_for
+
+    assert strategy_for(Settings(), SimpleNamespace(network="padnet")).name == "mtal_unweighted"
+    assert strategy_for(Settings(strategy="mtal"), SimpleNamespace(network="padnet")).name == "mtal"
+    assert strategy_for(Settings(), SimpleNamespace(network="detseg")).name == "boxmask"

@@ -63,3 +63,12 @@ def test_unknown_loss_weights_raise() -> None:
         MTAL(loss_weights="sqrt")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="loss_weights"):
         loss_weights_from_scores({"a": torch.zeros(2)}, "bogus")  # type: ignore[arg-type]
+
+
+def test_mtal_unweighted_is_the_combined_selection_without_weights() -> None:
+    s = get_strategy("mtal_unweighted", seed=0)
+    assert (s.name, s.mode, s.loss_weights) == ("mtal_unweighted", "combined", "none")
+    assert get_strategy("mtal").name == "mtal" and get_strategy("mtal_diversity", loss_weights="none").name == (
+        "mtal_diversity"
+    )
+
