@@ -44,6 +44,11 @@ class SimConfig:
                       "label" (an (image, modality) label uniformly, i.e. images in proportion to their label
                       count) or "image" (images uniformly). The three coincide when every image is fully
                       labelled; they differ on partially labelled sets (``partal``). See docs/simulate.md.
+    step_budget:      with ``steps_per_round`` > 0: "steps" trains exactly that many optimizer steps; "labels"
+                      scales them so a round presents as many labels as ``steps_per_round`` steps over fully
+                      labelled images (``loop.label_steps``: x M / expected labels per draw). Equal for
+                      image-level strategies; pair selection (``partal``), whose images carry ~1-2 of M
+                      labels, gets proportionally more steps instead of 1/M of the gradient per label.
     full_epochs:      epochs of the full-data reference run (all labels), which defines 100% of the score.
     full_steps:       > 0: the reference trains this many optimizer steps instead of ``full_epochs``.
     substitution_prob: PartAL GT substitution during training (``TrainConfig.substitution_prob``), for every
@@ -76,6 +81,7 @@ class SimConfig:
     steps_per_round: int = 0
     retrain: bool = False
     sampling: str = "modality"
+    step_budget: str = "steps"
     full_epochs: int = 10
     full_steps: int = 0
     substitution_prob: float = 0.0
@@ -109,6 +115,7 @@ class SimConfig:
             ("steps_per_round", self.steps_per_round >= 0, "must be >= 0 (0 = use epochs_per_round)"),
             ("retrain", isinstance(self.retrain, bool), "must be true or false"),
             ("sampling", self.sampling in SAMPLINGS, f"must be one of {SAMPLINGS}"),
+            ("step_budget", self.step_budget in ("steps", "labels"), "must be 'steps' or 'labels'"),
             ("full_epochs", self.full_epochs >= 1, "must be >= 1"),
             ("full_steps", self.full_steps >= 0, "must be >= 0 (0 = use full_epochs)"),
             ("substitution_prob", 0 <= self.substitution_prob <= 1, "must be in [0, 1]"),

@@ -56,25 +56,30 @@ from mtal_models.training import (
     make_loader,
     save_checkpoint,
 )
-from mtal_models.training.data import make_sampler
+from mtal_models.training.data import draw_probabilities, make_sampler
 
-__all__ = ["initial_images", "merge_weights", "run_reference", "run_strategy", "settings_key"]
+__all__ = ["initial_images", "label_steps", "merge_weights", "run_reference", "run_strategy", "settings_key"]
 
 # Fields that change the meaning of stored rounds; the others (rounds, strategies, seeds, device ...)
 # may change between a run and its resumption.
 _RESULT_FIELDS = (
     "dataset", "path", "train_split", "val_split", "modalities", "image_size", "n_images", "val_images",
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
-    "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling",
+    "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling", "step_budget",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
 
 
+# Result fields added after runs were stored, with the value those runs had: left out of the key at that
+# value, so the stored runs stay valid.
+_LATER_DEFAULTS = {"step_budget": "steps"}
+
+
 def settings_key(config: SimConfig) -> dict[str, Any]:
     """The fields a stored round depends on (compared on resumption)."""
     d = config.to_dict()
-    return {k: d[k] for k in _RESULT_FIELDS}
+    return {k: d[k] for k in _RESULT_FIELDS if k not in _LATER_DEFAULTS or d[k] != _LATER_DEFAULTS[k]}
 
 
 def initial_images(config: SimConfig, n_pool: int, seed: int) -> list[int]:
@@ -127,6 +132,15 @@ def _train_loader(
         SampleDataset(samples), batch_size=batch_size, shuffle=True, generator=generator,
         collate_fn=collate_fn, drop_last=len(samples) % batch_size == 1,
     )  # fmt: skip
+
+
+def label_steps(samples: list[Sample], names: list[str], sampling: str, steps: int) -> int:
+    """Optimizer steps that present as many labels as ``steps`` steps over fully labelled images: ``steps``
+    x M / E[labels per draw] (rounded up), with E from :func:`~mtal_models.training.data.draw_probabilities`.
+    ``steps`` itself when every drawn image carries all M modalities; up to M x ``steps`` for pairs."""
+    p = draw_probabilities(samples, names, sampling)
+    per_draw = float(sum(pi * sum(s.is_present(m) for m in names) for pi, s in zip(p, samples, strict=True)))
+    return steps if per_draw <= 0 else int(np.ceil(steps * len(names) / per_draw - 1e-9))
 
 
 def _schedule(steps: int, epochs: int) -> tuple[int, int]:
@@ -288,6 +302,8 @@ class _Run:
         if self.config.retrain and rnd > 0:
             self.reset_weights()
         steps, epochs = _schedule(self.config.steps_per_round, self.config.epochs_per_round)
+        if steps and self.config.step_budget == "labels":
+            steps = label_steps(samples, self.names, self.config.sampling, steps)
         config = _train_config(self.config, epochs, self.seed * 1000 + rnd, self.committee)
         loader = _train_loader(
             samples, self.data.modalities, self.config.batch_size, config.seed, steps, self.config.sampling

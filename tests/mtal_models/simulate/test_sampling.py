@@ -104,3 +104,35 @@ def test_config_sampling_reaches_the_loader_and_the_settings_key(
     assert seen == ["label"] * 3  # reference, rounds 0 and 1
     assert loop.settings_key(config)["sampling"] == "label"
     assert TINY.sampling == PRESETS["default"].sampling == "modality"
+
+
+def test_label_steps_present_as_many_labels_as_full_image_steps(data: SimData) -> None:
+    assert loop.label_steps(data.pool[:5], NAMES, "modality", 200) == 200  # fully labelled: unchanged
+    samples = _labelled(data, full=2, semantic_only=4)
+    # modality draws: p = 7/18 for each full image, 1/18 for each semantic-only one -> 46/18 labels a draw
+    assert loop.label_steps(samples, NAMES, "modality", 200) == int(np.ceil(200 * 3 / (46 / 18)))  # 235
+    # uniform draws: 10 labels over 6 images
+    assert loop.label_steps(samples, NAMES, "image", 200) == 360
+
+
+def test_step_budget_is_a_result_field_that_keeps_older_runs_valid() -> None:
+    base = loop.settings_key(TINY)
+    assert "step_budget" not in base  # runs stored before the field existed had "steps"
+    assert loop.settings_key(TINY.replace(step_budget="labels"))["step_budget"] == "labels"
+    with pytest.raises(ValueError, match="step_budget"):
+        TINY.replace(step_budget="epochs")
+
+
+def test_step_budget_labels_gives_pair_rounds_more_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = loop._train_loader
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(int(args[4]))  # steps
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "_train_loader", recording)
+    config = TINY.replace(strategies=("partal",), rounds=1, steps_per_round=2, full_steps=2, step_budget="labels")
+    simulate(config, tmp_path, progress=False)
+    # reference and round 0 (full images): 2 steps; round 1 adds 6 single-modality pairs: more
+    assert seen[:2] == [2, 2] and seen[2] > 2
