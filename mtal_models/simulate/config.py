@@ -174,12 +174,13 @@ PRESETS: dict[str, SimConfig] = {
         batch_size=8, mc_samples=2,
     ),
     # finishes on a 2-core CPU in under 30 minutes with one torch thread (measured time: docs/results.md).
-    # Every round retrains from the seed's initial weights for a fixed 200 steps, and the reference gets the
-    # same recipe, so a round's score measures its labels, not its share of gradient steps (docs/simulate.md).
+    # Every round retrains from the seed's initial weights for 200 steps' worth of labels (more steps for pair-
+    # selected sets, step_budget), and the reference gets the same recipe, so a round's score measures its
+    # labels, not its share of gradient steps (docs/simulate.md).
     "default": SimConfig(
         image_size=32, n_images=320, val_images=96, initial=8, rounds=5, budget=48, seeds=(0, 1, 2),
         steps_per_round=200, retrain=True, full_steps=200, lr=5e-3, substitution_prob=0.2,
-        strategies=("random", "partal", "partal_image", "rbal", "mtal", "mtal_unweighted"),
+        strategies=("random", "partal", "partal_image", "rbal", "mtal", "mtal_unweighted"), step_budget="labels",
     ),
 }  # fmt: skip
 
