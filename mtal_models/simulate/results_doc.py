@@ -87,7 +87,10 @@ def reading(
     same_budget = config.get("retrain") and config.get("steps_per_round", 0) > 0
     if same_budget and config.get("full_steps") == config.get("steps_per_round"):
         caveat += (
-            f" Every round retrains from the initial weights for {config['steps_per_round']} steps and the "
+            f" Every round retrains from the initial weights for {config['steps_per_round']} steps"
+            + (" (pair-selected rounds: as many steps as present the same number of labels)"
+               if config.get("step_budget") == "labels" else "")
+            + " and the "
             "reference gets the same recipe, so 1.0 = this training budget with every label, short of convergence "
             "(the papers train to convergence); scores above 1.0 are within noise or a short budget fitting fewer "
             "images better."
