@@ -62,9 +62,18 @@ class PartAL(Strategy):
 
     name = "partal"
 
-    def __init__(self, mc_samples: int = 10, unit: Literal["pair", "image"] = "pair", clip: bool = False) -> None:
+    def __init__(
+        self,
+        mc_samples: int = 10,
+        unit: Literal["pair", "image"] = "pair",
+        clip: bool = False,
+        normalise: Literal["frozen", "per_round"] = "frozen",
+    ) -> None:
         if unit not in ("pair", "image"):
             raise ValueError(f"{self.name}: unit must be 'pair' or 'image', got {unit!r}")
+        if normalise not in ("frozen", "per_round"):
+            raise ValueError(f"{self.name}: normalise must be 'frozen' or 'per_round', got {normalise!r}")
+        self.per_round = normalise == "per_round"
         if mc_samples < 2:
             raise ValueError(f"{self.name}: needs >= 2 MC samples (Gaussian entropy), got {mc_samples}")
         self.unit = unit
@@ -77,11 +86,12 @@ class PartAL(Strategy):
         return mc_uncertainties(out)
 
     def normalise(self, pool: Mapping[str, Tensor], labelled: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Fit constants for modalities seen for the first time (on their unlabelled pairs), then apply."""
+        """Fit constants for modalities seen for the first time (on their unlabelled pairs; every round with
+        ``normalise="per_round"``, an ablation of the paper's frozen constants), then apply."""
         for k, v in pool.items():
-            if k not in self.normalizer.mins:
+            if k not in self.normalizer.mins or self.per_round:
                 free = ~labelled[k]
-                self.normalizer.fit({k: v[free] if free.any() else v})
+                self.normalizer.refit({k: v[free] if free.any() else v})
         return {k: v.float() for k, v in self.normalizer.transform(pool).items()}
 
     def select(self, pool: Mapping[str, Tensor], labelled: Mapping[str, Tensor], budget: int) -> Selection:

@@ -95,6 +95,20 @@ def test_partal_round_two_uses_round_one_constants_after_json_round_trip() -> No
         round2.load_state({})
 
 
+def test_partal_per_round_normalisation_refits_on_each_rounds_unlabelled_pairs() -> None:
+    labelled = {"sem": torch.zeros(3, dtype=torch.bool), "depth": torch.zeros(3, dtype=torch.bool)}
+    strategy = PartAL(mc_samples=2, normalise="per_round")
+    strategy.select({"sem": torch.tensor([1.0, 2.0, 3.0]), "depth": torch.tensor([-5.0, 0.0, 5.0])}, labelled, 1)
+    labelled["sem"][2] = True
+    sel = strategy.select({"sem": torch.tensor([0.0, 1.5, 2.0]), "depth": torch.tensor([-1.0, 10.0, 0.0])}, labelled, 2)
+    # sem refitted on its unlabelled pairs (0, 1.5); depth on all three (-1 .. 10)
+    assert torch.allclose(sel.pair_scores["sem"], torch.tensor([0.0, 1.0, 2.0 / 1.5]))
+    assert torch.allclose(sel.pair_scores["depth"], torch.tensor([0.0, 1.0, 1.0 / 11]))
+    assert sorted(sel.pairs) == [(1, "depth"), (1, "sem")]  # frozen constants pick (1, depth), (2, depth)
+    with pytest.raises(ValueError, match="normalise"):
+        PartAL(normalise="sometimes")
+
+
 def test_partal_rejects_mismatched_modality_keys() -> None:
     with pytest.raises(ValueError, match="no labelled mask"):
         PartAL(mc_samples=2).select({"depth": torch.rand(2)}, {"sem": torch.zeros(2, dtype=torch.bool)}, 1)
