@@ -166,6 +166,23 @@ class ModalitySpec:
         self.check_target(t, p)
         return out.index_put((idx,), _LOSSES[self.kind](self, p, t))
 
+    def pseudo_target(self, pred: Tensor) -> Tensor:
+        """A label in this kind's target format made from a prediction (pseudo-labels for training).
+
+        pred: [B, C, H, W] raw network output. Segmentation -> argmax class ids int64 [B, H, W];
+        binary -> {0, 1} float [B, 1, H, W]; depth, normals -> the prediction itself, detached (depth
+        <= 0 and zero normals count as invalid pixels, as in real labels).
+        """
+        if not self.dense:
+            raise ValueError(f"modality {self.name!r}: detection has no dense pseudo-label")
+        self.check_prediction(pred)
+        pred = pred.detach()
+        if self.kind == "segmentation":
+            return pred.argmax(dim=1)
+        if self.kind == "binary":
+            return (pred > 0).float()
+        return pred.clone()
+
     # ---- uncertainty -------------------------------------------------------------------------
     def activate(self, pred: Tensor) -> Tensor:
         """Logits -> probabilities for categorical kinds; identity for regression. [..., C, H, W]."""

@@ -54,6 +54,9 @@ class SimConfig:
     substitution_prob: PartAL GT substitution during training (``TrainConfig.substitution_prob``), for every
                       strategy and the reference alike; trains the label encoders that PartAL-conditioned
                       pool predictions go through.
+    pseudo_label_weight: PartAL pseudo-labels (``TrainConfig.pseudo_label_weight``, 0 = off): images with
+                      some of their labels learn the missing ones from the network's predictions with the
+                      present labels given. Only partially labelled images (``partal``) are affected.
     batch_size, lr:   training settings (Adam, poly LR per round).
     mc_samples:       default MC-dropout passes for strategies that take ``mc_samples``.
     device:           "auto" (CUDA when present, else CPU), "cpu", "cuda".
@@ -85,6 +88,7 @@ class SimConfig:
     full_epochs: int = 10
     full_steps: int = 0
     substitution_prob: float = 0.0
+    pseudo_label_weight: float = 0.0
     batch_size: int = 16
     lr: float = 1e-3
     mc_samples: int = 8
@@ -119,6 +123,9 @@ class SimConfig:
             ("full_epochs", self.full_epochs >= 1, "must be >= 1"),
             ("full_steps", self.full_steps >= 0, "must be >= 0 (0 = use full_epochs)"),
             ("substitution_prob", 0 <= self.substitution_prob <= 1, "must be in [0, 1]"),
+            ("pseudo_label_weight", self.pseudo_label_weight >= 0, "must be >= 0"),
+            ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
+             "needs substitution_prob > 0 (it trains the label encoders that condition the guesses)"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("lr", self.lr > 0, "must be > 0"),
             ("mc_samples", self.mc_samples >= 2, "must be >= 2"),

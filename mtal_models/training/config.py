@@ -35,6 +35,11 @@ class TrainConfig:
                       (:func:`mtal_models.training.data.draw_probabilities`): "modality" (default: each
                       modality in an equal share of the draws), "label" or "image" (uniform). Fully
                       labelled sets are shuffled as usual whatever this says.
+    pseudo_label_weight: PartAL pseudo-labels (0 = off): a sample with some labels learns its missing
+                      dense modalities from the network's predictions with those labels given
+                      (:mod:`mtal_models.training.pseudo`), at this weight times the share of training
+                      done (a linear ramp from 0). Needs ``substitution_prob`` > 0, which trains the label
+                      encoders the guesses come from.
     """
 
     epochs: int = 10
@@ -51,6 +56,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     num_workers: int = 0
     sampling: str = "modality"
+    pseudo_label_weight: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +70,9 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
             ("sampling", self.sampling in SAMPLINGS, f"must be one of {SAMPLINGS}"),
+            ("pseudo_label_weight", self.pseudo_label_weight >= 0, "must be >= 0"),
+            ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
+             "needs substitution_prob > 0 (the label encoders that condition the guesses train with it)"),
         ]
         for name, ok, why in checks:
             if not ok:

@@ -28,6 +28,7 @@ from mtal_models.training.checkpoint import Checkpoint, save_checkpoint
 from mtal_models.training.config import TrainConfig, resolve_device, seed_everything
 from mtal_models.training.data import make_loader
 from mtal_models.training.mtpsl import MTPSLMapper, feature_target
+from mtal_models.training.pseudo import pseudo_labels, ramp
 from mtal_models.training.schedule import make_optimizer, make_scheduler
 
 __all__ = [
@@ -135,10 +136,14 @@ def train_one_epoch(
 
     The scheduler is stepped once per iteration. ``weights_fn(batch)`` gives per-modality sample weights
     [B] for ``model.losses``. ``generator`` drives GT substitution (``config.substitution_prob``).
+    With ``config.pseudo_label_weight`` > 0, partially labelled samples also learn their missing dense
+    modalities from the network's own predictions with their labels given (:mod:`.pseudo`), weighted
+    ``pseudo_label_weight`` x the share of training done.
     """
     device = _device_of(model)
     amp = config.use_amp(device)
     names = substitutable(model) if config.substitution_prob > 0 else []
+    anchors = substitutable(model) if config.pseudo_label_weight > 0 else []
     model.train()
     for aux in (mtpsl, extra_loss):
         if isinstance(aux, nn.Module):
@@ -150,9 +155,13 @@ def train_one_epoch(
         batch = batch.to(device)
         given, loss_labels = substitute_labels(batch.labels, names, config.substitution_prob, generator)
         weights = weights_fn(batch) if weights_fn is not None else None
+        pseudo = pseudo_labels(model, batch.images, batch.labels, anchors) if anchors else None
         with torch.autocast(device_type=device.type, enabled=amp):
             out = model(batch.images, given=given, committee=config.committee)
             loss = total_loss(model, model.losses(out, loss_labels, weights))
+            if pseudo is not None:
+                share = ramp(epoch, step, len(loader), config.epochs)
+                loss = loss + config.pseudo_label_weight * share * total_loss(model, model.losses(out, pseudo))
             if mtpsl is not None and config.mtpsl_weight > 0:
                 loss = loss + config.mtpsl_weight * mtpsl.loss(out, batch.labels)
             if extra_loss is not None:
