@@ -166,22 +166,26 @@ class ModalitySpec:
         self.check_target(t, p)
         return out.index_put((idx,), _LOSSES[self.kind](self, p, t))
 
-    def pseudo_target(self, pred: Tensor) -> Tensor:
+    def pseudo_target(self, pred: Tensor, confidence: float = 0.0) -> Tensor:
         """A label in this kind's target format made from a prediction (pseudo-labels for training).
 
         pred: [B, C, H, W] raw network output. Segmentation -> argmax class ids int64 [B, H, W];
-        binary -> {0, 1} float [B, 1, H, W]; depth, normals -> the prediction itself, detached (depth
-        <= 0 and zero normals count as invalid pixels, as in real labels).
+        binary -> {0, 1} float [B, 1, H, W]; for both, pixels whose predicted class has a probability
+        below ``confidence`` get ``ignore_index``. Depth, normals -> the prediction itself, detached
+        (depth <= 0 and zero normals count as invalid pixels, as in real labels).
         """
         if not self.dense:
             raise ValueError(f"modality {self.name!r}: detection has no dense pseudo-label")
         self.check_prediction(pred)
         pred = pred.detach()
         if self.kind == "segmentation":
-            return pred.argmax(dim=1)
-        if self.kind == "binary":
-            return (pred > 0).float()
-        return pred.clone()
+            top, target = pred.softmax(dim=1).max(dim=1)
+        elif self.kind == "binary":
+            p = pred.sigmoid()
+            top, target = torch.maximum(p, 1 - p), (p > 0.5).float()
+        else:
+            return pred.clone()
+        return target.masked_fill(top < confidence, self.ignore_index)
 
     # ---- uncertainty -------------------------------------------------------------------------
     def activate(self, pred: Tensor) -> Tensor:

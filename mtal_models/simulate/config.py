@@ -57,6 +57,8 @@ class SimConfig:
     pseudo_label_weight: PartAL pseudo-labels (``TrainConfig.pseudo_label_weight``, 0 = off): images with
                       some of their labels learn the missing ones from the network's predictions with the
                       present labels given. Only partially labelled images (``partal``) are affected.
+    pseudo_label_confidence: categorical guesses keep the pixels at least this likely
+                      (``TrainConfig.pseudo_label_confidence``).
     batch_size, lr:   training settings (Adam, poly LR per round).
     mc_samples:       default MC-dropout passes for strategies that take ``mc_samples``.
     device:           "auto" (CUDA when present, else CPU), "cpu", "cuda".
@@ -89,6 +91,7 @@ class SimConfig:
     full_steps: int = 0
     substitution_prob: float = 0.0
     pseudo_label_weight: float = 0.0
+    pseudo_label_confidence: float = 0.9
     batch_size: int = 16
     lr: float = 1e-3
     mc_samples: int = 8
@@ -124,6 +127,7 @@ class SimConfig:
             ("full_steps", self.full_steps >= 0, "must be >= 0 (0 = use full_epochs)"),
             ("substitution_prob", 0 <= self.substitution_prob <= 1, "must be in [0, 1]"),
             ("pseudo_label_weight", self.pseudo_label_weight >= 0, "must be >= 0"),
+            ("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "must be in [0, 1]"),
             ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
              "needs substitution_prob > 0 (it trains the label encoders that condition the guesses)"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),

@@ -40,6 +40,8 @@ class TrainConfig:
                       (:mod:`mtal_models.training.pseudo`), at this weight times the share of training
                       done (a linear ramp from 0). Needs ``substitution_prob`` > 0, which trains the label
                       encoders the guesses come from.
+    pseudo_label_confidence: categorical pseudo-labels keep only the pixels whose guessed class has at
+                      least this probability (the others are ignored); regression guesses are kept whole.
     """
 
     epochs: int = 10
@@ -57,6 +59,7 @@ class TrainConfig:
     num_workers: int = 0
     sampling: str = "modality"
     pseudo_label_weight: float = 0.0
+    pseudo_label_confidence: float = 0.9
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +74,7 @@ class TrainConfig:
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
             ("sampling", self.sampling in SAMPLINGS, f"must be one of {SAMPLINGS}"),
             ("pseudo_label_weight", self.pseudo_label_weight >= 0, "must be >= 0"),
+            ("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "must be in [0, 1]"),
             ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
              "needs substitution_prob > 0 (the label encoders that condition the guesses train with it)"),
         ]

@@ -155,7 +155,9 @@ def train_one_epoch(
         batch = batch.to(device)
         given, loss_labels = substitute_labels(batch.labels, names, config.substitution_prob, generator)
         weights = weights_fn(batch) if weights_fn is not None else None
-        pseudo = pseudo_labels(model, batch.images, batch.labels, anchors) if anchors else None
+        pseudo = None
+        if anchors:
+            pseudo = pseudo_labels(model, batch.images, batch.labels, anchors, config.pseudo_label_confidence)
         with torch.autocast(device_type=device.type, enabled=amp):
             out = model(batch.images, given=given, committee=config.committee)
             loss = total_loss(model, model.losses(out, loss_labels, weights))

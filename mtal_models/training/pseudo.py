@@ -19,14 +19,17 @@ __all__ = ["pseudo_labels", "ramp"]
 
 
 @torch.no_grad()
-def pseudo_labels(model: MultiTaskNet, images: Tensor, labels: Labels, names: Sequence[str]) -> Labels | None:
+def pseudo_labels(
+    model: MultiTaskNet, images: Tensor, labels: Labels, names: Sequence[str], confidence: float = 0.0
+) -> Labels | None:
     """Targets for the dense modalities a sample lacks, when it has at least one label among ``names``.
 
     images: [B, 3, H, W]; labels: the batch's (partial) labels; names: the modalities the network takes as
     ``given`` (:func:`mtal_models.training.loop.substitutable`). For the samples with at least one present
     label in ``names`` and at least one missing dense modality, the network runs in eval mode with all of
     their present ``names`` labels given, and each missing modality's final prediction becomes its target
-    (:meth:`ModalitySpec.pseudo_target`). Returns Labels over the whole batch whose present flags [B] mark
+    (:meth:`ModalitySpec.pseudo_target`; categorical pixels less likely than ``confidence`` are left
+    unlabelled). Returns Labels over the whole batch whose present flags [B] mark
     exactly the pseudo-labelled (sample, modality) pairs, or None when there are none. Fully labelled and
     unlabelled samples get none.
     """
@@ -59,7 +62,7 @@ def pseudo_labels(model: MultiTaskNet, images: Tensor, labels: Labels, names: Se
     for n, m in missing.items():
         if not m.any():
             continue
-        guess = model.modalities[n].pseudo_target(out.final[n])
+        guess = model.modalities[n].pseudo_target(out.final[n], confidence)
         target = guess.new_zeros((b, *guess.shape[1:]))
         target[idx] = guess
         values[n], flags[n] = target, m

@@ -39,6 +39,10 @@ def test_pseudo_target_formats() -> None:
     depth = torch.rand(2, 1, 4, 4, requires_grad=True)
     guess = mods["d"].pseudo_target(depth)
     assert torch.equal(guess, depth.detach()) and not guess.requires_grad
+    sure = mods["s"].pseudo_target(torch.stack([logits[0], -logits[0]]), confidence=0.8)
+    assert (sure[0] == 1).all() and (sure[1] == 255).all()  # top class 0.83: kept; 0.72: ignored
+    sure_binary = mods["b"].pseudo_target(torch.tensor([-3.0, 0.5]).view(2, 1, 1, 1), confidence=0.9)
+    assert sure_binary.flatten().tolist() == [0.0, 255.0]  # p = 0.05 -> class 0 at 0.95; p = 0.62 ignored
     with pytest.raises(ValueError, match="channels"):
         mods["n"].pseudo_target(torch.rand(2, 1, 4, 4))
 
@@ -93,12 +97,14 @@ def test_config_needs_substitution() -> None:
         TrainConfig(pseudo_label_weight=1.0)
     with pytest.raises(ValueError, match="pseudo_label_weight"):
         TrainConfig(pseudo_label_weight=-1.0, substitution_prob=0.2)
+    with pytest.raises(ValueError, match="pseudo_label_confidence"):
+        TrainConfig(pseudo_label_confidence=1.5)
 
 
 def _train(samples, weight: float) -> torch.nn.Module:
     model = _padnet()
     config = TrainConfig(epochs=15, batch_size=4, lr=5e-3, device="cpu", substitution_prob=0.2,
-                         pseudo_label_weight=weight, sampling="image")
+                         pseudo_label_weight=weight, pseudo_label_confidence=0.0, sampling="image")
     loader = make_loader(samples, MODALITIES, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
     fit(model, loader, config)
     return model
