@@ -66,7 +66,7 @@ _RESULT_FIELDS = (
     "dataset", "path", "train_split", "val_split", "modalities", "image_size", "n_images", "val_images",
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
     "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling", "step_budget",
-    "pseudo_label_weight", "pseudo_label_confidence",
+    "pseudo_label_weight", "pseudo_label_confidence", "mtpsl_weight",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
@@ -74,7 +74,7 @@ Tick = Callable[[str], None]
 
 # Result fields added after runs were stored, with the value those runs had: left out of the key at that
 # value, so the stored runs stay valid.
-_LATER_DEFAULTS = {"step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9}
+_LATER_DEFAULTS = {"step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9, "mtpsl_weight": 0.0}
 
 
 def settings_key(config: SimConfig) -> dict[str, Any]:
@@ -107,6 +107,7 @@ def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) ->
         epochs=epochs, batch_size=config.batch_size, lr=config.lr, device=config.device, seed=seed,
         committee=committee, substitution_prob=config.substitution_prob,
         pseudo_label_weight=config.pseudo_label_weight, pseudo_label_confidence=config.pseudo_label_confidence,
+        mtpsl_weight=config.mtpsl_weight,
     )  # fmt: skip
 
 
