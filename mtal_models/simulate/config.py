@@ -59,6 +59,8 @@ class SimConfig:
                       present labels given. Only partially labelled images (``partal``) are affected.
     pseudo_label_confidence: categorical guesses keep the pixels at least this likely
                       (``TrainConfig.pseudo_label_confidence``).
+    pseudo_label_teacher: who guesses: "self" (the network being trained, ramped in) or "previous" (the
+                      previous round's trained network, frozen, at full weight; round 0 has no partial labels).
     mtpsl_weight:     MTPSL cross-task consistency term on partial labels (``TrainConfig.mtpsl_weight``,
                       0 = off, as the backend's ``MTAL_MTPSL_WEIGHT``); only partially labelled images feed it.
     batch_size, lr:   training settings (Adam, poly LR per round).
@@ -94,6 +96,7 @@ class SimConfig:
     substitution_prob: float = 0.0
     pseudo_label_weight: float = 0.0
     pseudo_label_confidence: float = 0.9
+    pseudo_label_teacher: str = "self"
     mtpsl_weight: float = 0.0
     batch_size: int = 16
     lr: float = 1e-3
@@ -132,6 +135,7 @@ class SimConfig:
             ("pseudo_label_weight", self.pseudo_label_weight >= 0, "must be >= 0"),
             ("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "must be in [0, 1]"),
             ("mtpsl_weight", self.mtpsl_weight >= 0, "must be >= 0"),
+            ("pseudo_label_teacher", self.pseudo_label_teacher in ("self", "previous"), "must be 'self' or 'previous'"),
             ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
              "needs substitution_prob > 0 (it trains the label encoders that condition the guesses)"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),

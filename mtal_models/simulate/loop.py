@@ -66,7 +66,7 @@ _RESULT_FIELDS = (
     "dataset", "path", "train_split", "val_split", "modalities", "image_size", "n_images", "val_images",
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
     "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling", "step_budget",
-    "pseudo_label_weight", "pseudo_label_confidence", "mtpsl_weight",
+    "pseudo_label_weight", "pseudo_label_confidence", "pseudo_label_teacher", "mtpsl_weight",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
@@ -74,7 +74,10 @@ Tick = Callable[[str], None]
 
 # Result fields added after runs were stored, with the value those runs had: left out of the key at that
 # value, so the stored runs stay valid.
-_LATER_DEFAULTS = {"step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9, "mtpsl_weight": 0.0}
+_LATER_DEFAULTS = {
+    "step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9,
+    "pseudo_label_teacher": "self", "mtpsl_weight": 0.0,
+}  # fmt: skip
 
 
 def settings_key(config: SimConfig) -> dict[str, Any]:
@@ -302,6 +305,9 @@ class _Run:
 
     def train(self, rnd: int) -> None:
         samples = [self.pool.apply(self.data.pool[i], i) for i in self.pool.labelled_images()]
+        teacher = None
+        if self.config.pseudo_label_weight > 0 and self.config.pseudo_label_teacher == "previous" and rnd > 0:
+            teacher = copy.deepcopy(self.model).eval()
         if self.config.retrain and rnd > 0:
             self.reset_weights()
         steps, epochs = _schedule(self.config.steps_per_round, self.config.epochs_per_round)
@@ -311,7 +317,7 @@ class _Run:
         loader = _train_loader(
             samples, self.data.modalities, self.config.batch_size, config.seed, steps, self.config.sampling
         )
-        fit(self.model, loader, config, sample_weights=self.weights, extra_loss=self.hook)
+        fit(self.model, loader, config, sample_weights=self.weights, extra_loss=self.hook, teacher=teacher)
 
     def row(self, rnd: int, reference: Mapping[str, Any], seconds: float) -> dict[str, Any]:
         metrics = evaluate(self.model, make_loader(self.data.val, self.data.modalities, self.config.batch_size))

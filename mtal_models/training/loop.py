@@ -131,6 +131,7 @@ def train_one_epoch(
     extra_loss: ExtraLoss | None = None,
     mtpsl: MTPSLMapper | None = None,
     generator: torch.Generator | None = None,
+    teacher: MultiTaskNet | None = None,
 ) -> float:
     """One pass over ``loader`` (yielding :class:`Batch`); returns the mean step loss.
 
@@ -138,12 +139,14 @@ def train_one_epoch(
     [B] for ``model.losses``. ``generator`` drives GT substitution (``config.substitution_prob``).
     With ``config.pseudo_label_weight`` > 0, partially labelled samples also learn their missing dense
     modalities from the network's own predictions with their labels given (:mod:`.pseudo`), weighted
-    ``pseudo_label_weight`` x the share of training done.
+    ``pseudo_label_weight`` x the share of training done; with a ``teacher`` network (already trained,
+    e.g. the previous round's), the teacher guesses at the full weight from the first step.
     """
     device = _device_of(model)
     amp = config.use_amp(device)
     names = substitutable(model) if config.substitution_prob > 0 else []
-    anchors = substitutable(model) if config.pseudo_label_weight > 0 else []
+    guesser = model if teacher is None else teacher
+    anchors = substitutable(guesser) if config.pseudo_label_weight > 0 else []
     model.train()
     for aux in (mtpsl, extra_loss):
         if isinstance(aux, nn.Module):
@@ -157,12 +160,12 @@ def train_one_epoch(
         weights = weights_fn(batch) if weights_fn is not None else None
         pseudo = None
         if anchors:
-            pseudo = pseudo_labels(model, batch.images, batch.labels, anchors, config.pseudo_label_confidence)
+            pseudo = pseudo_labels(guesser, batch.images, batch.labels, anchors, config.pseudo_label_confidence)
         with torch.autocast(device_type=device.type, enabled=amp):
             out = model(batch.images, given=given, committee=config.committee)
             loss = total_loss(model, model.losses(out, loss_labels, weights))
             if pseudo is not None:
-                share = ramp(epoch, step, len(loader), config.epochs)
+                share = ramp(epoch, step, len(loader), config.epochs) if teacher is None else 1.0
                 loss = loss + config.pseudo_label_weight * share * total_loss(model, model.losses(out, pseudo))
             if mtpsl is not None and config.mtpsl_weight > 0:
                 loss = loss + config.mtpsl_weight * mtpsl.loss(out, batch.labels)
@@ -263,6 +266,7 @@ def fit(
     sample_weights: SampleWeights | None = None,
     extra_loss: ExtraLoss | None = None,
     until_epoch: int | None = None,
+    teacher: MultiTaskNet | None = None,
 ) -> TrainResult:
     """Train ``model`` (in place) on samples or a DataLoader of Batch; returns a :class:`TrainResult`.
 
@@ -275,6 +279,10 @@ def fit(
                     mapper's when on). Resume with the same set of modules.
     until_epoch:    stop after this epoch (default ``config.epochs``); the LR schedule still spans
                     ``config.epochs``, so a run cut in two and resumed equals one uninterrupted run.
+    teacher:        with ``config.pseudo_label_weight`` > 0, the network whose guesses (its labels given)
+                    train the missing modalities of partially labelled samples; default: the network
+                    being trained, ramped in (:mod:`mtal_models.training.pseudo`). Moved to the device,
+                    never trained.
     Each epoch re-seeds torch and the shuffling generator with ``config.seed + epoch``, so on CPU a
     resumed run reproduces the uninterrupted one exactly.
     """
@@ -293,6 +301,8 @@ def fit(
     aux = [m for m in (mtpsl, extra_loss) if isinstance(m, nn.Module)]
     for m in aux:
         m.to(device)
+    if teacher is not None:
+        teacher.to(device)
     optimizer = make_optimizer(config, [model, *aux])
     scheduler = make_scheduler(config, optimizer, len(loader))
     first = 1
@@ -328,6 +338,7 @@ def fit(
         mean = train_one_epoch(
             model, loader, optimizer, scheduler, config, scaler, epoch,
             weights_fn=weights_fn, progress=record, extra_loss=extra_loss, mtpsl=mtpsl, generator=generator,
+            teacher=teacher,
         )  # fmt: skip
         result.history.append(mean)
         if val_loader is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import mtal_models.simulate.loop as loop
 from mtal_models.simulate import PRESETS, simulate
@@ -38,3 +39,25 @@ def test_pseudo_label_weight_is_a_result_field_that_keeps_older_runs_valid() -> 
     assert loop.settings_key(TINY.replace(mtpsl_weight=0.1))["mtpsl_weight"] == 0.1
     with pytest.raises(ValueError, match="substitution_prob"):
         TINY.replace(substitution_prob=0.0, pseudo_label_weight=1.0)
+
+
+def test_previous_teacher_is_the_last_rounds_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    teachers: list[object] = []
+    real = loop.fit
+
+    def recording(model, loader, config, teacher=None, **kwargs):  # type: ignore[no-untyped-def]
+        teachers.append(None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()})
+        result = real(model, loader, config, teacher=teacher, **kwargs)
+        trained.append({k: v.clone() for k, v in model.state_dict().items()})
+        return result
+
+    trained: list[dict] = []
+    monkeypatch.setattr(loop, "fit", recording)
+    config = TINY.replace(strategies=("partal",), rounds=2, steps_per_round=2, full_steps=2,
+                          substitution_prob=0.2, pseudo_label_weight=1.0, pseudo_label_teacher="previous")
+    simulate(config, tmp_path, progress=False)
+    assert teachers[0] is None and teachers[1] is None  # the reference, round 0: no partial labels
+    for rnd in (2, 3):  # rounds 1 and 2 learn from the network that selected their labels
+        assert all(torch.equal(teachers[rnd][k], trained[rnd - 1][k]) for k in teachers[rnd])
+    with pytest.raises(ValueError, match="pseudo_label_teacher"):
+        TINY.replace(pseudo_label_teacher="oracle")

@@ -128,3 +128,26 @@ def test_fit_learns_from_guesses_only_on_partial_labels() -> None:
     taught, untaught = _train(partial, 1.0), _train(partial, 0.0)
     # the term pulls the plain predictions of the missing modalities towards the conditioned guesses
     assert _guess_gap(taught, partial) < 0.5 * _guess_gap(untaught, partial)
+
+
+def test_a_teacher_guesses_instead_of_the_network_and_is_never_trained() -> None:
+    partial = make_samples(8, present={"depth": True}, size=32)
+    teacher = _train(partial, 0.0)
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    config = TrainConfig(epochs=15, batch_size=4, lr=5e-3, device="cpu", substitution_prob=0.2,
+                         pseudo_label_weight=1.0, pseudo_label_confidence=0.0, sampling="image")
+    student = _padnet()
+    loader = make_loader(partial, MODALITIES, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    fit(student, loader, config, teacher=teacher)
+    assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
+    # the student's plain predictions follow the teacher's guesses, closer than its own untaught twin does
+    batch = collate(partial, MODALITIES)
+    guesses = pseudo_labels(teacher, batch.images, batch.labels, NAMES)
+    assert guesses is not None
+
+    def gap(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            losses = model.eval().losses(model(batch.images), guesses)
+        return float(losses["sem"] + losses["normals"])
+
+    assert gap(student) < 0.5 * gap(_train(partial, 0.0))
