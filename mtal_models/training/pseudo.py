@@ -36,20 +36,18 @@ def pseudo_labels(
     b = images.shape[0]
     dense = [n for n, s in model.modalities.items() if s.dense]
     present = {n: labels.is_present(n, b).to(images.device) for n in dense}
-    anchored = torch.zeros(b, dtype=torch.bool, device=images.device)
-    for n in names:
-        if n in present:
-            anchored |= present[n]
-    missing = {n: anchored & ~present[n] for n in dense}
-    rows = torch.zeros_like(anchored)
-    for m in missing.values():
-        rows |= m
-    if not rows.any():
+    anchors = [present[n] for n in names if n in present]
+    if not anchors:
         return None
-    idx = rows.nonzero(as_tuple=True)[0]
+    anchored = torch.stack(anchors).any(dim=0)
+    missing = {n: anchored & ~present[n] for n in dense}
+    idx = torch.stack(list(missing.values())).any(dim=0).nonzero(as_tuple=True)[0]
+    if idx.numel() == 0:
+        return None
     given_names = [n for n in names if n in labels.values and present[n][idx].any()]
     given = Labels(
-        {n: _rows(labels.values[n], idx) for n in given_names}, {n: present[n][idx] for n in given_names}
+        {n: labels.values[n][idx.to(labels.values[n].device)] for n in given_names},
+        {n: present[n][idx] for n in given_names},
     )
     was_training = model.training
     model.eval()
@@ -77,6 +75,3 @@ def ramp(epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
     """
     return min(1.0, ((epoch - 1) * steps_per_epoch + step) / max(1, epochs * steps_per_epoch))
 
-
-def _rows(value: Tensor, idx: Tensor) -> Tensor:
-    return value[idx.to(value.device)]

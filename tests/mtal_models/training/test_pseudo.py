@@ -101,19 +101,20 @@ def test_config_needs_substitution() -> None:
         TrainConfig(pseudo_label_confidence=1.5)
 
 
-def _train(samples, weight: float) -> torch.nn.Module:
+def _train(samples, weight: float, teacher: torch.nn.Module | None = None) -> torch.nn.Module:
     model = _padnet()
     config = TrainConfig(epochs=15, batch_size=4, lr=5e-3, device="cpu", substitution_prob=0.2,
                          pseudo_label_weight=weight, pseudo_label_confidence=0.0, sampling="image")
     loader = make_loader(samples, MODALITIES, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
-    fit(model, loader, config)
+    fit(model, loader, config, teacher=teacher)
     return model
 
 
-def _guess_gap(model: torch.nn.Module, samples) -> float:
-    """Loss of the plain predictions (no labels given) against the network's own conditioned guesses."""
+def _guess_gap(model: torch.nn.Module, samples, guesser: torch.nn.Module | None = None) -> float:
+    """Loss of ``model``'s plain predictions (no labels given) against the conditioned guesses of
+    ``guesser`` (default: ``model`` itself) on the missing modalities."""
     batch = collate(samples, MODALITIES)
-    guesses = pseudo_labels(model, batch.images, batch.labels, NAMES)
+    guesses = pseudo_labels(guesser or model, batch.images, batch.labels, NAMES)
     assert guesses is not None
     with torch.no_grad():
         losses = model.eval().losses(model(batch.images), guesses)
@@ -134,20 +135,7 @@ def test_a_teacher_guesses_instead_of_the_network_and_is_never_trained() -> None
     partial = make_samples(8, present={"depth": True}, size=32)
     teacher = _train(partial, 0.0)
     frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
-    config = TrainConfig(epochs=15, batch_size=4, lr=5e-3, device="cpu", substitution_prob=0.2,
-                         pseudo_label_weight=1.0, pseudo_label_confidence=0.0, sampling="image")
-    student = _padnet()
-    loader = make_loader(partial, MODALITIES, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
-    fit(student, loader, config, teacher=teacher)
+    student = _train(partial, 1.0, teacher=teacher)
     assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
     # the student's plain predictions follow the teacher's guesses, closer than its own untaught twin does
-    batch = collate(partial, MODALITIES)
-    guesses = pseudo_labels(teacher, batch.images, batch.labels, NAMES)
-    assert guesses is not None
-
-    def gap(model: torch.nn.Module) -> float:
-        with torch.no_grad():
-            losses = model.eval().losses(model(batch.images), guesses)
-        return float(losses["sem"] + losses["normals"])
-
-    assert gap(student) < 0.5 * gap(_train(partial, 0.0))
+    assert _guess_gap(student, partial, teacher) < 0.5 * _guess_gap(_train(partial, 0.0), partial, teacher)
