@@ -151,6 +151,14 @@ def scene_modalities(config: SceneConfig | None = None) -> list[tuple]:
     ]
 
 
+def scene_class_names(config: SceneConfig | None = None) -> dict[str, list[str]]:
+    """Class names by class id of the categorical modalities (what a labeling config would call them):
+    ``semantic`` stuff then objects, ``parts`` background/top/bottom, ``objects`` the object classes."""
+    config = config or SceneConfig()
+    return {"semantic": config.semantic_names, "parts": ["background", "top", "bottom"],
+            "objects": [c.name for c in config.classes]}
+
+
 @dataclass
 class Scene:
     """A rendered scene: ``image`` uint8 [H, W, 3], ``labels`` in :class:`Sample` formats, ``instances``

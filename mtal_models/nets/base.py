@@ -80,11 +80,17 @@ class MultiTaskNet(nn.Module, ABC):
     """Base class: holds the modality specs and fixes the method signatures.
 
     ``substitutable`` names the modalities whose ground truth ``forward(given=...)`` uses (PartAL GT
-    substitution); networks that ignore ``given`` leave it empty.
+    substitution); networks that ignore ``given`` leave it empty. ``conditionable`` is the subset whose
+    label encoders have been trained, i.e. where conditioning at inference means something.
     """
 
     modalities: dict[str, ModalitySpec]
     substitutable: tuple[str, ...] = ()
+
+    @property
+    def conditionable(self) -> tuple[str, ...]:
+        """Modalities whose ``given`` labels change the outputs after training (default: none)."""
+        return ()
 
     def __init__(self, modalities: Mapping[str, ModalitySpec]) -> None:
         super().__init__()

@@ -20,12 +20,22 @@ Design choices:
   keeps the original PAD-Net layers for inference, so the pair blocks are separate modules while the
   refined prediction reuses the final head of task k. The committee members are then predictions of
   the same head from different evidence, and the extra parameters are only the pair SA blocks.
+- Label encoders only mean something once training has substituted labels through them
+  (``substitution_prob`` > 0). The buffer ``encoders_trained`` (bool [K], saved with the weights) records
+  per modality whether a training forward (train mode, gradients on) has passed ground truth through its
+  encoder. Outside training, a ``given`` label whose encoder was never trained is **ignored** (the
+  prediction is unconditioned for that modality) and a warning is logged once per modality:
+  conditioning through random encoders biased PartAL towards completing partly labelled images
+  (semantic entropy 0.726 conditioned against 0.597 unconditioned on depth-only images).
+  ``conditionable`` lists the modalities whose encoders are trained. Weights saved before the buffer
+  existed load with every encoder marked untrained; the next training round marks them.
 - ``losses`` averages the refined losses over j (one committee term per modality, whatever K is) and
   does not apply ``spec.weight`` (w_t): the training loop combines modalities.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +50,8 @@ from mtal_models.nets.config import NetConfig, get_config
 from mtal_models.nets.losses import masked_mean
 
 __all__ = ["PADNet"]
+
+log = logging.getLogger(__name__)
 
 _FUSION_INDEX = 1  # fuse at the stride-8 map (c3)
 _MC_IMAGES_PER_PASS = 4  # MC-dropout: run the heads on about this many images (copies x batch) at once
@@ -75,7 +87,15 @@ class PADNet(MultiTaskNet):
         self.distillation = MultiModalDistillation(names, ch)
         self.final_heads = nn.ModuleList(TaskHead(ch, ch, s.channels, cfg.dropout) for s in specs)
         self.label_encoders = nn.ModuleList(LabelEncoder(s, ch) for s in specs)
+        self.register_buffer("encoders_trained", torch.zeros(len(names), dtype=torch.bool))
+        self.register_load_state_dict_pre_hook(_default_encoders_trained)
+        self._warned: set[str] = set()
         self.committee_blocks = MultiModalDistillation(names, ch)
+
+    @property
+    def conditionable(self) -> tuple[str, ...]:
+        """Modalities whose label encoder has been trained (``given`` labels of the others are ignored)."""
+        return tuple(n for n, i in self._index.items() if bool(self.encoders_trained[i]))
 
     # ---- helpers --------------------------------------------------------------------------------
     def _initial_blocks(self, fused: Tensor) -> dict[str, Tensor]:
@@ -104,8 +124,17 @@ class PADNet(MultiTaskNet):
             if not isinstance(target, Tensor) or target.dim() < 3 or target.shape[0] != batch:
                 shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
                 raise ValueError(f"given modality {name!r}: label must be a tensor with batch {batch}, got {shape}")
-            label_map = label_to_map(self.modalities[name], target.to(device)[idx], size)
-            encoded = self.label_encoders[self._index[name]](label_map)
+            label_map = label_to_map(self.modalities[name], target.to(device)[idx], size)  # validates too
+            i = self._index[name]
+            if self.training and torch.is_grad_enabled():
+                self.encoders_trained[i] = True
+            elif not bool(self.encoders_trained[i]):
+                if name not in self._warned:
+                    self._warned.add(name)
+                    log.warning("PAD-Net: the label encoder of %r was never trained (substitution_prob 0); "
+                                "its given labels are ignored and predictions stay unconditioned", name)
+                continue
+            encoded = self.label_encoders[i](label_map)
             full = encoded.new_zeros((batch, *encoded.shape[1:])).index_put((idx,), encoded)
             out[name] = (mask, full)
         return out
@@ -242,3 +271,10 @@ class PADNet(MultiTaskNet):
         low = {k: torch.cat(v).transpose(0, 1).reshape(batch * n, *v[0].shape[2:]) for k, v in raw.items()}
         full = format_predictions(self.modalities, low, size)
         return {k: v.view(batch, n, *v.shape[1:]) for k, v in full.items()}
+
+
+def _default_encoders_trained(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Weights saved before ``encoders_trained`` existed: load them with every encoder untrained."""
+    key = prefix + "encoders_trained"
+    if key not in state_dict and isinstance(module, PADNet):
+        state_dict[key] = torch.zeros_like(module.encoders_trained)

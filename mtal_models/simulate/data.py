@@ -6,9 +6,10 @@ Synthetic scenes are rendered once at ``image_size`` (pool from ``data_seed``, h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mtal_models.data import LabelPool, Sample, SceneConfig, SyntheticDataset, read_nyud, read_pascal, resize
+from mtal_models.data.synth import scene_class_names
 from mtal_models.modalities import ModalitySpec
 from mtal_models.simulate.config import SimConfig
 
@@ -17,11 +18,14 @@ __all__ = ["SimData", "load_data"]
 
 @dataclass
 class SimData:
-    """pool: N samples with every oracle label; val: the held-out samples; modalities: name -> spec."""
+    """pool: N samples with every oracle label; val: the held-out samples; modalities: name -> spec;
+    class_names: categorical modality -> class names by id, where the dataset names them (BoxMask
+    matches detection to segmentation classes by name)."""
 
     pool: list[Sample]
     val: list[Sample]
     modalities: dict[str, ModalitySpec]
+    class_names: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:
@@ -57,6 +61,7 @@ def load_data(config: SimConfig) -> SimData:
             [_restrict(train[i], names) for i in range(len(train))],
             [_restrict(val[i], names) for i in range(len(val))],
             mods,
+            {k: v for k, v in scene_class_names(scene).items() if k in mods},
         )
     reader = read_nyud if config.dataset == "nyud" else read_pascal
     wanted = list(config.modalities) or None

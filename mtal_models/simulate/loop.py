@@ -174,11 +174,14 @@ def run_reference(config: SimConfig, data: SimData, seed: int, out: Path) -> dic
     return result
 
 
-def _strategy_options(config: SimConfig, name: str, seed: int, rnd: int) -> dict[str, Any]:
-    """Options for ``get_strategy``: ``mc_samples`` and a per-(seed, round) ``seed`` where the factory takes
-    them, then the config's ``strategy_options[name]``."""
+def _strategy_options(config: SimConfig, name: str, seed: int, rnd: int,
+                      class_names: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+    """Options for ``get_strategy``: ``mc_samples``, a per-(seed, round) ``seed`` and the data's
+    ``class_names`` where the factory takes them, then the config's ``strategy_options[name]``."""
     params = inspect.signature(STRATEGIES[name]).parameters
     opts: dict[str, Any] = {}
+    if "class_names" in params and class_names:
+        opts["class_names"] = dict(class_names)
     if "mc_samples" in params:
         opts["mc_samples"] = config.mc_samples
     if "seed" in params:
@@ -213,7 +216,8 @@ class _Run:
         self.dir = out / "runs" / name / f"seed{seed}"
         self.names = list(data.modalities)
         self.model = _build_model(config, data.modalities, seed)
-        self.probe = get_strategy(name, **_strategy_options(config, name, seed, 0)) if name != "ll4al" else None
+        probe_opts = _strategy_options(config, name, seed, 0, data.class_names)
+        self.probe = get_strategy(name, **probe_opts) if name != "ll4al" else None
         self.committee = bool(self.probe is not None and self.probe.needs.committee)
         self.hook: nn.Module | None = None
         if name == "ll4al":
@@ -281,12 +285,11 @@ class _Run:
 
     # ---- one round ---------------------------------------------------------------------------
     def _strategy(self, rnd: int) -> Strategy:
-        opts = _strategy_options(self.config, self.name, self.seed, rnd)
+        opts = _strategy_options(self.config, self.name, self.seed, rnd, self.data.class_names)
         if self.hook is not None:
             opts["module"] = self.hook.module
         strategy = get_strategy(self.name, **opts)
-        if self.strategy_state:  # empty before the first selection (nothing frozen yet)
-            strategy.load_state(self.strategy_state)
+        strategy.load_state(self.strategy_state)  # empty before the first selection (nothing frozen yet)
         return strategy
 
     def select(self, rnd: int) -> int:

@@ -115,7 +115,8 @@ class Strategy(ABC):
         return {}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state` returned (default: nothing to restore)."""
+        """Restore what :meth:`state` returned (default: nothing to restore). An empty ``state`` means
+        "nothing stored yet" (a project's first ranking, a simulation's first round) and must be accepted."""
         return None
 
     def __repr__(self) -> str:

@@ -16,13 +16,19 @@ S_seg (eq. 3): fraction of pixels outside the union of BoxMasks whose argmax is 
 from a detection class (0 if no pixel is outside). Final score (Algorithm 1, line 13):
 ``S = S_seg + max_box (1 - S_loc + S_cls)``; with no box the max is 0.
 
-Class mapping: ``det_to_seg[c]`` is the segmentation class of detection class c; the default is
-c -> c + 1 (seg class 0 = background).
+Class mapping: ``det_to_seg[c]`` is the segmentation class of detection class c, or -1 when the
+segmentation has no class for it. Build it **by class name** with :func:`det_to_seg_by_name` (the
+backend from the project's labeling config, the simulator from its dataset's class table). A detection
+class mapped to -1 adds no S_loc/S_cls (its boxes have no BoxMask to check) and no seg class to S_seg.
+Without a mapping the fallback is c -> c + 1, i.e. the segmentation's classes are ``["background",
+*detection classes]`` in the same order; any other layout needs the mapping, or boxes are checked
+against the wrong class.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +36,7 @@ from torch import Tensor
 
 from mtal_models.modalities import unpack_detections
 
-__all__ = ["box_crops", "default_det_to_seg", "mtc_image_score", "mtc_scores"]
+__all__ = ["box_crops", "default_det_to_seg", "det_to_seg_by_name", "mtc_image_score", "mtc_scores"]
 
 _EPS = 1e-6
 
@@ -38,6 +44,15 @@ _EPS = 1e-6
 def default_det_to_seg(det_classes: int) -> Tensor:
     """Detection class c -> segmentation class c + 1 (seg class 0 = background). long [C_det]."""
     return torch.arange(det_classes, dtype=torch.long) + 1
+
+
+def det_to_seg_by_name(det_names: Sequence[str], seg_names: Sequence[str]) -> Tensor:
+    """long [C_det]: for each detection class name, the id of the segmentation class of the same name
+    (compared case-insensitively, surrounding blanks ignored), -1 when there is none."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(seg_names):
+        index.setdefault(str(name).strip().casefold(), i)
+    return torch.tensor([index.get(str(n).strip().casefold(), -1) for n in det_names], dtype=torch.long)
 
 
 def box_crops(box: Tensor, height: int, width: int) -> tuple[int, int, int, int]:
@@ -70,8 +85,9 @@ def mtc_image_score(
         raise ValueError(f"boxmask: crops {tuple(crop_probs.shape)} do not match {n} boxes x {c_seg} seg classes")
     if det_probs.shape[0] != n or labels.shape[0] != n:
         raise ValueError(f"boxmask: {n} boxes but {labels.shape[0]} labels and {det_probs.shape[0]} distributions")
-    if det_to_seg.numel() and (int(det_to_seg.max()) >= c_seg or int(det_to_seg.min()) < 0):
-        raise ValueError(f"boxmask: det_to_seg maps to seg classes outside [0, {c_seg}): {det_to_seg.tolist()}")
+    if det_to_seg.numel() and (int(det_to_seg.max()) >= c_seg or int(det_to_seg.min()) < -1):
+        raise ValueError(f"boxmask: det_to_seg maps to seg classes outside [0, {c_seg}) (or -1): {det_to_seg.tolist()}")
+    mapped = det_to_seg >= 0  # [C_det]
     argmax = seg_probs.argmax(dim=0)
     combined = torch.zeros(h, w, dtype=torch.bool, device=seg_probs.device)
     s_loc = seg_probs.new_zeros(n)
@@ -81,6 +97,8 @@ def mtc_image_score(
         if not 0 <= c < det_to_seg.numel():
             raise ValueError(f"boxmask: detection class {c} has no seg class in det_to_seg (size {det_to_seg.numel()})")
         seg_c = int(det_to_seg[c])
+        if seg_c < 0:  # no segmentation class of this name: nothing to compare the box with
+            continue
         x1, y1, x2, y2 = box_crops(boxes[b], h, w)
         crop = F.interpolate(crop_probs[b : b + 1, seg_c : seg_c + 1].float(), size=(y2 - y1, x2 - x1),
                              mode="bilinear", align_corners=False)[0, 0]
@@ -92,7 +110,8 @@ def mtc_image_score(
             continue
         s_loc[b] = 1.0 - (argmax[bm] == seg_c).float().mean()
         p_tilde = torch.full((c_seg,), _EPS, dtype=seg_probs.dtype, device=seg_probs.device)
-        p_tilde[det_to_seg] = det_probs[b].to(seg_probs.dtype).clamp_min(_EPS)
+        p_tilde.index_put_((det_to_seg[mapped],), det_probs[b][mapped].to(seg_probs.dtype).clamp_min(_EPS),
+                           accumulate=True)
         p_tilde = p_tilde / p_tilde.sum()
         p_pix = seg_probs[:, bm].clamp_min(_EPS)  # [C, |BM|]
         lp, lq = p_pix.log(), p_tilde.log()[:, None]
@@ -101,9 +120,10 @@ def mtc_image_score(
         combined |= bm
     outside = ~combined
     object_classes = torch.zeros(c_seg, dtype=torch.bool, device=seg_probs.device)
-    object_classes[det_to_seg] = True
+    object_classes[det_to_seg[mapped]] = True
     s_seg = object_classes[argmax][outside].float().mean() if outside.any() else seg_probs.new_zeros(())
-    best_box = (s_loc + s_cls).max() if n else seg_probs.new_zeros(())
+    checked = mapped[labels.long()] if n else labels.new_zeros(0, dtype=torch.bool)
+    best_box = (s_loc + s_cls)[checked].max() if bool(checked.any()) else seg_probs.new_zeros(())
     return {"score": s_seg + best_box, "s_seg": s_seg, "s_loc": s_loc, "s_cls": s_cls}
 
 

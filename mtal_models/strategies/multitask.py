@@ -32,7 +32,7 @@ BoxMask (``boxmask``): MTC score of :mod:`~mtal_models.strategies.mtc`, image-le
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -43,7 +43,7 @@ from mtal_models.strategies.base import BatchOutputs, Needs, PoolScores, Strateg
 from mtal_models.strategies.baselines import require
 from mtal_models.strategies.consistency import committee_inconsistency
 from mtal_models.strategies.diversity import AutoEncoder, nearest_distance, pool_head_features, train_autoencoder
-from mtal_models.strategies.mtc import mtc_scores
+from mtal_models.strategies.mtc import det_to_seg_by_name, mtc_scores
 from mtal_models.strategies.selection import Selection, check_labelled, select_images
 from mtal_models.strategies.uncertainty import MinMaxNormalizer
 
@@ -105,8 +105,12 @@ class MTAL(Strategy):
         self.autoencoder: AutoEncoder | None = None
         self.ae_history: list[float] = []
         uses_div = mode != "inconsistency"
+        # unconditioned: the paper's PAD-Net has no GT substitution, and a labelled image scored through its
+        # own encoded labels runs a path that training never fits (a substituted modality has no loss), which
+        # gave labelled images inconsistencies ~4x the unlabelled maximum and distorted the pool min-max
         self.needs = Needs(
-            committee=mode != "diversity", embeddings="head" if uses_div else None, labelled=uses_div
+            committee=mode != "diversity", embeddings="head" if uses_div else None, labelled=uses_div,
+            conditioned=False,
         )
 
     def score_batch(self, out: BatchOutputs) -> PoolScores:
@@ -183,7 +187,11 @@ def resolve_det_seg(modalities: Mapping[str, ModalitySpec], det: str | None, seg
 class BoxMask(Strategy):
     """MTC det+seg consistency (higher = more inconsistent = label first); crops re-segmented by the net.
 
-    det_to_seg: long [C_det] seg class of each detection class (default c -> c + 1).
+    class_names: modality -> class names by class id (the backend's labeling config, a dataset's class
+    table); the detection classes are matched to segmentation classes **by name**
+    (:func:`~mtal_models.strategies.mtc.det_to_seg_by_name`), and a detection class with no segmentation
+    class of that name adds no S_loc/S_cls. det_to_seg: long [C_det] explicit mapping instead (-1 = none).
+    With neither, c -> c + 1 (segmentation = background + the detection classes in order).
     min_score: detections below this confidence are ignored. Crops from the net are logits.
     """
 
@@ -197,21 +205,38 @@ class BoxMask(Strategy):
         seg: str | None = None,
         min_score: float = 0.0,
         crop_size: int = 64,
+        class_names: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if not 0.0 <= tau < 1.0:
             raise ValueError(f"boxmask: tau must be in [0, 1), got {tau}")
+        if det_to_seg is not None and class_names is not None:
+            raise ValueError("boxmask: give det_to_seg or class_names, not both")
         self.tau, self.det, self.seg, self.min_score = tau, det, seg, min_score
         self.det_to_seg = None if det_to_seg is None else torch.as_tensor(det_to_seg, dtype=torch.long)
+        self.class_names = None if class_names is None else {k: list(v) for k, v in class_names.items()}
         self.needs = Needs(crops=True, crop_size=crop_size, crop_source=det)
 
+    def mapping(self, modalities: Mapping[str, ModalitySpec]) -> tuple[str, str, Tensor | None]:
+        """(detection modality, segmentation modality, det_to_seg long [C_det] or None for c -> c + 1)."""
+        det, seg = resolve_det_seg(modalities, self.det, self.seg)
+        n_det = modalities[det].channels
+        mapping = self.det_to_seg
+        if self.class_names is not None:
+            names = {m: self.class_names.get(m) for m in (det, seg)}
+            bad = [m for m, v in names.items() if v is None or len(v) != modalities[m].channels]
+            if bad:
+                raise ValueError(f"boxmask: class_names must name every class of {bad} "
+                                 f"(channels {[modalities[m].channels for m in bad]}), got {self.class_names}")
+            mapping = det_to_seg_by_name(names[det], names[seg])
+        if mapping is not None and mapping.numel() != n_det:
+            raise ValueError(f"boxmask: det_to_seg has {mapping.numel()} entries, {det!r} has {n_det} classes")
+        return det, seg, mapping
+
     def score_batch(self, out: BatchOutputs) -> PoolScores:
-        det, seg = resolve_det_seg(out.modalities, self.det, self.seg)
+        det, seg, mapping = self.mapping(out.modalities)
         if det not in out.final or seg not in out.final:
             raise ValueError(f"boxmask: outputs lack {det!r} or {seg!r}; have {sorted(out.final)}")
-        n_det = out.modalities[det].channels
-        if self.det_to_seg is not None and self.det_to_seg.numel() != n_det:
-            raise ValueError(f"boxmask: det_to_seg has {self.det_to_seg.numel()} entries, {det!r} has {n_det} classes")
-        return mtc_scores(out.final[seg], out.final[det], out.crops, self.det_to_seg, self.tau, self.min_score)
+        return mtc_scores(out.final[seg], out.final[det], out.crops, mapping, self.tau, self.min_score)
 
     def select(self, pool: Mapping[str, Tensor], labelled: Mapping[str, Tensor], budget: int) -> Selection:
         require(self.name, pool, ["score"], labelled)

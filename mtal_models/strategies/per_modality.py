@@ -112,6 +112,11 @@ class PartAL(Strategy):
         return {"normalizer": self.normalizer.to_dict()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the frozen constants; an empty state (a project's first ranking, nothing stored yet)
+        keeps a fresh normaliser, which the first :meth:`select` fits."""
+        if not state:
+            self.normalizer = MinMaxNormalizer(clip=self.normalizer.clip)
+            return
         if "normalizer" not in state:
             raise ValueError(f"{self.name}: state has no 'normalizer' entry; keys: {sorted(state)}")
         self.normalizer = MinMaxNormalizer.from_dict(state["normalizer"])

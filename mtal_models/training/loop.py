@@ -41,6 +41,7 @@ __all__ = [
     "substitute_labels",
     "train_one_epoch",
     "weights_for",
+    "without_conditioned",
 ]
 
 Progress = Callable[[int, int, float], None]
@@ -91,6 +92,21 @@ def substitute_labels(
     given = Labels({n: labels.values[n] for n in chosen}, {n: m.to(device) for n, m in chosen.items()})
     loss_present = {n: (p & ~chosen[n].to(p.device)) if n in chosen else p for n, p in labels.present.items()}
     return given, Labels(dict(labels.values), loss_present)
+
+
+def without_conditioned(batch: Batch, given: Labels) -> Batch:
+    """``batch`` with every label of the samples that had some label ``given`` marked absent.
+
+    What an ``extra_loss`` sees: its targets must come from unconditioned forwards. A sample with a
+    substituted label ran every head through that label's encoding (a path the task losses do not fit for
+    the substituted modality, and a conditioned one for the others), so LL4AL's "true loss" of such a
+    sample is not the loss the network would have on it at selection time."""
+    b = batch.images.shape[0]
+    conditioned = torch.zeros(b, dtype=torch.bool, device=batch.images.device)
+    for name in given.values:
+        conditioned |= given.is_present(name, b).to(conditioned.device)
+    present = {n: p & ~conditioned.to(p.device) for n, p in batch.labels.present.items()}
+    return Batch(batch.images, Labels(dict(batch.labels.values), present), batch.ids)
 
 
 def weights_for(
@@ -170,7 +186,7 @@ def train_one_epoch(
             if mtpsl is not None and config.mtpsl_weight > 0:
                 loss = loss + config.mtpsl_weight * mtpsl.loss(out, batch.labels)
             if extra_loss is not None:
-                loss = loss + extra_loss(out, batch)
+                loss = loss + extra_loss(out, batch if given is None else without_conditioned(batch, given))
         if not amp and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)

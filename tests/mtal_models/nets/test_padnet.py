@@ -121,6 +121,7 @@ def test_mc_samples_without_dropout_equal_forward(images: torch.Tensor) -> None:
     chunking and sample-major reordering), also with per-sample GT substitution."""
     torch.manual_seed(0)
     model = build_network("padnet", MODALITIES, get_config("tiny", dropout=0.0)).eval()
+    model.encoders_trained.fill_(True)  # as after training with substitution
     batch = torch.cat([images, images.flip(0), images * 0.5])  # 6 distinct images: several chunks
     given = Labels({"depth": make_label(MODALITIES["depth"], 6)}, {"depth": torch.tensor([1, 0, 1, 0, 0, 1]) > 0})
     with torch.no_grad():
@@ -190,7 +191,10 @@ def test_adam_steps_lower_the_loss() -> None:
     assert after < 0.8 * before, (before, after)
 
 
-def test_gt_substitution_changes_other_modalities_per_sample(net: PADNet, images: torch.Tensor) -> None:
+def test_gt_substitution_changes_other_modalities_per_sample(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    net = build_network("padnet", MODALITIES, "tiny").eval()
+    net.encoders_trained.fill_(True)  # as after training with substitution
     given = Labels({"depth": make_label(MODALITIES["depth"], B, seed=7)}, {"depth": torch.tensor([True, False])})
     plain, cond = net(images), net(images, given=given)
     for name in ("semantic", "edges", "normals"):
@@ -199,6 +203,36 @@ def test_gt_substitution_changes_other_modalities_per_sample(net: PADNet, images
     torch.testing.assert_close(plain.initial["depth"], cond.initial["depth"])  # initial = before substitution
     mc = net.mc_samples(images, 2, given=given)
     assert mc["normals"].shape == (B, 2, 3, H, W)
+
+
+def test_untrained_label_encoders_are_not_conditioned_through(images: torch.Tensor,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh network (or one trained with substitution_prob 0) ignores given labels, with a warning;
+    a training forward with given labels marks that modality's encoder, and the mark survives a reload."""
+    torch.manual_seed(0)
+    net = build_network("padnet", MODALITIES, "tiny")
+    assert net.conditionable == ()
+    given = Labels({"depth": make_label(MODALITIES["depth"], B, seed=7)}, {"depth": torch.ones(B, dtype=torch.bool)})
+    net.eval()
+    with caplog.at_level("WARNING", logger="mtal_models.nets.padnet"):
+        plain, cond = net(images), net(images, given=given)
+    for name in MODALITIES:
+        torch.testing.assert_close(plain.final[name], cond.final[name])
+    assert "never trained" in caplog.text and "'depth'" in caplog.text
+    net.train()
+    net(images, given=given)  # a training forward: the encoder is in the graph
+    with torch.no_grad():
+        net(images, given=Labels({"normals": make_label(MODALITIES["normals"], B)},
+                                  {"normals": torch.ones(B, dtype=torch.bool)}))  # no gradients: not training
+    assert net.conditionable == ("depth",)
+    net.eval()
+    assert not torch.allclose(net(images).final["normals"], net(images, given=given).final["normals"])
+    fresh = build_network("padnet", MODALITIES, "tiny")
+    fresh.load_state_dict(net.state_dict())
+    assert fresh.conditionable == ("depth",)
+    old = {k: v for k, v in net.state_dict().items() if k != "encoders_trained"}  # saved before the flag existed
+    fresh.load_state_dict(old)
+    assert fresh.conditionable == ()
 
 
 def tilted_planes(batch: int, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,6 +301,7 @@ def test_bad_images_raise(net: PADNet, bad: torch.Tensor, match: str) -> None:
 
 
 def test_bad_given_and_n_raise(net: PADNet, images: torch.Tensor) -> None:
+    assert net.conditionable == ()  # bad labels raise whether or not the encoders were trained
     with pytest.raises(ValueError, match="'elevation'"):
         net(images, given=Labels({"elevation": torch.zeros(B, 1, H, W)}, {"elevation": torch.ones(B, dtype=bool)}))
     with pytest.raises(ValueError, match="'normals'.*\\[B, 3, H, W\\]"):

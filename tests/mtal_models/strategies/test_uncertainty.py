@@ -92,7 +92,9 @@ def test_partal_round_two_uses_round_one_constants_after_json_round_trip() -> No
     assert torch.allclose(sel.pair_scores["depth"], torch.tensor([0.4, 1.5, 0.5]))
     assert sel.pairs == [(1, "depth"), (2, "depth")]  # (2, "sem") is labelled
     with pytest.raises(ValueError, match="normalizer"):
-        round2.load_state({})
+        round2.load_state({"other": 1})
+    round2.load_state({})  # nothing stored yet (a project's first ranking): a fresh normaliser
+    assert round2.normalizer.fitted == []
 
 
 def test_partal_per_round_normalisation_refits_on_each_rounds_unlabelled_pairs() -> None:
