@@ -27,6 +27,7 @@ from backend.labeling import ProjectSchema, parse_label_config
 from backend.predict import predict_tasks
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
+from backend.trainrank import strategy_for
 
 __all__ = ["MTALModel", "ModelSetupError", "Trainer", "load_schema", "schema_compatible"]
 
@@ -125,8 +126,13 @@ class MTALModel:
 
     # ---- the LS contract -----------------------------------------------------------------------
     def setup(self) -> str:
-        """Remember the labeling config and make sure a compatible version exists; returns it."""
+        """Remember the labeling config and make sure a compatible version exists; returns it. A
+        ``MTAL_STRATEGY`` that cannot rank this config is refused here (ModelSetupError, a 422 at /setup)."""
         schema = self.schema
+        try:
+            strategy_for(self.settings, schema)
+        except ValueError as e:
+            raise ModelSetupError(f"MTAL_STRATEGY={self.settings.strategy!r}: {e}") from e
         info = self.store.project_info(self.project_id)
         if info.get("label_config") != self.label_config:
             self.store.save_project_info(

@@ -23,7 +23,7 @@ from backend.settings import Settings
 from backend.spool import ResultSpool
 from backend.store import ModelStore, version_number
 from mtal_models.data.sample import Sample, collate
-from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
+from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy, resolve_det_seg
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
 __all__ = ["RankContext", "loss_weights", "prepare_tasks", "prune_predictions", "rank_tasks", "strategy_for",
@@ -49,6 +49,9 @@ def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
         raise ValueError("strategy 'boxmask' needs boxes and masks (a RectangleLabels tag and a segmentation tag)")
     if name.startswith("mtal") and name != "mtal_diversity" and schema.network != "padnet":
         raise ValueError(f"strategy {name!r} needs PAD-Net's committee (dense-only labeling configs)")
+    if name == "boxmask":  # boxes are checked against the segmentation class of the same label name
+        det, seg = resolve_det_seg(schema.modalities, None, None)
+        return get_strategy(name, class_names={m: schema.class_names(m) for m in (det, seg)})
     return get_strategy(name)
 
 

@@ -246,8 +246,9 @@ def build_metric(spec: ModalitySpec, **options: Any) -> ModalityMetric:
 class MetricSet:
     """One accumulator per modality plus the mean multi-task loss.
 
-    ``update(final, labels_values, labels_present, loss=None, n=B)``; ``compute()`` gives
-    ``{modality: {metric: value}, "multi_task_loss": mean loss per sample}``.
+    ``update(final, labels_values, labels_present, loss=None, n=B, total_loss=None)``; ``compute()`` gives
+    ``{modality: {metric: value}, "multi_task_loss": mean loss per sample}`` plus ``"total_loss"`` (mean
+    per sample) when any batch gave one (the training objective, e.g. with PAD-Net's initial heads).
     """
 
     def __init__(self, modalities: Mapping[str, ModalitySpec], **binary_options: Any) -> None:
@@ -257,6 +258,8 @@ class MetricSet:
         }
         self._loss_sum = 0.0
         self._loss_n = 0
+        self._total_sum = 0.0
+        self._total_n = 0
 
     def update(
         self,
@@ -265,6 +268,7 @@ class MetricSet:
         present: Mapping[str, Tensor],
         loss: float | None = None,
         n: int = 0,
+        total_loss: float | None = None,
     ) -> None:
         for name, metric in self.metrics.items():
             if name not in values or name not in present:
@@ -275,10 +279,15 @@ class MetricSet:
         if loss is not None:
             self._loss_sum += float(loss) * n
             self._loss_n += n
+        if total_loss is not None:
+            self._total_sum += float(total_loss) * n
+            self._total_n += n
 
     def compute(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: m.compute() for name, m in self.metrics.items()}
         out["multi_task_loss"] = self._loss_sum / self._loss_n if self._loss_n else math.nan
+        if self._total_n:
+            out["total_loss"] = self._total_sum / self._total_n
         return out
 
 

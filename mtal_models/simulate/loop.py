@@ -38,7 +38,7 @@ from mtal_models.nets import build_network, choose_network
 from mtal_models.nets.base import MultiTaskNet
 from mtal_models.simulate.config import SimConfig
 from mtal_models.simulate.data import SimData
-from mtal_models.simulate.score import flat_metrics, task_scores
+from mtal_models.simulate.score import flat_metrics, mdsq_score, task_scores
 from mtal_models.strategies import (
     STRATEGIES,
     LossPredictionModule,
@@ -333,6 +333,8 @@ class _Run:
             **flat_metrics(metrics, self.data.modalities),
             **{f"score_{m}": v for m, v in scores.items() if m != "multi_task"},
             "mt_score": scores["multi_task"], "seconds": round(seconds, 2),
+            **({} if (dsq := mdsq_score(metrics, reference, self.data.modalities)) is None
+               else {"mdsq": dsq}),
         }  # fmt: skip
 
     def run(self, reference: Mapping[str, Any], tick: Tick) -> list[dict[str, Any]]:

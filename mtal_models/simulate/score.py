@@ -13,9 +13,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mtal_models.metrics import mdsq
 from mtal_models.modalities import ModalitySpec
 
-__all__ = ["HIGHER_IS_BETTER", "flat_metrics", "headline", "labels_to_target", "task_scores"]
+__all__ = ["HIGHER_IS_BETTER", "flat_metrics", "headline", "labels_to_target", "mdsq_score", "task_scores"]
 
 HIGHER_IS_BETTER = {"miou": True, "f1": True, "odsf": True, "map": True, "rmse": False, "mean_angle": False}
 
@@ -50,10 +51,28 @@ def task_scores(
 
 
 def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySpec]) -> dict[str, float]:
-    """``{"<modality>_<headline metric>": value, "multi_task_loss": value}`` for CSV rows."""
+    """``{"<modality>_<headline metric>": value, "multi_task_loss": value, "total_loss": value}`` for CSV
+    rows (the papers' final-stage loss, and the training objective with PAD-Net's initial heads)."""
     row = {f"{n}_{headline(s)}": _value(metrics, s) for n, s in modalities.items()}
     row["multi_task_loss"] = float(metrics.get("multi_task_loss", math.nan))
+    row["total_loss"] = float(metrics.get("total_loss", math.nan))
     return row
+
+
+def mdsq_score(metrics: Mapping[str, Any], reference: Mapping[str, Any],
+               modalities: Mapping[str, ModalitySpec]) -> float | None:
+    """MTC's mDSQ = (mAP / mAP_full + mIoU / mIoU_full) / 2 against the full-data ``reference``, for a
+    det+seg set (one detection and one segmentation modality); None for other modality sets, NaN when a
+    value is missing or a reference is 0."""
+    det = [n for n, s in modalities.items() if s.kind == "detection"]
+    seg = [n for n, s in modalities.items() if s.kind == "segmentation"]
+    if len(det) != 1 or len(seg) != 1:
+        return None
+    try:
+        return mdsq(float(metrics[det[0]]["map"]), float(metrics[seg[0]]["miou"]),
+                    float(reference[det[0]]["map"]), float(reference[seg[0]]["miou"]))
+    except (KeyError, TypeError, ValueError):
+        return math.nan
 
 
 def labels_to_target(labels: Sequence[float], scores: Sequence[float], target: float) -> float | None:

@@ -210,8 +210,10 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: MultiTaskNet, loader: DataLoader, **binary_options: Any) -> dict[str, Any]:
-    """``{modality: {metric: value}, "multi_task_loss": mean Σ_t w_t L_t per sample}`` in eval mode.
+    """``{modality: {metric: value}, "multi_task_loss": ..., "total_loss": ...}`` in eval mode.
 
+    ``multi_task_loss`` is the papers' figure: mean per sample of Σ_t w_t L_t on the **final** predictions.
+    ``total_loss`` is what training minimises (PAD-Net adds the initial heads' losses, about twice as much).
     Metrics use the final predictions without any ``given`` labels; see :mod:`mtal_models.metrics`.
     ``binary_options`` (``tolerance``, ``n_thresholds``) go to the binary/odsF accumulators.
     """
@@ -223,8 +225,11 @@ def evaluate(model: MultiTaskNet, loader: DataLoader, **binary_options: Any) -> 
         for batch in loader:
             batch = batch.to(device)
             out = model(batch.images)
-            loss = total_loss(model, model.losses(out, batch.labels))
-            metrics.update(out.final, batch.labels.values, batch.labels.present, float(loss), len(batch.ids))
+            total = total_loss(model, model.losses(out, batch.labels))
+            final_only = MultiTaskOutput(final=out.final, pooled=out.pooled, extras=out.extras)
+            loss = total_loss(model, model.losses(final_only, batch.labels))
+            metrics.update(out.final, batch.labels.values, batch.labels.present, float(loss), len(batch.ids),
+                           total_loss=float(total))
     finally:
         model.train(was_training)
     return metrics.compute()

@@ -90,7 +90,7 @@ def _ll4al_targets(substitution_prob: float) -> dict[str, list[float]]:
         values = true_losses(out, batch)
         used = torch.stack([batch.labels.is_present(n, len(batch.ids)) for n in batch.labels.values]).any(0)
         for i in used.nonzero(as_tuple=True)[0].tolist():
-            seen.setdefault(batch.ids[i], []).append(float(values[i]))
+            seen.setdefault(batch.ids[i], []).append(float(values[i].detach()))
         return values
 
     hook = make_ll4al_extra_loss(LossPredictionModule(8), sample_losses=recording)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mtal_models.data.sample import collate
+from mtal_models.nets import build_network
 from mtal_models.training import TrainConfig, evaluate, fit, make_loader, substitute_labels, weights_for
 from tests.mtal_models.training.helpers import MODALITIES, TinyNet, make_samples
 
@@ -40,11 +41,30 @@ def test_fit_lowers_loss_on_fixed_batch_and_reports_progress() -> None:
     assert result.history[-1] < result.history[0]
 
 
+def test_multi_task_loss_is_the_final_stage_loss_and_total_adds_padnets_initial_heads() -> None:
+    """The papers' multi-task loss is Σ_t w_t L_t(final); PAD-Net trains initial + final (``total_loss``)."""
+    torch.manual_seed(0)
+    net = build_network("padnet", MODALITIES, "tiny")
+    samples = make_samples(4)
+    metrics = evaluate(net, make_loader(samples, MODALITIES, 4))
+    batch = collate(samples, MODALITIES)
+    net.eval()
+    with torch.no_grad():
+        out = net(batch.images)
+        final = sum(MODALITIES[n].weight * MODALITIES[n].loss(out.final[n], batch.labels.values[n],
+                                                              batch.labels.present[n]).mean() for n in MODALITIES)
+        initial = sum(MODALITIES[n].weight * MODALITIES[n].loss(out.initial[n], batch.labels.values[n],
+                                                                batch.labels.present[n]).mean() for n in MODALITIES)
+    assert metrics["multi_task_loss"] == pytest.approx(float(final), rel=1e-4)
+    assert metrics["total_loss"] == pytest.approx(float(final + initial), rel=1e-4)
+
+
 def test_validation_metrics_per_epoch() -> None:
     samples = make_samples(4)
     result = fit(_net(), samples[:2], TrainConfig(**{**CFG.to_dict(), "epochs": 2}), val=samples[2:])
     assert len(result.val) == 2
-    assert set(result.val[0]) == {"sem", "depth", "normals", "multi_task_loss"}
+    assert set(result.val[0]) == {"sem", "depth", "normals", "multi_task_loss", "total_loss"}
+    assert result.val[0]["total_loss"] == pytest.approx(result.val[0]["multi_task_loss"])  # no initial heads
     assert 0.0 <= result.val[-1]["sem"]["miou"] <= 1.0
     assert result.val[-1]["depth"]["rmse"] >= 0
     assert 0.0 <= result.val[-1]["normals"]["mean_angle"] <= 180.0
