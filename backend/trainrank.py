@@ -23,6 +23,7 @@ from backend.settings import Settings
 from backend.spool import ResultSpool
 from backend.store import ModelStore, version_number
 from mtal_models.data.sample import Sample, collate
+from mtal_models.metrics import mdsq_score
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy, resolve_det_seg
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
@@ -91,6 +92,9 @@ def train_version(
     if val:
         loader = make_loader(list(val), model.modalities, config.batch_size)
         metrics["val"] = _json_safe(evaluate(model, loader))
+        parent_val = (meta.get("metrics") or {}).get("val")
+        if parent_val and (dsq := _mdsq_or_none(metrics["val"], parent_val, model.modalities)) is not None:
+            metrics["mdsq_vs_parent"] = dsq  # MTC's mDSQ with the parent version as the reference (> 1: better)
     new_meta = {k: v for k, v in meta.items() if k not in _VERSION_KEYS}
     new_meta.update(initial=False, source=f"trained on {len(train)} tasks", metrics=metrics, strategy=strategy.name)
     tmp = store.tmp_dir(project) / f"train-{uuid.uuid4().hex}.pt"
@@ -255,6 +259,13 @@ def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: Proj
         spec = model.modalities[name]
         preds[name] = (spec.activate(value[i : i + 1])[0] if spec.dense else value[i]).float().cpu().numpy()
     return predictions_to_results(preds, schema, p.height, p.width, requested=None, input_size=(size, size))
+
+
+def _mdsq_or_none(val: Mapping[str, Any], reference: Mapping[str, Any], modalities: Mapping[str, Any]) -> float | None:
+    """mDSQ of ``val`` against ``reference`` metrics for a det+seg network; None when not det+seg or a
+    figure is missing or zero (an untrained parent has mAP 0)."""
+    dsq = mdsq_score(val, reference, modalities)
+    return dsq if dsq is not None and math.isfinite(dsq) else None
 
 
 def _json_safe(value: Any) -> Any:

@@ -46,6 +46,7 @@ __all__ = [
     "SegmentationMetric",
     "build_metric",
     "mdsq",
+    "mdsq_score",
 ]
 
 
@@ -296,3 +297,20 @@ def mdsq(map_: float, miou: float, map_full: float, miou_full: float) -> float:
     if map_full <= 0 or miou_full <= 0:
         raise ValueError(f"mdsq: full-supervision references must be > 0, got mAP={map_full}, mIoU={miou_full}")
     return (map_ / map_full + miou / miou_full) / 2
+
+
+def mdsq_score(metrics: Mapping[str, Any], reference: Mapping[str, Any],
+               modalities: Mapping[str, ModalitySpec]) -> float | None:
+    """MTC's mDSQ = (mAP / mAP_full + mIoU / mIoU_full) / 2 against the full-data ``reference``, for a
+    det+seg set (one detection and one segmentation modality); None for other modality sets, NaN when a
+    value is missing or a reference is 0."""
+    det = [n for n, s in modalities.items() if s.kind == "detection"]
+    seg = [n for n, s in modalities.items() if s.kind == "segmentation"]
+    if len(det) != 1 or len(seg) != 1:
+        return None
+    try:
+        return mdsq(float(metrics[det[0]]["map"]), float(metrics[seg[0]]["miou"]),
+                    float(reference[det[0]]["map"]), float(reference[seg[0]]["miou"]))
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mtal_models.metrics import mdsq
+from mtal_models.metrics import mdsq_score
 from mtal_models.modalities import ModalitySpec
 
 __all__ = ["HIGHER_IS_BETTER", "flat_metrics", "headline", "labels_to_target", "mdsq_score", "task_scores"]
@@ -57,22 +57,6 @@ def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySp
     row["multi_task_loss"] = float(metrics.get("multi_task_loss", math.nan))
     row["total_loss"] = float(metrics.get("total_loss", math.nan))
     return row
-
-
-def mdsq_score(metrics: Mapping[str, Any], reference: Mapping[str, Any],
-               modalities: Mapping[str, ModalitySpec]) -> float | None:
-    """MTC's mDSQ = (mAP / mAP_full + mIoU / mIoU_full) / 2 against the full-data ``reference``, for a
-    det+seg set (one detection and one segmentation modality); None for other modality sets, NaN when a
-    value is missing or a reference is 0."""
-    det = [n for n, s in modalities.items() if s.kind == "detection"]
-    seg = [n for n, s in modalities.items() if s.kind == "segmentation"]
-    if len(det) != 1 or len(seg) != 1:
-        return None
-    try:
-        return mdsq(float(metrics[det[0]]["map"]), float(metrics[seg[0]]["miou"]),
-                    float(reference[det[0]]["map"]), float(reference[seg[0]]["miou"]))
-    except (KeyError, TypeError, ValueError):
-        return math.nan
 
 
 def labels_to_target(labels: Sequence[float], scores: Sequence[float], target: float) -> float | None:

@@ -142,3 +142,15 @@ def test_mdsq() -> None:
     assert mdsq(0.3, 0.4, 0.6, 0.8) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         mdsq(0.3, 0.4, 0.0, 0.8)
+
+
+def test_mdsq_score_only_for_det_seg_sets() -> None:
+    from mtal_models.metrics import mdsq_score
+    from mtal_models.modalities import build_modalities
+
+    detseg = build_modalities([("sem", "segmentation", 3), ("boxes", "detection", 2)])
+    metrics = {"sem": {"miou": 0.4}, "boxes": {"map": 0.3}}
+    reference = {"sem": {"miou": 0.8}, "boxes": {"map": 0.6}}
+    assert mdsq_score(metrics, reference, detseg) == pytest.approx(0.5)
+    assert math.isnan(mdsq_score(metrics, {"sem": {"miou": 0.8}, "boxes": {"map": 0.0}}, detseg))
+    assert mdsq_score(metrics, reference, build_modalities([("sem", "segmentation", 3)])) is None

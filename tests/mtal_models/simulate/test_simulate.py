@@ -14,6 +14,7 @@ import mtal_models.simulate.loop as loop
 from mtal_models.modalities import ModalitySpec
 from mtal_models.simulate import PRESETS, SimConfig, initial_images, labels_to_target, load_config, simulate
 from mtal_models.simulate.cli import main
+from mtal_models.simulate.data import load_data
 from mtal_models.simulate.score import task_scores
 
 TINY = PRESETS["tiny"]
@@ -243,3 +244,18 @@ def test_nyud_reader_path_loads_and_resizes(tmp_path: Path) -> None:
     assert list(data.modalities) == list(TINY.modalities)
     with pytest.raises(ValueError, match="edges"):
         load_data(config.replace(modalities=("semantic", "edges")))
+
+
+def test_detseg_run_reports_mdsq_and_boxmask_matches_classes_by_name(tmp_path: Path) -> None:
+    """A det+seg set (semantic + object boxes): every row carries MTC's mDSQ against the seed's reference,
+    and BoxMask runs with the scenes' class table (detection class "ball" is semantic class "ball", which
+    sits after the three stuff classes, not at c + 1)."""
+    config = TINY.replace(modalities=("semantic", "objects"), strategies=("random", "boxmask"), image_size=64,
+                          n_images=12, val_images=4, budget=4, lr=1e-3)
+    result = simulate(config, tmp_path, progress=False)
+    assert {r["strategy"] for r in result.rows} == {"random", "boxmask"}
+    assert all("mdsq" in r for r in result.rows) and "mdsq" in _csv(tmp_path / "metrics.csv")[0]
+    data = load_data(config)
+    strategy = loop.get_strategy("boxmask", **loop._strategy_options(config, "boxmask", 0, 1, data.class_names))
+    _, _, mapping = strategy.mapping(data.modalities)
+    assert mapping is not None and mapping.tolist() == list(range(3, 3 + data.modalities["objects"].channels))
