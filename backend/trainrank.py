@@ -24,11 +24,11 @@ from backend.spool import ResultSpool
 from backend.store import ModelStore, version_number
 from mtal_models.data.sample import Sample, collate
 from mtal_models.metrics import mdsq_score
-from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy, resolve_det_seg
+from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
-__all__ = ["RankContext", "loss_weights", "prepare_tasks", "prune_predictions", "rank_tasks", "strategy_for",
-           "train_version"]
+__all__ = ["RankContext", "boxmask_modalities", "loss_weights", "prepare_tasks", "prune_predictions", "rank_tasks",
+           "strategy_for", "train_version"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
@@ -51,9 +51,21 @@ def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
     if name.startswith("mtal") and name != "mtal_diversity" and schema.network != "padnet":
         raise ValueError(f"strategy {name!r} needs PAD-Net's committee (dense-only labeling configs)")
     if name == "boxmask":  # boxes are checked against the segmentation class of the same label name
-        det, seg = resolve_det_seg(schema.modalities, None, None)
-        return get_strategy(name, class_names={m: schema.class_names(m) for m in (det, seg)})
+        det, seg = boxmask_modalities(schema)
+        return get_strategy(name, det=det, seg=seg, class_names={m: schema.class_names(m) for m in (det, seg)})
     return get_strategy(name)
+
+
+def boxmask_modalities(schema: ProjectSchema) -> tuple[str, str]:
+    """(detection, segmentation) modality BoxMask compares: the config's detection tag, and of its
+    segmentation tags the one sharing the most label names with it (the first in config order on a tie)."""
+    dets = [m for m, s in schema.modalities.items() if s.kind == "detection"]
+    segs = [m for m, s in schema.modalities.items() if s.kind == "segmentation"]
+    if len(dets) != 1 or not segs:
+        raise ValueError(f"strategy 'boxmask' needs one detection and a segmentation tag; have {dets} and {segs}")
+    boxes = {n.strip().casefold() for n in schema.class_names(dets[0])}
+    shared = {m: len(boxes & {n.strip().casefold() for n in schema.class_names(m)}) for m in segs}
+    return dets[0], max(segs, key=lambda m: (shared[m], -segs.index(m)))
 
 
 def train_version(

@@ -230,3 +230,16 @@ def test_labelled_tasks_mtal_scores_stay_within_the_unlabelled_range(tmp_path: P
     cond, _ = scores(strategy)
     assert any(float(v[ids.index(t)]) != pytest.approx(float(v[ids.index(100 + t)]), rel=1e-5)
                for v in cond.values() for t in labelled)
+
+
+def test_boxmask_picks_the_segmentation_tag_that_shares_the_box_labels() -> None:
+    config = ('<View><Image name="image" value="$image"/>'
+              '<BrushLabels name="stuff" toName="image"><Label value="road"/><Label value="sky"/></BrushLabels>'
+              '<PolygonLabels name="things" toName="image"><Label value="Car"/><Label value="person"/></PolygonLabels>'
+              '<RectangleLabels name="boxes" toName="image"><Label value="car"/><Label value="person"/>'
+              '</RectangleLabels></View>')
+    schema = load_schema(config)
+    strategy = strategy_for(Settings(strategy="boxmask"), schema)
+    det, seg, mapping = strategy.mapping(schema.modalities)
+    assert (det, seg) == ("boxes", "things")
+    assert mapping.tolist() == [1, 2]  # "car" -> "Car" (case-insensitive), "person" -> "person"; 0 = background

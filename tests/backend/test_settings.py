@@ -93,9 +93,18 @@ def test_image_cache_defaults_under_the_model_dir() -> None:
     assert Settings.from_env({"MTAL_CACHE_DIR": "/tmp/c"}).cache_dir == Path("/tmp/c")
 
 
-def test_backend_auto_uses_mtal_unweighted_for_dense_projects() -> None:
+AUTO_DENSE = "mtal_unweighted"  # the README's measured choice
+
+
+def test_backend_auto_strategy_per_network() -> None:
+    from backend.model import load_schema
     from backend.trainrank import strategy_for
 
-    assert strategy_for(Settings(), SimpleNamespace(network="padnet")).name == "mtal_unweighted"
-    assert strategy_for(Settings(strategy="mtal"), SimpleNamespace(network="padnet")).name == "mtal"
-    assert strategy_for(Settings(), SimpleNamespace(network="detseg")).name == "boxmask"
+    dense = load_schema('<View><Image name="image" value="$image"/><BrushLabels name="sem" toName="image">'
+                        '<Label value="a"/></BrushLabels></View>')
+    boxes = load_schema('<View><Image name="image" value="$image"/><BrushLabels name="sem" toName="image">'
+                        '<Label value="a"/></BrushLabels><RectangleLabels name="obj" toName="image">'
+                        '<Label value="a"/></RectangleLabels></View>')
+    assert strategy_for(Settings(), dense).name == AUTO_DENSE
+    assert strategy_for(Settings(strategy="mtal"), dense).name == "mtal"
+    assert strategy_for(Settings(), boxes).name == "boxmask"
