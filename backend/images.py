@@ -45,14 +45,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import jwt  # PyJWT, a dependency of label-studio-sdk (which detects tokens the same way)
 import numpy as np
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from backend.netguard import is_public, public_only_session
+from backend.netguard import UnsafeURL, is_public, parse_http_url, public_only_session
 
 __all__ = ["CLOUD_SCHEMES", "ImageError", "ImageFetcher", "jwt_claims"]
 
@@ -143,10 +143,11 @@ class _LSAuth:
         return access
 
 
-def _origin(url: str) -> tuple[str, str, int]:
-    p = urlsplit(url)
-    port = p.port or (443 if p.scheme == "https" else 80)
-    return p.scheme.lower(), (p.hostname or "").lower(), port
+def _origin(url: str) -> tuple[str, str, int] | None:
+    try:
+        return parse_http_url(url).origin
+    except UnsafeURL:
+        return None
 
 
 class ImageFetcher:
@@ -164,8 +165,11 @@ class ImageFetcher:
         token_scheme: str = "Token",
     ) -> None:
         self.ls_url = ls_url.rstrip("/") if ls_url else None
-        if self.ls_url and urlsplit(self.ls_url).scheme not in ("http", "https"):
-            raise ValueError(f"ls_url must be an http(s) URL, got {ls_url!r}")
+        if self.ls_url:
+            try:
+                parse_http_url(self.ls_url)
+            except UnsafeURL as e:
+                raise ValueError(f"ls_url must be a plain http(s) URL, got {ls_url!r}: {e}") from None
         self.ls_token = ls_token
         self.allow_hosts = tuple(h.lower().strip() for h in allow_hosts if h.strip())
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -264,25 +268,28 @@ class ImageFetcher:
         return self.ls_url
 
     def _is_ls(self, url: str) -> bool:
-        return bool(self.ls_url) and _origin(url) == _origin(self.ls_url or "")
+        origin = _origin(url)
+        return bool(self.ls_url) and origin is not None and origin == _origin(self.ls_url or "")
 
     def _allowed_host(self, host: str) -> bool:
         return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) for a in self.allow_hosts)
 
-    def _check_target(self, original: str, target: str, via_presign: bool) -> tuple[bool, bool]:
-        """Raise unless ``target`` may be fetched; returns (send the LS token, connect to public peers only)."""
-        parts = urlsplit(target)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ImageError(f"{original}: refused URL {target!r} (only http(s) with a host)")
-        if self._is_ls(target):
-            return True, False
-        host = parts.hostname.lower()
+    def _check_target(self, original: str, target: str, via_presign: bool) -> tuple[str, bool, bool]:
+        """Raise unless ``target`` may be fetched; returns (the URL to send, as parsed and rebuilt by
+        :func:`backend.netguard.parse_http_url`; send the LS token; connect to public peers only)."""
+        try:
+            parsed = parse_http_url(target)
+        except UnsafeURL as e:
+            raise ImageError(f"{original}: refused URL: {e}") from None
+        if self.ls_url and parsed.origin == _origin(self.ls_url):
+            return parsed.url, True, False
+        host = parsed.host
         allowed = self._allowed_host(host)
         if not allowed and not via_presign:
             raise ImageError(f"{original}: host {host!r} is neither the Label Studio host nor in the allowed hosts")
         if not allowed:
-            self._check_public(original, host, parts.port or (443 if parts.scheme == "https" else 80))
-        return False, not allowed
+            self._check_public(original, host, parsed.port)
+        return parsed.url, False, not allowed
 
     @staticmethod
     def _check_public(original: str, host: str, port: int) -> None:
@@ -301,7 +308,7 @@ class ImageFetcher:
         retried = False
         hops = 0
         while hops <= _MAX_REDIRECTS:
-            send_token, public_only = self._check_target(original, target, via_presign)
+            target, send_token, public_only = self._check_target(original, target, via_presign)
             headers = {"Accept": "*/*"}
             auth = self._auth.header(self.ls_url or "", original) if send_token else None
             if auth:
@@ -323,12 +330,12 @@ class ImageFetcher:
                     if not location:
                         raise ImageError(f"{original}: redirect without Location")
                     # only LS's presign endpoint may send us to a non-allow-listed (public) host
-                    via_presign = "/presign/" in urlsplit(target).path and self._is_ls(target)
+                    via_presign = "/presign/" in parse_http_url(target).path and self._is_ls(target)
                     target = urljoin(target, location)
                     hops += 1
                     continue
                 if resp.status_code != 200:
-                    raise ImageError(f"{original}: HTTP {resp.status_code} from {urlsplit(target).hostname}")
+                    raise ImageError(f"{original}: HTTP {resp.status_code} from {parse_http_url(target).host}")
                 return self._read_limited(original, resp)
         raise ImageError(f"{original}: more than {_MAX_REDIRECTS} redirects")
 
