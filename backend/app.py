@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ from backend.webhook_http import WebhookFastPath
 __all__ = ["ApiError", "create_app", "parse_project_id"]
 
 log = logging.getLogger(__name__)
+# a project reference: "<id>" or "<id>.<created_ts>"; fullmatch, ASCII only (no trailing newline)
+_PROJECT_REF = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,64})(?:\.[0-9]{1,20}(?:\.[0-9]{1,9})?)?")
 FetcherFactory = Callable[[str | None, str | None], Any]
 
 
@@ -64,10 +67,10 @@ def parse_project_id(value: Any, field: str = "project") -> str:
         value = str(value)
     if not isinstance(value, str):
         raise ApiError(400, f"field {field!r} must be a string or integer, got {type(value).__name__}")
-    pid = value.split(".", 1)[0].strip()
-    if not pid or not pid.replace("_", "").replace("-", "").isalnum() or len(pid) > 64 or not pid.isascii():
-        raise ApiError(400, f"field {field!r}: {value!r} is not a project id ('<id>' or '<id>.<created_ts>')")
-    return pid
+    m = _PROJECT_REF.fullmatch(value)
+    if m is None:
+        raise ApiError(400, f"field {field!r}: {value[:80]!r} is not a project id ('<id>' or '<id>.<created_ts>')")
+    return m["id"]
 
 
 def _body() -> dict[str, Any]:

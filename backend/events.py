@@ -79,13 +79,18 @@ def handle_webhook(
     payload: Any,
     coordinator: Coordinator,
     threshold_for: Callable[[str], int],
+    project_id: str | None = None,
 ) -> WebhookResult:
-    """Route one webhook payload. Raises EventError for malformed payloads."""
+    """Route one webhook payload. Raises EventError for malformed payloads.
+
+    project_id: the id the caller validated (``backend.app.parse_project_id``); it is the one used for
+    every key and job, never the raw ``payload["project"]["id"]`` (``"7\\n"``, ``"7.<nonce>"``)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
         raise EventError("webhook payload must be a JSON object with a string 'action'")
     action = payload["action"]
     project = payload.get("project")
-    project_id = str(project.get("id")) if isinstance(project, dict) and project.get("id") is not None else None
+    if project_id is None and isinstance(project, dict) and project.get("id") is not None:
+        project_id = str(project.get("id"))
 
     if action == "START_TRAINING":
         if project_id is None:

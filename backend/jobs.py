@@ -20,6 +20,7 @@ rank_job(project)
 from __future__ import annotations
 
 import logging
+import re
 import time
 import zlib
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ def _run(stage: str, project: Any, body: Any) -> Any:
     """Run ``body(ctx, project)``; on failure record the error (the state machine gives the label
     counts back and honours follow-ups) and re-raise so RQ keeps the traceback too."""
     project = str(project)
+    if not re.fullmatch(r"[0-9]{1,20}", project):  # a Label Studio project id; never "7\n" (int() accepts it)
+        raise ValueError(f"{stage}: {project[:40]!r} is not a Label Studio project id")
     ctx = None
     try:
         ctx = JobContext.create()

@@ -41,7 +41,7 @@ class QueueTrainer:
     def submit(self, project_id: str, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
         threshold = self.threshold(project_id)
         # threshold 0: annotations are counted for /status but never trigger a run by themselves
-        result = handle_webhook(dict(data), self.coordinator, lambda p: threshold or 2**31)
+        result = handle_webhook(dict(data), self.coordinator, lambda p: threshold or 2**31, project_id=project_id)
         return result.to_dict()
 
     def state(self) -> dict[str, Any]:

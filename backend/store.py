@@ -44,8 +44,8 @@ from mtal_models.atomic import atomic_write
 __all__ = ["LoadedModel", "ModelStore", "StoreError", "atomic_write_bytes", "atomic_write_json", "version_number"]
 
 log = logging.getLogger(__name__)
-_PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_VERSION_RE = re.compile(r"^mtal-(?P<project>[A-Za-z0-9_-]+)-v(?P<n>\d+)-(?P<hash>[0-9a-f]{8})$")
+_PROJECT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always fullmatch: "$" lets "7\n" through
+_VERSION_RE = re.compile(r"mtal-(?P<project>[A-Za-z0-9_-]+)-v(?P<n>[0-9]+)-(?P<hash>[0-9a-f]{8})")
 
 # (checkpoint path, device) -> network in eval mode
 ModelLoader = Callable[[Path, str], torch.nn.Module]
@@ -57,7 +57,7 @@ class StoreError(ValueError):
 
 def version_number(name: str, project: str) -> int | None:
     """N of a version name ``mtal-<project>-v<N>-<hash8>`` of ``project``; None for any other name."""
-    m = _VERSION_RE.match(name)
+    m = _VERSION_RE.fullmatch(name)
     return int(m["n"]) if m and m["project"] == project else None
 
 
@@ -113,7 +113,7 @@ class ModelStore:
     def project_dir(self, project: str, create: bool = False) -> Path:
         """``root/<project>``; ``project`` must be 1-64 of ``[A-Za-z0-9_-]`` (no path tricks)."""
         project = str(project)
-        if not _PROJECT_RE.match(project):
+        if not _PROJECT_RE.fullmatch(project):
             raise StoreError(f"project id must be 1-64 letters, digits, '_' or '-', got {project!r}")
         path = self.root / project
         if create:
@@ -145,7 +145,8 @@ class ModelStore:
         """Project ids that have a current version."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if _PROJECT_RE.match(p.name) and (p / "CURRENT").is_file())
+        dirs = self.root.iterdir()
+        return sorted(p.name for p in dirs if _PROJECT_RE.fullmatch(p.name) and (p / "CURRENT").is_file())
 
     def current(self, project: str) -> str | None:
         """The current version of ``project``, or None before its first version."""
@@ -211,7 +212,7 @@ class ModelStore:
         digest = _sha256(src)
         with self._write_lock(project) as pdir:
             vdir = pdir / "versions"
-            numbers = [int(m["n"]) for p in vdir.glob("mtal-*.json") if (m := _VERSION_RE.match(p.stem))]
+            numbers = [int(m["n"]) for p in vdir.glob("mtal-*.json") if (m := _VERSION_RE.fullmatch(p.stem))]
             number = max(numbers, default=0) + 1
             version = f"mtal-{project}-v{number}-{digest[:8]}"
             parent = self.current(project)
