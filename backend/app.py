@@ -31,7 +31,7 @@ from backend.loop import QueueTrainer
 from backend.model import ModelSetupError, MTALModel, Trainer
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
-from backend.webhook_http import WebhookFastPath
+from backend.webhook_http import BodyRefused, RequestGuard, internal_error, parse_object
 
 __all__ = ["ApiError", "create_app", "parse_project_id"]
 
@@ -51,7 +51,8 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, str]:
         """The JSON error body: ``{"error": <reason>, "message": <text>}``."""
-        names = {400: "Bad Request", 422: "Unprocessable Entity"}
+        names = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+                 422: "Unprocessable Entity", 503: "Service Unavailable"}
         return {"error": names.get(self.status, "Error"), "message": self.message}
 
 
@@ -74,10 +75,14 @@ def parse_project_id(value: Any, field: str = "project") -> str:
 
 
 def _body() -> dict[str, Any]:
-    data = request.get_json(force=True, silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return data
+    """The request body as a JSON object (the content type and size were checked by
+    :class:`backend.webhook_http.RequestGuard`; nesting too deep is a 400 too)."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, got {request.mimetype or '(none)'!r}")
+    try:
+        return parse_object(request.get_data(cache=True))
+    except BodyRefused as e:
+        raise ApiError(e.status, e.message) from None
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
@@ -163,6 +168,7 @@ def create_app(
         trainer = QueueTrainer(settings, store)
     state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
     app = Flask("mtal-backend")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["mtal"] = state
     m = state.metrics
@@ -207,9 +213,8 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _crash(e: Exception) -> tuple[Response, int]:
-        log.exception("unhandled error in %s %s", request.method, request.path)
         m.errors.inc()
-        return jsonify(error="Internal Server Error", message=f"{type(e).__name__}: {e}"), 500
+        return jsonify(internal_error(f"{request.method} {request.path}")), 500
 
     @app.get("/health")
     def health() -> Response:
@@ -218,7 +223,8 @@ def create_app(
             try:
                 out["queue"] = state.trainer.state()
             except Exception as e:  # the queue being down must not fail the health check
-                out["queue"] = {"error": f"{type(e).__name__}: {e}"}
+                log.warning("/health: queue state unavailable: %s", e)
+                out["queue"] = {"error": "queue unavailable (see the server log)"}
             versions = {p: store.current(p) for p in store.projects()}
             out["model_versions"] = versions  # per project; a single project's also as model_version
             out["model_version"] = next(iter(versions.values())) if len(versions) == 1 else None
@@ -315,14 +321,18 @@ def create_app(
             raise ApiError(400, "query parameter 'project' is required, e.g. /status?project=3")
         pid = parse_project_id(raw)
         report = getattr(state.trainer, "status", None)
-        out: dict[str, Any] = report(pid) if report else {"project": pid, "state": "unknown"}
+        try:
+            out: dict[str, Any] = report(pid) if report else {"project": pid, "state": "unknown"}
+            out["queue"] = state.trainer.state()
+        except Exception as e:  # Redis down: say so, without its internals
+            log.warning("/status: queue unavailable: %s", e)
+            raise ApiError(503, "the training queue (Redis) is unavailable; see the server log") from None
         out["current_version"] = store.current(pid)
-        out["queue"] = state.trainer.state()
         return jsonify(out)
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions() -> Response:
-        body = request.get_json(force=True, silent=True) if request.method == "POST" else None
+        body = _body() if request.method == "POST" and request.content_length else None
         raw = request.args.get("project") or (body.get("project") if isinstance(body, dict) else None)
         projects = [parse_project_id(raw)] if raw else store.projects()
         try:
@@ -340,7 +350,10 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(m.registry), mimetype=CONTENT_TYPE_LATEST)
 
-    app.wsgi_app = WebhookFastPath(app.wsgi_app, webhook_fast, credentials_ok, m)  # type: ignore[method-assign]
+    app.wsgi_app = RequestGuard(  # type: ignore[method-assign]
+        app.wsgi_app, webhook_fast, credentials_ok, m, max_body=settings.max_body_bytes,
+        read_timeout=settings.body_read_timeout,
+    )
     return app
 
 

@@ -28,6 +28,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from backend.netguard import redact
 from backend.queueing import QUEUE_NAME, QueueHandle
 
 __all__ = ["Coordinator"]
@@ -168,6 +169,7 @@ class Coordinator:
 
     def fail(self, project: int | str, error: str) -> bool:
         """The run failed: record the error, give the counts back. Returns True on a follow-up."""
+        error = redact(error)
         log.error("project %s: run failed: %s", project, error)
         self.redis.hset(self._keys(project)[0], mapping={"error": error[:2000], "failed_at": time.time()})
         return self._end(project, failed=True)

@@ -21,6 +21,7 @@ IPv4-compatible, 6to4, Teredo, NAT64 ``64:ff9b::/96``) public too.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import LocationParseError, NewConnectionError
 from urllib3.util import parse_url
 
-__all__ = ["HttpTarget", "UnsafeURL", "is_public", "parse_http_url", "public_only_session"]
+__all__ = ["HttpTarget", "RedactingFilter", "UnsafeURL", "is_public", "parse_http_url", "public_only_session", "redact"]
 
 MAX_URL_LENGTH = 8192
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -195,3 +196,36 @@ def public_only_session() -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+# ---- secrets out of logs and status texts ---------------------------------------------------------
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,20}://)[^/@\s'\"]*@")
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:[a-z0-9_-]*(?:sig|signature|token|key|credential|password|secret|policy)[a-z0-9_-]*"
+    r"|x-amz-[a-z-]+|x-goog-[a-z-]+|se|sp|sv|st|skoid|sktid))=[^&;#\s'\"]*"
+)
+_AUTH_HEADER = re.compile(r"(?i)\b(token|bearer|basic)\s+[a-z0-9._~+/=-]{8,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with URL passwords (``redis://:pw@host``), signed-URL parameters (``X-Amz-Signature=``,
+    ``sig=``, ``token=``...) and ``Token``/``Bearer``/``Basic`` credentials replaced by ``***``."""
+    text = _USERINFO.sub(r"\1***@", text)
+    text = _SECRET_PARAM.sub(r"\1=***", text)
+    return _AUTH_HEADER.sub(r"\1 ***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that passes every record through :func:`redact` (message and traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave the record to the formatter
+            return True
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

@@ -67,6 +67,9 @@ class Settings:
     keep_prediction_versions [MTAL_KEEP_PREDICTION_VERSIONS] (2: after a ranking, the predictions of
     MTAL's versions of the project other than the new one and the newest before it are deleted from
     Label Studio; 0 = delete nothing).
+    Limits (hostile input; see README "Reliability and security"):
+    max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
+    body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body.
     worker_nice [MTAL_WORKER_NICE] (10, 0..19): how much lower the CPU priority of the thread that runs
     the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
     on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
@@ -102,6 +105,8 @@ class Settings:
     set_sampling: bool = True
     keep_prediction_versions: int = 2
     worker_nice: int = 10
+    max_body_bytes: int = 32 * 1024 * 1024
+    body_read_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -129,6 +134,8 @@ class Settings:
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be >= 1, got {value}")
+        if self.max_body_bytes < 1024 or not self.body_read_timeout > 0:
+            raise SettingsError("MTAL_MAX_BODY_BYTES must be >= 1024 and MTAL_BODY_READ_TIMEOUT > 0")
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -240,12 +247,20 @@ class Settings:
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
             keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 2),
             worker_nice=get_int("MTAL_WORKER_NICE", 10),
+            max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
+            body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),
         )
 
     def configure_logging(self) -> None:
         """Set the root log level (handlers are left to gunicorn / the caller)."""
+        from backend.netguard import RedactingFilter
+
         logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger().setLevel(self.log_level)
+        root = logging.getLogger()
+        root.setLevel(self.log_level)
+        for handler in root.handlers:  # no REDIS_URL passwords, tokens or presigned URLs in the logs
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 def _parse_pairs(name: str, raw: str | None) -> dict[str, str]:

@@ -8,6 +8,7 @@ coordinator's keys and the queued jobs)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -23,7 +24,7 @@ from backend.loop import QueueTrainer
 from backend.queueing import QUEUE_NAME, QueueHandle
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
-from tests.backend.test_loop import CONFIG, annotation_event
+from tests.backend.test_loop import annotation_event
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
 
@@ -32,6 +33,28 @@ def _settings(tmp_path: Path, **kw: Any) -> Settings:
     base: dict[str, Any] = {"model_dir": tmp_path / "models", "net_config": "tiny", "image_size": 64,
                             "device": "cpu", "train_threshold": 1}
     return Settings(**{**base, **kw})
+
+
+class _Explosive(io.RawIOBase):
+    """A wsgi.input that fails the test when anything reads it."""
+
+    def read(self, *_: Any) -> bytes:
+        raise AssertionError("the body was read")
+
+    readinto = read  # type: ignore[assignment]
+
+
+def _raw_environ(path: str = "/webhook", length: int = 10, ctype: str = "application/json", **extra: Any) -> dict:
+    env = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "CONTENT_LENGTH": str(length), "CONTENT_TYPE": ctype,
+           "wsgi.input": _Explosive(), "SERVER_NAME": "x", "SERVER_PORT": "1", "wsgi.url_scheme": "http"}
+    env.update(extra)
+    return env
+
+
+def _call(app: Flask, environ: dict) -> tuple[int, dict[str, Any]]:
+    got: list[str] = []
+    body = b"".join(app.wsgi_app(environ, lambda status, headers, *a: got.append(status)))
+    return int(got[0].split()[0]), json.loads(body)
 
 
 def _app(settings: Settings) -> tuple[Flask, fakeredis.FakeRedis]:
@@ -102,3 +125,101 @@ def test_jobs_refuse_ids_that_are_not_ls_ids(bad: str) -> None:
     for job in (jobs.train_job, jobs.rank_job):
         with pytest.raises(ValueError, match="not a Label Studio project id"):
             job(bad)
+
+
+# ---- defect 6: the webhook fast path -----------------------------------------------------------------
+def test_webhook_authenticates_before_reading_the_body(tmp_path: Path) -> None:
+    app, conn = _app(_settings(tmp_path, basic_auth_user="ls", basic_auth_pass="pw"))
+    for path in ("/webhook", "/predict", "/setup"):
+        status, body = _call(app, _raw_environ(path, length=10_000_000))
+        assert status == 401 and body["error"] == "Unauthorized"
+    assert _state_keys(conn) == []
+
+
+@pytest.mark.parametrize("path", ["/webhook", "/predict", "/setup", "/train"])
+def test_oversized_body_refused_before_reading(tmp_path: Path, path: str) -> None:
+    app, _ = _app(_settings(tmp_path, max_body_bytes=4096))
+    status, body = _call(app, _raw_environ(path, length=4097))
+    assert status == 413 and "MTAL_MAX_BODY_BYTES" in body["message"]
+
+
+@pytest.mark.parametrize("path", ["/webhook", "/predict", "/setup", "/train"])
+@pytest.mark.parametrize("extra", [{"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked"},
+                                   {"CONTENT_LENGTH": "12abc"}, {"CONTENT_LENGTH": "-1"}])
+def test_chunked_or_bad_length_refused(tmp_path: Path, path: str, extra: dict) -> None:
+    app, _ = _app(_settings(tmp_path))
+    status, body = _call(app, _raw_environ(path, **extra))
+    assert status == 411 and body["error"] == "Length Required"
+
+
+@pytest.mark.parametrize("path", ["/webhook", "/predict", "/setup", "/train"])
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""])
+def test_cross_site_content_types_refused(app_conn: tuple[Flask, fakeredis.FakeRedis], path: str, ctype: str) -> None:
+    """A browser may POST text/plain / form bodies cross-site without a preflight: refuse them (defect 10)."""
+    app, conn = app_conn
+    payload = json.dumps({"action": "START_TRAINING", "project": {"id": 7}, "tasks": [], "schema": "<View/>"})
+    r = app.test_client().post(path, data=payload, content_type=ctype or None)
+    assert r.status_code == 415 and r.is_json and "application/json" in r.get_json()["message"]
+    assert _state_keys(conn) == []
+
+
+@pytest.mark.parametrize("path", ["/webhook", "/predict", "/setup", "/train", "/versions"])
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a":' * 50_000, b"\xff\xfe{}", b'{"a": 1'])
+def test_bad_json_is_a_json_400(app_conn: tuple[Flask, fakeredis.FakeRedis], path: str, raw: bytes) -> None:
+    app, _ = app_conn
+    r = app.test_client().post(path, data=raw, content_type="application/json")
+    assert r.status_code == 400 and r.is_json, r.get_data()[:200]
+
+
+def test_slow_drip_body_is_cut_at_the_read_deadline(tmp_path: Path) -> None:
+    """A real socket (werkzeug's threaded server): a client dripping its body loses the thread after
+    ``MTAL_BODY_READ_TIMEOUT`` seconds and gets a JSON 408."""
+    import socket
+    import threading
+    import time
+
+    from werkzeug.serving import make_server
+
+    app, _ = _app(_settings(tmp_path, body_read_timeout=1.0))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sock = socket.create_connection(server.server_address, timeout=10)
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")
+        t0 = time.monotonic()
+        sock.settimeout(0.25)
+        answer = b""
+        while time.monotonic() - t0 < 8 and b"\r\n\r\n" not in answer:
+            with contextlib.suppress(OSError):
+                sock.sendall(b" ")
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                continue
+        elapsed = time.monotonic() - t0
+        sock.close()
+    finally:
+        server.shutdown()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert 0.9 < elapsed < 4.0
+
+
+# ---- defect 9: no exception internals in 500 bodies ------------------------------------------------
+def test_500_body_has_no_internals(tmp_path: Path) -> None:
+    class Boom:
+        def submit(self, *_: Any) -> dict[str, Any]:
+            raise RuntimeError("redis://:hunter2@10.0.0.5:6379 went away")
+
+        def state(self) -> dict[str, Any]:
+            raise RuntimeError("redis://:hunter2@10.0.0.5:6379 went away")
+
+    s = _settings(tmp_path)
+    app = create_app(s, store=ModelStore(s.model_dir, device="cpu"), trainer=Boom())  # type: ignore[arg-type]
+    client = app.test_client()
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    assert r.status_code == 500 and r.is_json and "error id" in r.get_json()["message"]
+    r2 = client.get("/status", query_string={"project": 7})
+    r3 = client.get("/health")
+    for resp in (r, r2, r3):
+        assert "hunter2" not in resp.get_data(as_text=True) and "RuntimeError" not in resp.get_data(as_text=True)
