@@ -29,6 +29,7 @@ from backend.images import ImageFetcher
 from backend.labeling import LabelConfigError
 from backend.loop import QueueTrainer
 from backend.model import ModelSetupError, MTALModel, Trainer
+from backend.netguard import UnsafeURL, parse_http_url
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 from backend.webhook_http import BodyRefused, RequestGuard, internal_error, parse_object
@@ -132,9 +133,14 @@ class _State:
         self._lock = threading.Lock()
 
     def fetcher(self, project_id: str) -> Any:
-        """Image fetcher for a project: LABEL_STUDIO_URL/API_KEY, else what /setup sent."""
+        """Image fetcher for a project: LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY (or /setup's token);
+        without LABEL_STUDIO_URL, /setup's hostname with /setup's token only: the configured key is never
+        sent to a host other than LABEL_STUDIO_URL."""
         url, token = self.connections.get(project_id, (None, None))
-        key = (self.settings.label_studio_url or url, self.settings.label_studio_api_key or token)
+        if self.settings.label_studio_url:
+            key = (self.settings.label_studio_url, self.settings.label_studio_api_key or token)
+        else:
+            key = (url, token)
         with self._lock:
             if key not in self._fetchers:
                 self._fetchers[key] = self.fetcher_factory(*key)
@@ -242,7 +248,7 @@ def create_app(
         if threshold is not None and (not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0):
             raise ApiError(400, "extra_params.train_threshold must be an integer >= 0")
         if hostname or token:
-            state.connections[pid] = (hostname.rstrip("/") if hostname else None, token)
+            state.connections[pid] = (_setup_hostname(settings, hostname), token)
         try:
             version = state.model(pid, schema).setup()
         except LabelConfigError as e:
@@ -355,6 +361,25 @@ def create_app(
         read_timeout=settings.body_read_timeout,
     )
     return app
+
+
+def _setup_hostname(settings: Settings, hostname: str | None) -> str | None:
+    """/setup's ``hostname`` (Label Studio's own URL as LS sees it), when it may be used: never when
+    LABEL_STUDIO_URL is set (the configured URL wins; a different one is logged and ignored, as LS often
+    knows itself under another name than the backend does), else only a plain http(s) URL."""
+    if not hostname:
+        return None
+    try:
+        parsed = parse_http_url(hostname.rstrip("/"))
+    except UnsafeURL as e:
+        raise ApiError(400, f"hostname: {e}") from None
+    if "?" in hostname or "#" in hostname:
+        raise ApiError(400, "hostname must be Label Studio's base URL (no query or fragment)")
+    if settings.label_studio_url:
+        if parsed.origin != parse_http_url(settings.label_studio_url).origin:
+            log.warning("/setup: hostname %s ignored: LABEL_STUDIO_URL is %s", parsed.url, settings.label_studio_url)
+        return None
+    return parsed.url.rstrip("/")
 
 
 def _summary(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,12 @@ import base64
 import contextlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fakeredis
+import numpy as np
 import pytest
 from flask import Flask
 from rq import Queue
@@ -24,6 +26,7 @@ from backend.loop import QueueTrainer
 from backend.queueing import QUEUE_NAME, QueueHandle
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
+from tests.backend.test_images import Server, _png
 from tests.backend.test_loop import annotation_event
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
@@ -223,3 +226,58 @@ def test_500_body_has_no_internals(tmp_path: Path) -> None:
     r3 = client.get("/health")
     for resp in (r, r2, r3):
         assert "hunter2" not in resp.get_data(as_text=True) and "RuntimeError" not in resp.get_data(as_text=True)
+
+
+# ---- defect 7: /setup hostname ---------------------------------------------------------------------
+SEG = """<View><Image name="image" value="$image"/>
+<BrushLabels name="semantic" toName="image"><Label value="road"/></BrushLabels></View>"""
+
+
+@pytest.fixture
+def canary() -> Iterator[Server]:
+    s = Server("127.0.0.5")
+    s.routes["/data/upload/1/a.png"] = (200, {}, _png(np.zeros((8, 8, 3), np.uint8)))
+    yield s
+    s.close()
+
+
+def _predict(client: Any, project: str = "3") -> Any:
+    return client.post("/predict", json={"project": project, "label_config": SEG,
+                                         "tasks": [{"id": 1, "data": {"image": "/data/upload/1/a.png"}}]})
+
+
+def test_setup_hostname_never_gets_the_configured_key(tmp_path: Path, canary: Server) -> None:
+    app, _ = _app(_settings(tmp_path, label_studio_api_key="configured-key"))
+    client = app.test_client()
+    assert client.post("/setup", json={"project": "3", "schema": SEG, "hostname": canary.url}).status_code == 200
+    assert _predict(client).status_code == 200
+    assert canary.requests and all(auth is None for _, auth in canary.requests)
+    # the caller's own token may go to the caller's own host
+    assert client.post("/setup", json={"project": "3", "schema": SEG, "hostname": canary.url,
+                                       "access_token": "callers-own"}).status_code == 200
+    _predict(client)
+    assert canary.requests[-1][1] == "Token callers-own"
+
+
+def test_setup_hostname_ignored_when_label_studio_url_is_set(tmp_path: Path, canary: Server) -> None:
+    ls = Server("127.0.0.1")
+    ls.routes["/data/upload/1/a.png"] = canary.routes["/data/upload/1/a.png"]
+    try:
+        app, _ = _app(_settings(tmp_path, label_studio_url=ls.url, label_studio_api_key="configured-key"))
+        client = app.test_client()
+        r = client.post("/setup", json={"project": "3", "schema": SEG, "hostname": canary.url, "access_token": "x"})
+        assert r.status_code == 200
+        assert _predict(client).status_code == 200
+        assert canary.requests == [] and ls.requests == [("/data/upload/1/a.png", "Token configured-key")]
+    finally:
+        ls.close()
+
+
+@pytest.mark.parametrize("hostname", ["ftp://ls", "javascript:alert(1)", "http://a\\@b", "http://u:p@ls:8080",
+                                      "ls:8080", "http://ls/?x=1", "http://127.1", " http://ls\n"])
+def test_setup_bad_hostname_is_a_400_and_breaks_nothing(tmp_path: Path, hostname: str) -> None:
+    app, _ = _app(_settings(tmp_path))
+    client = app.test_client()
+    r = client.post("/setup", json={"project": "3", "schema": SEG, "hostname": hostname})
+    assert r.status_code == 400 and "hostname" in r.get_json()["message"]
+    assert _predict(client).status_code == 200
