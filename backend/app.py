@@ -263,6 +263,9 @@ def create_app(
     def predict() -> Response:
         body = _body()
         tasks = _field(body, "tasks", list)
+        if len(tasks) > settings.max_predict_tasks:
+            raise ApiError(413, f"{len(tasks)} tasks in one /predict; at most {settings.max_predict_tasks} "
+                                "(MTAL_MAX_PREDICT_TASKS)")
         pid = parse_project_id(body.get("project"))
         label_config = _field(body, "label_config", str, required=False)
         params = _field(body, "params", dict, required=False) or {}

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+MAX_REGIONS = 2000  # results per annotation (regions + choices)
 def _resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
     if a.shape[:2] == (height, width):
         return a
@@ -73,6 +74,8 @@ def annotation_to_labels(
     modality is present when it has at least one region. Unknown tags and labels are logged and skipped.
     """
     check_size(height, width)
+    if len(result) > MAX_REGIONS:  # each region may rasterise a full-size mask: bound the work first
+        raise ValueError(f"annotation has {len(result)} results; at most {MAX_REGIONS} are accepted")
     kinds = {m: schema.modalities[m].kind for m in schema.annotatable}
     seg = {m: np.zeros((height, width), np.int64) for m, k in kinds.items() if k == "segmentation"}
     boxes: dict[str, list[np.ndarray]] = {m: [] for m in schema.annotatable if m not in seg}

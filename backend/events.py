@@ -35,6 +35,7 @@ __all__ = ["EventError", "WebhookResult", "handle_webhook", "labelled_modalities
 
 log = logging.getLogger(__name__)
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+MAX_EVENT_ITEMS = 10_000  # annotations per bulk event, ids per ANNOTATIONS_DELETED, results per annotation
 DELETED = "deleted"
 
 
@@ -104,6 +105,8 @@ def handle_webhook(
 
     if action == "ANNOTATIONS_DELETED":
         deleted = payload.get("annotations") or []
+        if isinstance(deleted, list) and len(deleted) > MAX_EVENT_ITEMS:
+            raise EventError(f"ANNOTATIONS_DELETED lists {len(deleted)} ids; at most {MAX_EVENT_ITEMS} per event")
         names = [DELETED] * max(1, len(deleted) if isinstance(deleted, list) else 1)
     else:
         names = _count_annotations(action, payload, project)
@@ -121,6 +124,8 @@ def _count_annotations(action: str, payload: dict[str, Any], project: dict[str, 
         annotations = [annotations]
     if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
         raise EventError(f"{action}: 'annotation' must be an object or a list of objects")
+    if len(annotations) > MAX_EVENT_ITEMS:
+        raise EventError(f"{action} carries {len(annotations)} annotations; at most {MAX_EVENT_ITEMS} per event")
     config = project.get("label_config")
     if not isinstance(config, str) or not config.strip():
         raise EventError(f"{action} needs 'project.label_config' to tell modalities apart")
@@ -136,5 +141,7 @@ def _count_annotations(action: str, payload: dict[str, Any], project: dict[str, 
         result = ann.get("result") or []
         if not isinstance(result, list):
             raise EventError(f"{action}: 'annotation.result' must be a list")
+        if len(result) > MAX_EVENT_ITEMS:
+            raise EventError(f"{action}: an annotation has {len(result)} results; at most {MAX_EVENT_ITEMS}")
         names.extend(sorted(labelled_modalities(result, schema)))
     return names

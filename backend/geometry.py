@@ -46,9 +46,14 @@ _POLY_EPSILON = 1.0  # cv2.approxPolyDP tolerance, pixels of the original image
 _MIN_POLY_PIXELS = 8  # smaller predicted components are dropped (also below 0.01 % of the image)
 
 
+MAX_PIXELS = 40_000_000  # largest image / region raster (= ImageFetcher's max_pixels): checked before allocating
+
+
 def check_size(height: int, width: int) -> None:
     if int(height) <= 0 or int(width) <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
+    if int(height) * int(width) > MAX_PIXELS:
+        raise ValueError(f"region size {height}x{width} exceeds the limit of {MAX_PIXELS} pixels")
 
 
 # ---- brush ---------------------------------------------------------------------------------------
@@ -120,10 +125,17 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
 def rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray:
     """LS brush RLE -> bool [height, width] (alpha > 0)."""
     check_size(height, width)
-    if not rle:
-        raise ValueError("brush rle is empty")
+    if not rle or not isinstance(rle, list | tuple):
+        raise ValueError("brush rle must be a non-empty list of bytes")
+    if len(rle) > 8 * height * width + 16:  # longer than any encoding of height x width x 4 bytes
+        raise ValueError(f"brush rle of {len(rle)} bytes is too long for {height}x{width}")
     try:
-        flat = decode_rle(bytes(int(v) for v in rle))
+        data = bytes(int(v) for v in rle)
+        # the SDK's decoder allocates the header's value count before reading a run: check it first
+        num, word = int.from_bytes(data[:4], "big"), (data[4] >> 3) + 1 if len(data) > 4 else 0
+        if num != height * width * 4 or word != 8:
+            raise ValueError(f"header says {num} values of {word} bits, expected {height}x{width}x4 of 8 bits")
+        flat = decode_rle(data)
     except (ValueError, IndexError) as e:
         raise ValueError(f"brush rle cannot be decoded: {e}") from e
     if flat.size != height * width * 4:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# hostile-input limits (see README "Reliability and security"), checked before the SDK parses anything
+MAX_CONFIG_CHARS = 1_000_000
+MAX_CONTROL_TAGS = 32
+MAX_LABELS = 1000
 
 BACKGROUND = "background"
 SEGMENTATION_TAGS: tuple[str, ...] = ("BrushLabels", "PolygonLabels")
@@ -203,6 +208,10 @@ def parse_label_config(xml: str, dense_fields: Mapping[str, str] | None = None) 
     """
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("labeling config is empty")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(f"labeling config of {len(xml)} characters exceeds the limit of {MAX_CONFIG_CHARS}")
+    if re.search(r"<!\s*(DOCTYPE|ENTITY)", xml, re.IGNORECASE):
+        raise LabelConfigError("labeling config must not contain a DOCTYPE or ENTITY declaration")
     digest = config_hash(xml, dense_fields)
     try:
         li = LabelInterface(xml)
@@ -255,6 +264,12 @@ def parse_label_config(xml: str, dense_fields: Mapping[str, str] | None = None) 
 
     items: list[tuple[Any, ...]] = []
     tags: dict[str, TagInfo] = {}
+    total_labels = sum(len(ctrl.labels) for ctrl in supported)
+    if len(supported) > MAX_CONTROL_TAGS or total_labels > MAX_LABELS:
+        raise LabelConfigError(
+            f"labeling config has {len(supported)} control tags with {total_labels} labels; at most "
+            f"{MAX_CONTROL_TAGS} tags and {MAX_LABELS} labels are supported (each label is a network output)"
+        )
     for ctrl in supported:
         labels = tuple(ctrl.labels)
         if not labels or labels == (BACKGROUND,):

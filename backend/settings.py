@@ -69,7 +69,12 @@ class Settings:
     Label Studio; 0 = delete nothing).
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
-    body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body.
+    body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
+    max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks per /predict request (more: 413).
+    Fixed limits: 40 M pixels per image or region raster (``backend.geometry.MAX_PIXELS``), 2000 results
+    per annotation (``backend.convert.MAX_REGIONS``), 32 control tags and 1000 labels per labeling config,
+    1 M characters per config, no DOCTYPE (``backend.labeling``), 10000 annotations/ids/results per
+    webhook event (``backend.events.MAX_EVENT_ITEMS``).
     worker_nice [MTAL_WORKER_NICE] (10, 0..19): how much lower the CPU priority of the thread that runs
     the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
     on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
@@ -107,6 +112,7 @@ class Settings:
     worker_nice: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
     body_read_timeout: float = 30.0
+    max_predict_tasks: int = 1000
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -134,8 +140,10 @@ class Settings:
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be >= 1, got {value}")
-        if self.max_body_bytes < 1024 or not self.body_read_timeout > 0:
-            raise SettingsError("MTAL_MAX_BODY_BYTES must be >= 1024 and MTAL_BODY_READ_TIMEOUT > 0")
+        if self.max_body_bytes < 1024 or not self.body_read_timeout > 0 or self.max_predict_tasks < 1:
+            raise SettingsError(
+                "MTAL_MAX_BODY_BYTES must be >= 1024, MTAL_BODY_READ_TIMEOUT > 0 and MTAL_MAX_PREDICT_TASKS >= 1"
+            )
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -249,6 +257,7 @@ class Settings:
             worker_nice=get_int("MTAL_WORKER_NICE", 10),
             max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),
+            max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
         )
 
     def configure_logging(self) -> None:
