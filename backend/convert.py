@@ -112,7 +112,7 @@ def annotation_to_labels(
                     raise ValueError("rectangle is empty inside the image")
                 boxes[tag.modality].append(box)
                 classes[tag.modality].append(cls)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # NaN/inf sizes too
             logger.warning("annotation result %d (%s): skipped: %s", i, name, e)
             continue
         has_region.add(tag.modality)

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _SHIFT = 8  # sub-pixel bits for cv2.fillPoly
+_MAX_COORD = 1e7  # |coordinate| in pixels (or rotation in radians) beyond which a region is nonsense
 _RUN_PIECE = 1 << 16  # longest run one 16-bit RLE length field holds
 _POLY_EPSILON = 1.0  # cv2.approxPolyDP tolerance, pixels of the original image
 _MIN_POLY_PIXELS = 8  # smaller predicted components are dropped (also below 0.01 % of the image)
@@ -148,7 +149,7 @@ def polygon_to_mask(points_percent: Sequence[Sequence[float]], height: int, widt
     """Polygon vertices ``[[x%, y%], ...]`` -> bool [height, width] filled mask."""
     check_size(height, width)
     pts = np.asarray(points_percent, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not (np.abs(pts) <= _MAX_COORD).all():  # NaN too
         raise ValueError(f"polygon points must be >= 3 finite [x, y] pairs, got shape {pts.shape}")
     px = pts * np.array([width / 100.0, height / 100.0]) - 0.5
     fixed = np.round(px * (1 << _SHIFT)).astype(np.int32)
@@ -165,8 +166,10 @@ def rect_to_box(value: Mapping[str, Any], height: int, width: int) -> np.ndarray
         x, y = float(value["x"]) * width / 100, float(value["y"]) * height / 100
         w, h = float(value["width"]) * width / 100, float(value["height"]) * height / 100
         angle = math.radians(float(value.get("rotation", 0) or 0))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"rectangle value needs numeric x, y, width, height: {e}") from e
+    if not all(math.isfinite(v) and abs(v) <= _MAX_COORD for v in (x, y, w, h, angle)):  # NaN/Infinity
+        raise ValueError(f"rectangle value has a non-finite or absurd coordinate: {dict(value)}"[:300])
     if w < 0 or h < 0:
         raise ValueError(f"rectangle width/height must be >= 0, got {value['width']}, {value['height']}")
     c, s = math.cos(angle), math.sin(angle)
