@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 from backend.images import ImageFetcher
 from backend.labeling import LabelConfigError
 from backend.loop import QueueTrainer
-from backend.model import ModelSetupError, MTALModel, Trainer
+from backend.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
 from backend.netguard import UnsafeURL, parse_http_url
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
@@ -282,6 +282,8 @@ def create_app(
             raise ApiError(400, f"label_config: {e}") from e
         try:
             results = model.predict(tasks, context=params.get("context"))
+        except ConfigConflict as e:
+            raise ApiError(409, str(e)) from e
         except ModelSetupError as e:
             raise ApiError(422, str(e)) from e
         m.predictions.inc(len(results))

@@ -8,7 +8,10 @@ Initial version (before any training): ``setup()`` — or the first ``predict()`
 backend has not seen — publishes version 1: the checkpoint named by ``MTAL_INITIAL_CHECKPOINT`` when
 its modalities match the labeling config, else an untrained network built with ``MTAL_NET_CONFIG``
 from a fixed seed (``MTAL_SEED``, deterministic). When the labeling config changes its modalities,
-the next setup/predict publishes a fresh initial version (parent = the old one).
+the next setup makes current the newest stored version built for the new config, or publishes a fresh
+initial version (parent = the old one); switching configs back and forth creates no versions. A
+/predict with another config does the same only while the project has no trained version: a trained
+model is never replaced implicitly (:class:`ConfigConflict`, HTTP 409).
 
 Training is not done here: ``fit`` hands the event to a :class:`Trainer` (the queue seam) and returns.
 """
@@ -29,7 +32,7 @@ from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 from backend.trainrank import strategy_for
 
-__all__ = ["MTALModel", "ModelSetupError", "Trainer", "load_schema", "schema_compatible"]
+__all__ = ["ConfigConflict", "MTALModel", "ModelSetupError", "Trainer", "load_schema", "schema_compatible"]
 
 log = logging.getLogger(__name__)
 _setup_locks: dict[str, threading.Lock] = {}
@@ -38,6 +41,11 @@ _setup_guard = threading.Lock()
 
 class ModelSetupError(ValueError):
     """No network can be built for the project's modalities (answered with 422)."""
+
+
+class ConfigConflict(ModelSetupError):
+    """/predict sent a labeling config whose modalities the trained current version does not predict
+    (answered with 409: /predict never replaces a trained model)."""
 
 
 class Trainer(Protocol):
@@ -149,6 +157,14 @@ class MTALModel:
         if self.store.current(self.project_id) is not None:
             loaded = self.store.load_model(self.project_id)
         if loaded is None or not _model_fits(loaded.model, loaded.metadata, schema):
+            if loaded is not None and self._has_trained_version():
+                raise ConfigConflict(
+                    f"project {self.project_id}: the current version {loaded.version} was trained for another "
+                    "labeling config (other modalities or labels); /predict does not replace a trained model. "
+                    "If the config really changed, POST /setup with the new config (Label Studio does when the "
+                    "model is connected again): it switches to the newest version built for that config, or "
+                    "publishes a fresh initial one; earlier versions stay in the store (GET /versions)."
+                )
             self._ensure_version(schema)
             loaded = self.store.load_model(self.project_id)
         if self.fetcher is None:
@@ -172,7 +188,12 @@ class MTALModel:
         return self.trainer.submit(self.project_id, event, data)
 
     # ---- initial version -----------------------------------------------------------------------
+    def _has_trained_version(self) -> bool:
+        return any(not meta.get("initial") for meta in self.store.list_versions(self.project_id))
+
     def _ensure_version(self, schema: ProjectSchema) -> str:
+        """The current version if it predicts ``schema``; else the newest stored version that does (made
+        current: switching configs back and forth creates no versions), else a fresh initial one."""
         with _lock_for(f"{self.store.root}:{self.project_id}"):
             current = self.store.current(self.project_id)
             if current is not None:
@@ -181,6 +202,12 @@ class MTALModel:
                         return current
                 except StoreError:
                     log.error("project %s: metadata of %s unreadable; new version", self.project_id, current)
+                for meta in reversed(self.store.list_versions(self.project_id)):
+                    if schema_compatible(meta, schema):
+                        self.store.set_current(self.project_id, meta["version"])
+                        log.warning("project %s: labeling config changed; back to %s, built for it",
+                                    self.project_id, meta["version"])
+                        return str(meta["version"])
                 log.warning("project %s: labeling config changed its modalities; new initial version", self.project_id)
             return self._publish_initial(schema)
 
