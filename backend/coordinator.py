@@ -12,6 +12,12 @@ State per project (a Redis hash ``mtal:project:<id>``)::
 - Label counts per modality (``mtal:project:<id>:counts``) accumulate from webhooks; reaching the
   threshold requests a run. Counts are moved aside when a run begins and merged back if it fails, so
   a failed run does not swallow them.
+- A run holds a lease (``lease`` = expiry time): set when it begins, renewed by the job's heartbeat
+  thread (:meth:`Coordinator.hold`) and by every progress report. A run whose lease expired while its job
+  is not waiting in the queue is dead (kill -9, OOM killer, container restart, Redis lost during
+  ``progress``): the next trigger (webhook, START_TRAINING) or a worker starting takes it over - the
+  counts go back, the state becomes ``queued`` and a new train run is enqueued. ``/status`` shows
+  ``lease_expired`` meanwhile.
 Every transition is one Lua script, so concurrent webhooks and workers never interleave inside one.
 """
 
@@ -19,9 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rq import Queue
@@ -35,6 +43,7 @@ __all__ = ["Coordinator"]
 
 log = logging.getLogger(__name__)
 _RECOVER_AFTER_S = 30.0
+LEASE_S = 60.0  # a run whose heartbeat stopped this long ago is dead
 
 # Request a run. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE (idle -> queued:
 # the caller enqueues job ARGV[2]), QUEUED (a run is already waiting: nothing to do) or FOLLOW_UP
@@ -67,7 +76,22 @@ _BEGIN = """
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
 redis.call('HSET', KEYS[1], 'state', 'training', 'follow_up', '0', 'updated', ARGV[1], 'started', ARGV[1],
-           'epoch', '0', 'step', '0', 'loss', '')
+           'epoch', '0', 'step', '0', 'loss', '', 'lease', ARGV[2])
+return 1
+"""
+
+# KEYS: state, counts, counts_inflight. ARGV: now, new job id, the lease seen as expired.
+# Takes over a dead run (state and lease unchanged since the caller looked): counts back, -> queued.
+_TAKE_OVER = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (state ~= 'training' and state ~= 'ranking') or (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[3] then
+  return 0
+end
+local kv = redis.call('HGETALL', KEYS[3])
+for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[2],
+           'error', 'previous run stopped without finishing (its lease expired); restarted')
 return 1
 """
 
@@ -97,7 +121,9 @@ class Coordinator:
         train_job: str = "backend.jobs.train_job",
         rank_job: str = "backend.jobs.rank_job",
         job_timeout: int = 6 * 3600,
+        lease_s: float = LEASE_S,
     ) -> None:
+        self.lease_s = float(lease_s)
         self.handle = handle
         self.redis = handle.connection
         self.train_job = train_job
@@ -107,6 +133,7 @@ class Coordinator:
         self._record = self.redis.register_script(_RECORD)
         self._begin = self.redis.register_script(_BEGIN)
         self._finish = self.redis.register_script(_FINISH)
+        self._take_over = self.redis.register_script(_TAKE_OVER)
 
     @classmethod
     def on_connection(cls, connection: Any, **kwargs: Any) -> Coordinator:
@@ -132,6 +159,8 @@ class Coordinator:
         if outcome == _ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return True
+        if outcome == _FOLLOW_UP:
+            return self.recover_dead_run(project)
         return outcome == _QUEUED and self._recover_lost_job(project)
 
     def request_training(self, project: int | str) -> str:
@@ -143,23 +172,79 @@ class Coordinator:
             self._enqueue(self.train_job, project, job_id)
             return "enqueued"
         if outcome == _FOLLOW_UP:
-            return "follow_up"
+            return "enqueued" if self.recover_dead_run(project) else "follow_up"
         return "enqueued" if self._recover_lost_job(project) else "queued"
 
     # ---- run lifecycle (called from the jobs) -----------------------------------------------------
     def begin(self, project: int | str) -> None:
         """A train job starts: counts move aside, state -> training."""
-        self._begin(keys=self._keys(project), args=[time.time()])
+        self._begin(keys=self._keys(project), args=[time.time(), self._lease()])
 
     def progress(self, project: int | str, **fields: Any) -> None:
-        """Record progress fields (epoch, step, loss, ...) for /status."""
-        self.redis.hset(self._keys(project)[0], mapping={k: _text(v) for k, v in fields.items()})
+        """Record progress fields (epoch, step, loss, ...) for /status; renews the run's lease."""
+        mapping = {k: _text(v) for k, v in fields.items()}
+        self.redis.hset(self._keys(project)[0], mapping={**mapping, "lease": self._lease()})
+
+    def heartbeat(self, project: int | str) -> None:
+        """Renew the running run's lease."""
+        self.redis.hset(self._keys(project)[0], "lease", self._lease())
+
+    @contextmanager
+    def hold(self, project: int | str) -> Iterator[None]:
+        """Renew the lease every ``lease_s / 4`` seconds from a daemon thread while the block runs (a run
+        preparing data reports no progress for minutes); a failed renewal is logged, not raised."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_s / 4):
+                try:
+                    self.heartbeat(project)
+                except Exception as e:  # Redis away: the lease runs out, and recovery takes over
+                    log.warning("project %s: lease renewal failed: %s", project, redact(str(e)))
+
+        thread = threading.Thread(target=beat, name=f"mtal-lease-{project}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def recover_dead_run(self, project: int | str) -> bool:
+        """If ``project`` is training/ranking with an expired lease and its job is not waiting in the queue,
+        take the run over (see the module docstring) and enqueue a new one. Returns True if it did."""
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._keys(project)[0]).items()}
+        if raw.get("state") not in ("training", "ranking"):
+            return False
+        lease = raw.get("lease") or ""
+        expires = _num(lease) if lease else (_num(raw.get("updated")) or 0.0) + self.lease_s
+        if expires is None or time.time() < expires or self._job_waiting(raw.get("job_id")):
+            return False
+        job_id = _new_job_id()
+        if not self._take_over(keys=self._keys(project), args=[time.time(), job_id, lease]):
+            return False  # someone else took it over, or the run came back to life
+        log.warning("project %s: %s run lost its lease (job %s); restarting", project, raw["state"], raw.get("job_id"))
+        self._enqueue(self.train_job, project, job_id)
+        return True
+
+    def recover_all(self) -> list[str]:
+        """:meth:`recover_dead_run` for every project in Redis (a worker calls it when it starts)."""
+        recovered = []
+        for key in self.redis.scan_iter(match="mtal:project:*", count=500):
+            name = key.decode()
+            project = name.removeprefix("mtal:project:")
+            if ":" not in project and self.recover_dead_run(project):
+                recovered.append(project)
+        return recovered
+
+    def _lease(self) -> str:
+        return f"{time.time() + self.lease_s:.3f}"
 
     def trained(self, project: int | str, version: str, metrics: dict[str, Any]) -> None:
         """Training produced ``version``: record it and enqueue ranking (state -> ranking)."""
         self.redis.hset(
             self._keys(project)[0],
-            mapping={"state": "ranking", "version": version, "metrics": json.dumps(metrics), "error": ""},
+            mapping={"state": "ranking", "version": version, "metrics": json.dumps(metrics), "error": "",
+                     "lease": self._lease()},
         )
         self._enqueue(self.rank_job, project, _new_job_id())
 
@@ -193,6 +278,8 @@ class Coordinator:
             "job_id": raw.get("job_id") or None,
             "labels_since_last_run": counts,
             "updated": _num(raw.get("updated")),
+            "lease_expired": raw.get("state") in ("training", "ranking")
+            and (_num(raw.get("lease")) or 0.0) < time.time() and not self._job_waiting(raw.get("job_id")),
         }
 
     # ---- internals --------------------------------------------------------------------------------
@@ -214,6 +301,14 @@ class Coordinator:
         )
         self.redis.hset(self._keys(project)[0], "job_id", job_id)
         log.info("project %s: enqueued %s as job %s", project, func.rsplit(".", 1)[-1], job_id)
+
+    def _job_waiting(self, job_id: str | None) -> bool:
+        """The job is queued/deferred/scheduled in RQ (a started job with an expired lease is dead)."""
+        try:
+            status = Job.fetch(job_id, connection=self.redis).get_status() if job_id else None
+        except NoSuchJobError:
+            status = None
+        return status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
     def _recover_lost_job(self, project: int | str) -> bool:
         """If the state has said queued for a while but its job is gone or failed (a crash between

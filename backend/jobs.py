@@ -93,7 +93,8 @@ def _run(stage: str, project: Any, body: Any) -> Any:
     ctx = None
     try:
         ctx = JobContext.create()
-        return body(ctx, project)
+        with ctx.coordinator.hold(project):  # the lease: a killed job's run is taken over when it expires
+            return body(ctx, project)
     except Exception as e:
         if ctx is not None:
             coordinator = ctx.coordinator
@@ -108,6 +109,7 @@ def train_job(project: Any) -> str:
 
     def body(ctx: JobContext, project: str) -> str:
         ctx.coordinator.begin(project)
+        ctx.store.remove_leftovers(project)  # a killed run's temporary checkpoints
         started = time.time()
         schema = ctx.schema(project)
         tasks = list(ctx.ls.iter_labelled_tasks(int(project)))

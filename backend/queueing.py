@@ -95,7 +95,11 @@ def open_queue(redis_url: str | None, start_worker: bool = True, nice: int = 0) 
     nice value + ``nice``: see :func:`lower_priority`)."""
     global _embedded
     if redis_url:
-        conn = redis.Redis.from_url(redis_url)
+        # timeouts: a Redis that stops answering fails a webhook in seconds instead of hanging its thread
+        # (RQ's worker raises socket_timeout above its blocking dequeue timeout itself)
+        conn = redis.Redis.from_url(
+            redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        )
         return QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=False)
     with _embedded_lock:
         if _embedded is None:

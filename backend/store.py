@@ -126,6 +126,26 @@ class ModelStore:
         path.mkdir(exist_ok=True)
         return path
 
+    def remove_leftovers(self, project: str, min_age_s: float = 3600.0) -> list[Path]:
+        """Delete what a killed writer left behind: ``tmp/train-*.pt`` (a training run saves there before
+        publishing; runs of a project never overlap), ``versions/.ckpt.*.tmp`` and other hidden
+        ``.*.tmp`` files (only written under the write lock, which this holds), and anything else in
+        ``tmp/`` older than ``min_age_s``. Returns the removed paths."""
+        removed: list[Path] = []
+        now = time.time()
+        with self._write_lock(project) as pdir:
+            candidates = [*pdir.glob("versions/.*.tmp"), *pdir.glob(".*.tmp"), *pdir.glob("tmp/train-*.pt")]
+            candidates += [p for p in pdir.glob("tmp/*") if p.is_file() and now - p.stat().st_mtime > min_age_s]
+            for path in sorted(set(candidates)):
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError as e:
+                    log.warning("store: cannot remove leftover %s: %s", path, e)
+        if removed:
+            log.info("store: project %s: removed %d leftover temporary files", project, len(removed))
+        return removed
+
     @contextmanager
     def _write_lock(self, project: str) -> Iterator[Path]:
         pdir = self.project_dir(project, create=True)

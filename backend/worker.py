@@ -15,6 +15,8 @@ import sys
 
 from rq import SimpleWorker
 
+from backend.coordinator import Coordinator
+from backend.netguard import redact
 from backend.queueing import QUEUE_NAME, lower_priority, open_queue
 from backend.settings import Settings, SettingsError
 
@@ -31,15 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.configure_logging()  # with the redacting filter: no REDIS_URL password in the log
     if not settings.redis_url:
         print("error: REDIS_URL is not set; without it the server runs jobs in its embedded queue", file=sys.stderr)
         return 2
     handle = open_queue(settings.redis_url)
     nice = lower_priority(settings.worker_nice)  # before torch starts any thread: they all inherit it
     logging.getLogger(__name__).info(
-        "worker on %s queue %r, device %s, nice %s", settings.redis_url, QUEUE_NAME, settings.torch_device(), nice
+        "worker on %s queue %r, device %s, nice %s", redact(settings.redis_url), QUEUE_NAME,
+        settings.torch_device(), nice,
     )
+    try:  # runs whose worker died (container restart, OOM killer) restart now, not at the next webhook
+        recovered = Coordinator(handle).recover_all()
+        if recovered:
+            logging.getLogger(__name__).warning("restarted the dead runs of projects %s", recovered)
+    except Exception as e:  # noqa: BLE001 - recovery must not keep the worker from serving
+        logging.getLogger(__name__).error("dead-run recovery failed: %s", redact(str(e)))
     # SimpleWorker: jobs run in this process, so a CUDA context and the image cache stay warm between jobs.
     SimpleWorker([handle.queue], connection=handle.connection, name=args.name).work(burst=args.burst)
     return 0
