@@ -39,6 +39,11 @@ __all__ = ["ApiError", "create_app", "parse_project_id"]
 log = logging.getLogger(__name__)
 # a project reference: "<id>" or "<id>.<created_ts>"; fullmatch, ASCII only (no trailing newline)
 _PROJECT_REF = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,64})(?:\.[0-9]{1,20}(?:\.[0-9]{1,9})?)?")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_KNOWN_ACTIONS = frozenset({
+    "START_TRAINING", "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+    "TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
+})
 FetcherFactory = Callable[[str | None, str | None], Any]
 
 
@@ -204,7 +209,8 @@ def create_app(
     @app.after_request
     def _count(resp: Response) -> Response:
         endpoint = request.endpoint or "unknown"
-        m.requests.labels(endpoint, request.method, str(resp.status_code)).inc()
+        method = request.method if request.method in _METHODS else "other"  # bounded label values
+        m.requests.labels(endpoint, method, str(resp.status_code)).inc()
         m.latency.labels(endpoint).observe(time.perf_counter() - g.get("t0", time.perf_counter()))
         return resp
 
@@ -296,7 +302,7 @@ def create_app(
         project = body.get("project")
         label_config = project.get("label_config") if isinstance(project, dict) else None
         model = state.model(pid, label_config if isinstance(label_config, str) else None)
-        m.events.labels(action[:64]).inc()
+        m.events.labels(action if action in _KNOWN_ACTIONS else "other").inc()  # bounded label values
         try:
             answer = model.fit(action, body)
         except ValueError as e:  # the trainer's payload validation (e.g. events.EventError)

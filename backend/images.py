@@ -29,12 +29,21 @@ A JWT access token is sent as ``Bearer`` as is.
 
 Cache: raw bytes on disk under ``cache_dir``, file name = sha256 of the URL (for relative URLs, the
 absolute LS URL; for cloud URIs, the URI itself). Files behind LS URLs and cloud URIs are treated as
-immutable (LS stores uploads under unique names); so are allow-listed URLs. Writes are atomic.
+immutable (LS stores uploads under unique names); so are allow-listed URLs. Writes are atomic. The URL
+policy is checked before the cache is looked at (a host removed from the allow-list is not served from
+the cache), and the cache is capped at ``cache_max_bytes`` (default 4 GiB): the least recently written
+files go first.
+
+Limits: ``max_bytes`` per download, ``max_pixels`` per image (checked from the header, before
+decoding), ``timeout`` per connect/read and ``total_timeout`` (default 60 s) for the whole fetch,
+redirects included. Only PNG, JPEG, WebP, TIFF, BMP, GIF and ``.npy`` bytes are returned (checked by
+their magic bytes, also on cache hits): PIL never sees another format (EPS, PSD, ICO, ...).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import logging
@@ -50,6 +59,7 @@ from urllib.parse import urljoin
 import jwt  # PyJWT, a dependency of label-studio-sdk (which detects tokens the same way)
 import numpy as np
 import requests
+import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.netguard import UnsafeURL, is_public, parse_http_url, public_only_session
@@ -62,6 +72,15 @@ _MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _REFRESH_MARGIN_S = 30.0  # refresh an access token this long before it expires
 _REFRESH_PATH = "/api/token/refresh/"
+# the file formats handed to PIL / numpy, by magic bytes (WebP: RIFF....WEBP)
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+          b"BM": "BMP", b"GIF87a": "GIF", b"GIF89a": "GIF", b"\x93NUMPY": "NPY"}
+
+
+def _check_format(url: str, data: bytes) -> None:
+    if any(data.startswith(m) for m in _MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return
+    raise ImageError(f"{url}: cannot decode: not an allowed file format (PNG, JPEG, WebP, TIFF, BMP, GIF, .npy)")
 
 
 class ImageError(ValueError):
@@ -163,7 +182,13 @@ class ImageFetcher:
         max_pixels: int = 40_000_000,
         timeout: float = 10.0,
         token_scheme: str = "Token",
+        total_timeout: float = 60.0,
+        cache_max_bytes: int = 4 * 1024**3,
     ) -> None:
+        self.total_timeout = float(total_timeout)
+        self.cache_max_bytes = int(cache_max_bytes)
+        self._cache_bytes: int | None = None  # running total, scanned at the first write
+        self._cache_lock = threading.Lock()
         self.ls_url = ls_url.rstrip("/") if ls_url else None
         if self.ls_url:
             try:
@@ -235,12 +260,17 @@ class ImageFetcher:
             raise ImageError(f"{url!r}: image URL must be a non-empty string")
         url = url.strip()
         target, key = self._resolve(url, task_id)
+        self._check_target(url, target, via_presign=False)  # the policy first, then the cache
         path = self._cache_path(key)
         if path is not None and path.is_file():
-            return path.read_bytes()
+            data = path.read_bytes()
+            _check_format(url, data)
+            return data
         data = self._download(url, target)
+        _check_format(url, data)
         if path is not None:
             self._cache_write(path, data)
+            self._cache_trim(len(data))
         return data
 
     # ---- URL policy --------------------------------------------------------------------------
@@ -307,7 +337,10 @@ class ImageFetcher:
         via_presign = False
         retried = False
         hops = 0
+        deadline = time.monotonic() + self.total_timeout
         while hops <= _MAX_REDIRECTS:
+            if time.monotonic() > deadline:
+                raise ImageError(f"{original}: fetch took longer than {self.total_timeout:g} s; aborted")
             target, send_token, public_only = self._check_target(original, target, via_presign)
             headers = {"Accept": "*/*"}
             auth = self._auth.header(self.ls_url or "", original) if send_token else None
@@ -336,20 +369,23 @@ class ImageFetcher:
                     continue
                 if resp.status_code != 200:
                     raise ImageError(f"{original}: HTTP {resp.status_code} from {parse_http_url(target).host}")
-                return self._read_limited(original, resp)
+                return self._read_limited(original, resp, deadline)
         raise ImageError(f"{original}: more than {_MAX_REDIRECTS} redirects")
 
-    def _read_limited(self, original: str, resp: requests.Response) -> bytes:
+    def _read_limited(self, original: str, resp: requests.Response, deadline: float | None = None) -> bytes:
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > self.max_bytes:
             raise ImageError(f"{original}: {length} bytes exceeds the limit of {self.max_bytes}")
         buf = bytearray()
         try:
-            for chunk in resp.iter_content(_CHUNK):
+            # read1: what one recv brings (iter_content would wait for a whole chunk from a dripping server)
+            while chunk := resp.raw.read1(_CHUNK, decode_content=True):
                 buf += chunk
                 if len(buf) > self.max_bytes:
                     raise ImageError(f"{original}: more than {self.max_bytes} bytes; download aborted")
-        except requests.RequestException as e:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ImageError(f"{original}: fetch took longer than {self.total_timeout:g} s; aborted")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise ImageError(f"{original}: download failed: {e}") from e
         return bytes(buf)
 
@@ -363,6 +399,38 @@ class ImageFetcher:
         if self.cache_dir is None:
             return None
         return self.cache_dir / hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+    def _cache_trim(self, added: int) -> None:
+        """Keep the cache under ``cache_max_bytes``: past it, delete the oldest files down to 80 %."""
+        if self.cache_dir is None:
+            return
+        with self._cache_lock:
+            if self._cache_bytes is not None:
+                self._cache_bytes += added
+                if self._cache_bytes <= self.cache_max_bytes:
+                    return
+            files = sorted(self._cache_files())  # (mtime, size, path), oldest first
+            total = sum(size for _, size, _ in files)
+            for _, size, p in files:
+                if total <= 0.8 * self.cache_max_bytes or total <= self.cache_max_bytes and self._cache_bytes is None:
+                    break
+                p.unlink(missing_ok=True)
+                total -= size
+            self._cache_bytes = total
+            logger.info("image cache trimmed to %d bytes (cap %d)", total, self.cache_max_bytes)
+
+    def _cache_files(self) -> list[tuple[float, int, Path]]:
+        assert self.cache_dir is not None
+        out = []
+        try:
+            for p in self.cache_dir.iterdir():
+                if len(p.name) == 64:
+                    with contextlib.suppress(OSError):  # removed meanwhile by another fetcher
+                        st = p.stat()
+                        out.append((st.st_mtime, st.st_size, p))
+        except OSError:
+            pass
+        return out
 
     @staticmethod
     def _cache_write(path: Path, data: bytes) -> None:

@@ -281,3 +281,14 @@ def test_setup_bad_hostname_is_a_400_and_breaks_nothing(tmp_path: Path, hostname
     r = client.post("/setup", json={"project": "3", "schema": SEG, "hostname": hostname})
     assert r.status_code == 400 and "hostname" in r.get_json()["message"]
     assert _predict(client).status_code == 200
+
+
+def test_metric_labels_stay_bounded(app_conn: tuple[Flask, fakeredis.FakeRedis]) -> None:
+    app, _ = app_conn
+    client = app.test_client()
+    for i in range(30):
+        client.post("/webhook", json={"action": f"NONSENSE_{i}", "project": {"id": 7}})
+        client.open("/predict", method=f"BREW{i}")
+        client.get(f"/nope{i}")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'action="other"' in text and "NONSENSE" not in text and "BREW" not in text and "nope" not in text

@@ -108,3 +108,46 @@ def test_parse_http_url_accepts_and_rebuilds(url: str, host: str, port: int, reb
 ])
 def test_is_public_uses_is_global_and_unwraps_embedded_ipv4(address: str, public: bool) -> None:
     assert is_public(address) is public
+
+
+def test_cache_capped_and_policy_checked_before_the_cache(ls: Server, tmp_path) -> None:
+    png = _png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    for i in range(10):
+        ls.routes[f"/data/upload/{i}.png"] = (200, {}, png)
+    fetcher = ImageFetcher(ls.url, TOKEN, cache_dir=tmp_path, cache_max_bytes=4 * len(png))
+    for i in range(10):
+        fetcher.fetch_bytes(f"/data/upload/{i}.png")
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 4 * len(png)
+    # a URL cached while its host was allow-listed is refused once it is not
+    other = "http://img.example.com/a.png"
+    ImageFetcher(ls.url, TOKEN, cache_dir=tmp_path)._cache_write(fetcher._cache_path(other), png)
+    with pytest.raises(ImageError, match="allowed hosts"):
+        ImageFetcher(ls.url, TOKEN, cache_dir=tmp_path).fetch_bytes(other)
+
+
+@pytest.mark.parametrize("data", [b"%!PS-Adobe-3.0 EPSF-3.0\n", b"8BPS\x00\x01", b"\x00\x00\x01\x00", b"<svg/>",
+                                  b"P6\n1 1\n255\n\x00\x00\x00", b"\x00\x00\x00\x0cjP  "])
+def test_only_allowed_formats_reach_pil(ls: Server, data: bytes) -> None:
+    ls.routes["/data/upload/x.img"] = (200, {}, data)
+    with pytest.raises(ImageError, match="not an allowed file format"):
+        ImageFetcher(ls.url, TOKEN).fetch_image("/data/upload/x.img")
+
+
+def test_total_deadline_per_fetch(ls: Server) -> None:
+    import time as _time
+
+    def slow(handler):  # noqa: ANN001 - http.server handler
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(40):
+            handler.wfile.write(b"\x89" * 100)
+            handler.wfile.flush()
+            _time.sleep(0.1)
+        return 200, {}, b""
+
+    ls.routes["/data/upload/slow.png"] = (200, {}, slow)
+    t0 = _time.monotonic()
+    with pytest.raises(ImageError):
+        ImageFetcher(ls.url, TOKEN, timeout=2.0, total_timeout=1.0).fetch_bytes("/data/upload/slow.png")
+    assert _time.monotonic() - t0 < 2.5
