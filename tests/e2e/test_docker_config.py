@@ -3,6 +3,8 @@ services the way the backend expects. No docker engine is needed: ``config`` onl
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
+SECRETS = {"MTAL_LS_TOKEN": "t" * 40, "MTAL_LS_PASSWORD": "p" * 12, "MTAL_BASIC_AUTH_USER": "ls",
+           "MTAL_BASIC_AUTH_PASS": "b" * 12}
 
 
 def _compose_cmd() -> list[str] | None:
@@ -30,9 +34,14 @@ def test_compose_config_is_valid() -> None:
     cmd = _compose_cmd()
     if cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    env = {**os.environ, **SECRETS}
     proc = subprocess.run([*cmd, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+                          cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("MTAL_")}
+    refused = subprocess.run([*cmd, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env=bare)
+    assert refused.returncode != 0 and "MTAL_" in refused.stderr  # no defaults for secrets
     for service in ("label-studio", "redis", "backend", "worker"):
         assert f"{service}:" in proc.stdout
 
@@ -70,3 +79,20 @@ def test_dockerfiles_run_as_non_root(name: str, command: str) -> None:
     assert lines[[i for i, ln in enumerate(lines) if ln.startswith("CMD ")][-1]] == f"CMD {command}"
     for path in ("backend/gunicorn.conf.py", "backend/wsgi.py", "backend/worker.py"):
         assert (ROOT / path).is_file(), path
+
+
+def test_compose_defaults_are_closed() -> None:
+    """No default secrets, basic auth required, ports on loopback unless MTAL_BIND says otherwise."""
+    yaml = pytest.importorskip("yaml")
+    text = COMPOSE.read_text()
+    spec = yaml.safe_load(text)
+    services = spec["services"]
+    secrets = ("MTAL_LS_TOKEN", "MTAL_LS_PASSWORD", "MTAL_BASIC_AUTH_USER", "MTAL_BASIC_AUTH_PASS")
+    for name in secrets:  # every use is ${NAME:?...}: required, never a default
+        uses = re.findall(r"\$\{" + name + r"(:?[-?])", text)
+        assert uses and set(uses) == {":?"}, name
+    env = services["backend"]["environment"]
+    assert "MTAL_BASIC_AUTH_USER" in env["BASIC_AUTH_USER"] and "MTAL_BASIC_AUTH_PASS" in env["BASIC_AUTH_PASS"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port.startswith("${MTAL_BIND:-127.0.0.1}:"), (name, port)
