@@ -64,7 +64,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("hostile")
     env = backend_env(ls.url, "ls-token", tmp / "models", cache_dir=tmp / "cache", MTAL_NET_CONFIG="tiny",
                       MTAL_IMAGE_SIZE="64", MTAL_DEVICE="cpu", MTAL_TRAIN_THRESHOLD="0", MTAL_THREADS="4",
-                      MTAL_BODY_READ_TIMEOUT="2", OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2", BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw")
+                      MTAL_BODY_READ_TIMEOUT="2", OMP_NUM_THREADS="1", BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw")
     backend = start_backend(env, tmp, timeout=300)  # a loaded 2-core machine: torch imports slowly
     peak = Peak(backend.process.pid)
     session = requests.Session()
@@ -83,7 +83,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ls.close()
 
 
-def _send(world: dict[str, Any], path: str, body: Any, timeout: float = 90) -> requests.Response:
+def _send(world: dict[str, Any], path: str, body: Any, timeout: float = 180) -> requests.Response:
     url = world["backend"].url + path
     if isinstance(body, tuple) and body[0] == "ctype":
         return world["session"].post(url, data=body[2], headers={"Content-Type": body[1]}, timeout=timeout)
