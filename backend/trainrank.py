@@ -101,6 +101,8 @@ def train_version(
     result = fit(model, list(train), config, progress=progress, sample_weights=sample_weights)
     metrics: dict[str, Any] = {"train_loss": result.history[-1] if result.history else None,
                                "n_train": len(train), "n_val": len(val), "epochs": result.epochs_run}
+    if result.box_health:  # degenerate boxes on the last epoch's training steps: a collapse shows in /status
+        metrics["box_health"] = _json_safe(result.box_health)
     if val:
         loader = make_loader(list(val), model.modalities, config.batch_size)
         metrics["val"] = _json_safe(evaluate(model, loader))

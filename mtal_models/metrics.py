@@ -17,7 +17,9 @@ all images pooled before dividing):
 - depth ``rmse``: sqrt(mean squared error over valid pixels, target > 0); also ``abs_err``.
 - normals ``mean_angle``: mean angle in degrees between the normalised prediction and target over valid
   (non-zero) target pixels (a median would need every pixel kept, so it is not reported).
-- detection ``map``: torchmetrics ``MeanAveragePrecision`` (bbox, COCO 0.5:0.95); also ``map_50``.
+- detection ``map``: torchmetrics ``MeanAveragePrecision`` (bbox, COCO 0.5:0.95); also ``map_50``,
+  and ``degenerate_share``: the share of predicted boxes narrower or lower than 1 px (a collapsed box
+  regression gives boxes of zero size, and mAP 0, with high scores; see :func:`box_collapse`).
 
 :func:`mdsq` combines detection and segmentation relative to fully supervised references (MTC).
 """
@@ -44,10 +46,33 @@ __all__ = [
     "ModalityMetric",
     "NormalsMetric",
     "SegmentationMetric",
+    "box_collapse",
     "build_metric",
+    "count_degenerate",
     "mdsq",
     "mdsq_score",
 ]
+
+MIN_BOX_SIZE = 1.0
+"""A predicted box narrower or lower than this (pixels) is degenerate."""
+COLLAPSE_SHARE = 0.5
+"""Box regression counts as collapsed when at least this share of the predicted boxes is degenerate."""
+
+
+def count_degenerate(dets: Tensor, min_size: float = MIN_BOX_SIZE) -> tuple[int, int]:
+    """Padded detections [B, K, 6 + C] -> (degenerate boxes, predicted boxes); padding rows (class < 0)
+    are not counted; a box is degenerate when x2 - x1 or y2 - y1 is below ``min_size`` pixels."""
+    real = dets[..., 5] >= 0
+    small = ((dets[..., 2] - dets[..., 0]) < min_size) | ((dets[..., 3] - dets[..., 1]) < min_size)
+    return int((small & real).sum()), int(real.sum())
+
+
+def box_collapse(degenerate: int, predicted: int) -> dict[str, Any]:
+    """{"predicted", "degenerate", "degenerate_share" (NaN without boxes), "collapsed"}: collapsed when
+    at least :data:`COLLAPSE_SHARE` of the predicted boxes are degenerate."""
+    share = degenerate / predicted if predicted else math.nan
+    return {"predicted": predicted, "degenerate": degenerate, "degenerate_share": share,
+            "collapsed": bool(predicted) and share >= COLLAPSE_SHARE}
 
 
 class ModalityMetric:
@@ -206,6 +231,7 @@ class DetectionMetric(ModalityMetric):
         super().__init__(spec)
         self._map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
         self._n = 0
+        self._degenerate = self._predicted = 0
 
     def _update(self, pred: Tensor, target: list[dict[str, Tensor]]) -> None:
         if not isinstance(pred, Tensor) or pred.dim() != 3 or pred.shape[-1] != 6 + self.spec.channels:
@@ -223,12 +249,16 @@ class DetectionMetric(ModalityMetric):
         ]
         self._map.update(preds, targets)
         self._n += len(targets)
+        degenerate, predicted = count_degenerate(pred.detach())
+        self._degenerate += degenerate
+        self._predicted += predicted
 
     def compute(self) -> dict[str, float]:
         if self._n == 0:
-            return {"map": math.nan, "map_50": math.nan}
+            return {"map": math.nan, "map_50": math.nan, "degenerate_share": math.nan}
         res = self._map.compute()
-        return {"map": float(res["map"]), "map_50": float(res["map_50"])}
+        share = self._degenerate / self._predicted if self._predicted else math.nan
+        return {"map": float(res["map"]), "map_50": float(res["map_50"]), "degenerate_share": share}
 
 
 def build_metric(spec: ModalitySpec, **options: Any) -> ModalityMetric:

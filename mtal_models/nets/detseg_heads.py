@@ -19,7 +19,7 @@ from torchvision.ops import boxes as box_ops
 
 from mtal_models.modalities import ModalitySpec
 
-__all__ = ["DenseHead", "FeatureFusion", "build_fcos", "group_norm", "postprocess_detections"]
+__all__ = ["DenseHead", "FeatureFusion", "SoftplusConv2d", "build_fcos", "group_norm", "postprocess_detections"]
 
 # FCOS anchor ("point") sizes equal the strides of P3..P7, one anchor per location (torchvision default).
 ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((8,), (16,), (32,), (64,), (128,))
@@ -33,6 +33,31 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 def _groups(channels: int) -> int:
     return math.gcd(32, max(1, channels // 2))
+
+
+class SoftplusConv2d(nn.Conv2d):
+    """A conv whose output goes through softplus: FCOS's box-distance layer ``bbox_reg``.
+
+    torchvision's FCOSRegressionHead returns ``relu(bbox_reg(x))``. A ReLU there can die: one large
+    optimiser step (Adam at lr 5e-3 moves every weight by about lr at once) makes a distance channel
+    negative at every location, its output is then exactly 0 with exactly 0 gradient, and nothing brings
+    it back. The boxes collapse onto their anchor points (x1 = x2 or y1 = y2), and a GIoU loss of a
+    zero-area box has no gradient either (the intersection is 0 whatever the other sides do).
+    Softplus (as a smooth stand-in for the paper's exp(s * x), with no overflow) keeps distances > 0
+    with a gradient > 0 everywhere, so a channel pushed negative comes back. torchvision's ReLU that
+    follows is then the identity. Same parameters (and state-dict keys) as the plain conv.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(super().forward(x))
+
+
+def _positive_regression(head: FCOSRegressionHead) -> None:
+    """Swap ``head.bbox_reg`` for a :class:`SoftplusConv2d` with the same shape and initial weights."""
+    old = head.bbox_reg
+    new = SoftplusConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    new.load_state_dict(old.state_dict())
+    head.bbox_reg = new
 
 
 class _ChannelsOnly(nn.Module):
@@ -56,13 +81,15 @@ def build_fcos(
     """A torchvision FCOS used for its head, anchor generator, box coder and target matching
     (``FCOS.compute_loss``). Its GeneralizedRCNNTransform (resizing) is never used.
 
-    The head towers use :func:`group_norm`'s group count so that narrow FPNs work.
+    The head towers use :func:`group_norm`'s group count so that narrow FPNs work. Box distances go
+    through softplus instead of ReLU (:class:`SoftplusConv2d`: a dead ReLU collapsed the boxes at lr 5e-3).
     """
     anchors = AnchorGenerator(ANCHOR_SIZES, ((1.0,),) * len(ANCHOR_SIZES))
     head = FCOSHead(channels, 1, num_classes, num_convs=0)  # towers replaced below (GN(32) needs 32 | channels)
     norm = partial(nn.GroupNorm, _groups(channels))
     head.classification_head = FCOSClassificationHead(channels, 1, num_classes, num_convs, norm_layer=norm)
     head.regression_head = FCOSRegressionHead(channels, 1, num_convs, norm_layer=norm)
+    _positive_regression(head.regression_head)
     return FCOS(
         _ChannelsOnly(channels),
         num_classes,

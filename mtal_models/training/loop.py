@@ -27,6 +27,7 @@ from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
 from mtal_models.training.checkpoint import Checkpoint, save_checkpoint
 from mtal_models.training.config import TrainConfig, resolve_device, seed_everything
 from mtal_models.training.data import make_loader
+from mtal_models.training.health import BoxHealth
 from mtal_models.training.mtpsl import MTPSLMapper, feature_target
 from mtal_models.training.pseudo import pseudo_labels, ramp
 from mtal_models.training.schedule import make_optimizer, make_scheduler
@@ -148,6 +149,7 @@ def train_one_epoch(
     mtpsl: MTPSLMapper | None = None,
     generator: torch.Generator | None = None,
     teacher: MultiTaskNet | None = None,
+    health: BoxHealth | None = None,
 ) -> float:
     """One pass over ``loader`` (yielding :class:`Batch`); returns the mean step loss.
 
@@ -157,6 +159,7 @@ def train_one_epoch(
     modalities from the network's own predictions with their labels given (:mod:`.pseudo`), weighted
     ``pseudo_label_weight`` x the share of training done; with a ``teacher`` network (already trained,
     e.g. the previous round's), the teacher guesses at the full weight from the first step.
+    ``health`` counts each step's degenerate predicted boxes (collapse detection).
     """
     device = _device_of(model)
     amp = config.use_amp(device)
@@ -187,6 +190,8 @@ def train_one_epoch(
                 loss = loss + config.mtpsl_weight * mtpsl.loss(out, batch.labels)
             if extra_loss is not None:
                 loss = loss + extra_loss(out, batch if given is None else without_conditioned(batch, given))
+        if health is not None:
+            health.update(out.final)
         if not amp and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -238,7 +243,9 @@ def evaluate(model: MultiTaskNet, loader: DataLoader, **binary_options: Any) -> 
 @dataclass
 class TrainResult:
     """What ``fit`` did. ``history``: mean train loss per epoch run; ``val``: evaluate() per epoch run
-    (empty without validation data); ``epoch``: last completed epoch (what a checkpoint stores)."""
+    (empty without validation data); ``epoch``: last completed epoch (what a checkpoint stores);
+    ``box_health``: per detection modality, the degenerate boxes among those predicted on the training
+    steps of the last epoch (:func:`mtal_models.metrics.box_collapse`; {} without detection)."""
 
     history: list[float]
     val: list[dict[str, Any]]
@@ -248,6 +255,7 @@ class TrainResult:
     scheduler: LRScheduler
     mtpsl: MTPSLMapper | None = None
     step_losses: list[float] = field(default_factory=list)
+    box_health: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self, path: str | Path, model: MultiTaskNet, extra: Mapping[str, Any] | None = None) -> Path:
         """save_checkpoint with this run's optimizer, scheduler, epoch (and MTPSL mapper state)."""
@@ -356,14 +364,22 @@ def fit(
     for epoch in range(first, last + 1):
         torch.manual_seed(config.seed + epoch)
         generator.manual_seed(config.seed + epoch)
+        health = BoxHealth(model.modalities)
         mean = train_one_epoch(
             model, loader, optimizer, scheduler, config, scaler, epoch,
             weights_fn=weights_fn, progress=record, extra_loss=extra_loss, mtpsl=mtpsl, generator=generator,
-            teacher=teacher,
+            teacher=teacher, health=health,
         )  # fmt: skip
         result.history.append(mean)
+        result.box_health = health.report()
         if val_loader is not None:
             result.val.append(evaluate(model, val_loader))
         result.epochs_run += 1
         result.epoch = epoch
+    for name in [n for n, r in result.box_health.items() if r["collapsed"]]:
+        r = result.box_health[name]
+        warnings.warn(
+            f"box regression of {name!r} collapsed: {r['degenerate']} of {r['predicted']} boxes predicted in the "
+            f"last epoch are under 1 px wide or high (lower the learning rate?)", stacklevel=2,
+        )
     return result

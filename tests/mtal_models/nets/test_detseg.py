@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtal_models.metrics import count_degenerate
 from mtal_models.modalities import build_modalities, unpack_detections
 from mtal_models.nets.base import Labels
 from mtal_models.nets.config import get_config
@@ -158,6 +159,32 @@ def test_training_lowers_both_losses() -> None:
     last = {k: v.item() for k, v in net.losses(net(images), labels).items()}
     for name in (DET, SEG):
         assert last[name] < 0.75 * first[name], (name, first, last)
+
+
+def test_box_regression_recovers_when_pushed_negative() -> None:
+    """The collapse at lr 5e-3 (Penn-Fudan, docs/detseg.md): one large Adam step made FCOS's box
+    distances negative everywhere, torchvision's ReLU then gave exactly 0 with 0 gradient and every
+    box stayed at its anchor point. Here all four distance channels start negative (as after such a
+    step): with softplus the regression still gets a gradient and the boxes grow back."""
+    net = make_net(dropout=0.0)
+    with torch.no_grad():
+        net.fcos.head.regression_head.bbox_reg.bias.fill_(-3.0)
+    images, segs, targets = rectangles(4, seed=5)
+    labels = labels_for(targets, segs, [True] * 4, [True] * 4)
+    present = torch.ones(4, dtype=torch.bool)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3, weight_decay=1e-4)
+    first = net.detection_loss_terms(net(images), targets, present)[:, 1].mean().item()
+    for _ in range(30):
+        losses = net.losses(net(images), labels)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    out = net(images)
+    last = net.detection_loss_terms(out, targets, present)[:, 1].mean().item()
+    degenerate, predicted = count_degenerate(out.final[DET])
+    assert first > 0.95  # GIoU loss of (nearly) zero-size boxes
+    assert last < 0.7 * first, (first, last)
+    assert predicted > 0 and degenerate < 0.1 * predicted, (degenerate, predicted)
 
 
 # ---- MC dropout and crops ----------------------------------------------------------------------
