@@ -28,7 +28,10 @@ def _ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtal simulate", description="Offline multi-task active-learning simulation.")
-    p.add_argument("--config", default="default", help="preset (tiny, default) or a JSON file (default: default)")
+    p.add_argument(
+        "--config", default="default",
+        help="preset (tiny, default, camvid, camvid-2tag, pennfudan) or a JSON file (default: default)",
+    )
     p.add_argument("--out", required=True, help="output folder (reused to resume)")
     p.add_argument("--strategies", type=_names, help="comma-separated registry names")
     p.add_argument("--seeds", type=_ints, help="comma-separated seeds")
@@ -38,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-per-round", dest="epochs_per_round", type=int)
     p.add_argument("--steps-per-round", dest="steps_per_round", type=int, help="optimizer steps per round (0 = epochs)")
     p.add_argument("--net", help="network preset: tiny, small, default")
-    p.add_argument("--dataset", help="synthetic, nyud or pascal")
-    p.add_argument("--path", help="dataset root for nyud / pascal")
+    p.add_argument("--dataset", help="synthetic, nyud, pascal, camvid, camvid-2tag or pennfudan")
+    p.add_argument("--path", "--data-dir", dest="path", help="dataset root (nyud, pascal, camvid, pennfudan)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

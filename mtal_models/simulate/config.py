@@ -13,7 +13,8 @@ from mtal_models.training.data import SAMPLINGS
 
 __all__ = ["PRESETS", "SimConfig", "load_config"]
 
-DATASETS = ("synthetic", "nyud", "pascal")
+DATASETS = ("synthetic", "nyud", "pascal", "camvid", "camvid-2tag", "pennfudan")
+PHOTO_DATASETS = ("camvid", "camvid-2tag", "pennfudan")  # real photographs: mtal_models.simulate.photos
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,14 @@ class SimConfig:
     """An offline active-learning experiment.
 
     dataset:          "synthetic" (rendered scenes, no files), "nyud" or "pascal" (``path`` = dataset root;
-                      the pool comes from split ``train_split``, the held-out set from ``val_split``).
+                      the pool comes from split ``train_split``, the held-out set from ``val_split``), "camvid" /
+                      "camvid-2tag" (``path`` = a SegNet-layout CamVid; pool = train, held-out = val) or
+                      "pennfudan" (``path`` = Penn-Fudan; held-out = ``val_images`` images drawn with ``data_seed``).
     modalities:       modality names to learn (a subset of what the dataset offers); empty = all.
     image_size:       every image is resized to image_size x image_size (synthetic: rendered at that size).
+                      With ``image_width`` > 0 (photographs) images fit an image_size (high) x image_width canvas,
+                      aspect ratio kept, padding ignored (:func:`mtal_models.data.photos.fit_canvas`).
+    image_width:      canvas width for the photograph datasets (0 = image_size: a square canvas).
     n_images:         pool size (disk datasets: the first n ids of the split, 0 = all).
     val_images:       held-out images used for every evaluation (fixed across strategies and seeds).
     initial:          initial labelled images (all modalities): a count (>= 1) or a fraction (< 1) of the pool.
@@ -77,6 +83,7 @@ class SimConfig:
     val_split: str = "val"
     modalities: tuple[str, ...] = ("semantic", "depth", "normals")
     image_size: int = 64
+    image_width: int = 0
     n_images: int = 240
     val_images: int = 80
     initial: float = 24
@@ -114,8 +121,11 @@ class SimConfig:
             object.__setattr__(self, name, tuple(value))
         checks = [
             ("dataset", self.dataset in DATASETS, f"must be one of {DATASETS}"),
-            ("path", self.dataset == "synthetic" or bool(self.path), f"is required for dataset {self.dataset!r}"),
+            ("path", self.dataset in ("synthetic", *PHOTO_DATASETS) or bool(self.path),
+             f"is required for dataset {self.dataset!r}"),  # photographs: checked when read (presets have none)
             ("image_size", self.image_size >= 16, "must be >= 16"),
+            ("image_width", self.image_width == 0 or (self.image_width >= 16 and self.dataset in PHOTO_DATASETS),
+             "must be 0, or >= 16 with a photograph dataset"),
             ("n_images", self.n_images >= 2 or (self.dataset != "synthetic" and self.n_images == 0), "must be >= 2"),
             ("val_images", self.val_images >= 1, "must be >= 1"),
             ("initial", self.initial > 0, "must be > 0 (a count >= 1 or a fraction < 1)"),
@@ -208,6 +218,25 @@ PRESETS: dict[str, SimConfig] = {
         image_size=64, n_images=160, val_images=48, initial=8, rounds=4, budget=16, seeds=(0, 1, 2),
         modalities=("semantic", "objects"), steps_per_round=150, retrain=True, full_steps=150, lr=1e-3,
         strategies=("random", "boxmask", "coreset"), step_budget="labels",
+    ),
+    # Real photographs (docs/results.md "Real photographs"); ``path`` is required: --data-dir. One seed of a
+    # round is one training of steps_per_round steps from the seed's initial weights (retrain), as the
+    # reference, which sees the whole pool with the same recipe.
+    "camvid": SimConfig(
+        dataset="camvid", modalities=("semantic",), image_size=192, image_width=256, n_images=0, val_images=101,
+        initial=20, rounds=4, budget=20, seeds=(0, 1, 2), steps_per_round=150, full_steps=150, retrain=True,
+        lr=5e-3, batch_size=8, strategies=("random", "coreset", "partal_image", "mtal_unweighted"),
+    ),
+    "camvid-2tag": SimConfig(
+        dataset="camvid-2tag", modalities=("stuff", "things"), image_size=192, image_width=256, n_images=0,
+        val_images=101, initial=20, rounds=4, budget=40, seeds=(0, 1, 2), steps_per_round=150, full_steps=150,
+        retrain=True, lr=5e-3, batch_size=8, step_budget="labels",
+        strategies=("random", "partal", "partal_image", "coreset"),
+    ),
+    "pennfudan": SimConfig(
+        dataset="pennfudan", modalities=("boxes", "mask"), image_size=256, image_width=256, n_images=120,
+        val_images=50, initial=12, rounds=4, budget=24, seeds=(0, 1, 2), steps_per_round=150, full_steps=150,
+        retrain=True, lr=5e-3, batch_size=8, strategies=("random", "boxmask", "coreset", "partal_image"),
     ),
 }  # fmt: skip
 

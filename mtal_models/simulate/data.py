@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from mtal_models.data import LabelPool, Sample, SceneConfig, SyntheticDataset, read_nyud, read_pascal, resize
 from mtal_models.data.synth import scene_class_names
 from mtal_models.modalities import ModalitySpec
-from mtal_models.simulate.config import SimConfig
+from mtal_models.simulate.config import PHOTO_DATASETS, SimConfig
 
 __all__ = ["SimData", "load_data"]
 
@@ -51,6 +51,10 @@ def _restrict(sample: Sample, names: list[str]) -> Sample:
 def load_data(config: SimConfig) -> SimData:
     """Render or read the pool and the held-out set described by ``config``."""
     size = config.image_size
+    if config.dataset in PHOTO_DATASETS:
+        from mtal_models.simulate.photos import load_photo_data
+
+        return load_photo_data(config)
     if config.dataset == "synthetic":
         scene = SceneConfig(height=size, width=size)
         train = SyntheticDataset(config.n_images, scene, seed=config.data_seed)

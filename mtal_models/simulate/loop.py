@@ -63,7 +63,7 @@ __all__ = ["initial_images", "label_steps", "merge_weights", "run_reference", "r
 # Fields that change the meaning of stored rounds; the others (rounds, strategies, seeds, device ...)
 # may change between a run and its resumption.
 _RESULT_FIELDS = (
-    "dataset", "path", "train_split", "val_split", "modalities", "image_size", "n_images", "val_images",
+    "dataset", "path", "train_split", "val_split", "modalities", "image_size", "image_width", "n_images", "val_images",
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
     "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling", "step_budget",
     "pseudo_label_weight", "pseudo_label_confidence", "pseudo_label_teacher", "mtpsl_weight",
@@ -76,7 +76,7 @@ Tick = Callable[[str], None]
 # value, so the stored runs stay valid.
 _LATER_DEFAULTS = {
     "step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9,
-    "pseudo_label_teacher": "self", "mtpsl_weight": 0.0,
+    "pseudo_label_teacher": "self", "mtpsl_weight": 0.0, "image_width": 0,
 }  # fmt: skip
 
 
@@ -223,7 +223,8 @@ class _Run:
         if name == "ll4al":
             self.model.eval()  # a probe of one image: BatchNorm cannot run it in train mode
             with torch.no_grad():
-                pooled = self.model(torch.zeros(1, 3, config.image_size, config.image_size)).pooled
+                width = config.image_width or config.image_size
+                pooled = self.model(torch.zeros(1, 3, config.image_size, width)).pooled
             self.model.train()
             if pooled is None:
                 raise ValueError("strategy 'll4al': the network gives no pooled features")
