@@ -4,7 +4,8 @@ Images fit an ``image_size`` (high) x ``image_width`` canvas with their aspect r
 ignored by losses and metrics; :func:`mtal_models.data.photos.fit_canvas`). CamVid: pool = split
 ``train_split`` (first ``n_images``, 0 = all), held-out set = split ``val_split`` (first ``val_images``).
 Penn-Fudan: ``val_images`` images drawn with ``data_seed`` are held out, the pool is the rest (first
-``n_images``, 0 = all).
+``n_images``, 0 = all). ``class_names`` are the datasets' (BoxMask matches "person" boxes to the
+"person" mask class by name).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def load_photo_data(config: SimConfig) -> SimData:
         every = read_pennfudan(config.path)
         pool_ids, val_ids = pennfudan_split(every.ids, config.val_images, config.data_seed)
         train_ds, val_ds = read_pennfudan(config.path, pool_ids), read_pennfudan(config.path, val_ids)
+        classes = {"boxes": ["person"], "mask": ["background", "person"]}
     else:
         train_ds = read_camvid(config.path, config.train_split, config.dataset)
         val_ds = read_camvid(config.path, config.val_split, config.dataset)
+        classes = {n: list(c) for n, c in train_ds.classes.items()}
     where = f"{config.dataset} at {config.path}"
     mods = _subset(train_ds.modalities, config.modalities, where)
     names = list(mods)
@@ -42,4 +45,4 @@ def load_photo_data(config: SimConfig) -> SimData:
     def load(ds: Sequence[Sample], count: int) -> list[Sample]:
         return [_restrict(fit_canvas(ds[i], mods, height, width), names) for i in range(count)]
 
-    return SimData(load(train_ds, n), load(val_ds, nv), mods)
+    return SimData(load(train_ds, n), load(val_ds, nv), mods, {k: v for k, v in classes.items() if k in mods})
