@@ -114,9 +114,11 @@ def _bench_section(bench: Path | None) -> str:
     return "\n".join(lines) + f"\n\nWall time per module: {secs}.\n"
 
 
-def render(sim: Path, bench: Path | None, plots_dir: Path, doc: Path, notes: Path | None = None) -> str:
+def render(sim: Path, bench: Path | None, plots_dir: Path, doc: Path, notes: Path | None = None,
+           sections: Sequence[Path] = ()) -> str:
     """The markdown of docs/results.md; copies the PNG plots to ``plots_dir``; ``notes`` (a markdown file,
-    optional) is included verbatim under "Notes" (how the committed run went: interruptions, load ...)."""
+    optional) is included verbatim under "Notes" (how the committed run went: interruptions, load ...);
+    ``sections``: markdown files (other runs: det+seg, photographs) appended verbatim, those that exist."""
     data = json.loads((sim / "metrics.json").read_text())
     rows, table, config, machine = data["rows"], data["labels_to_target"], data["config"], data["machine"]
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +135,7 @@ def render(sim: Path, bench: Path | None, plots_dir: Path, doc: Path, notes: Pat
     else:
         wall_text = f"The last `mtal simulate` invocation took {wall_min:.1f} minutes of wall time."
     notes_md = notes.read_text().strip() + "\n" if notes is not None and notes.is_file() else "_None._\n"
+    extra = "".join(p.read_text().strip() + "\n\n" for p in sections if p.is_file())
     cfg = ", ".join(f"`{k}={v}`" for k, v in config.items() if k not in ("path", "strategy_options"))
     return f"""# Results
 
@@ -173,7 +176,7 @@ seed-mean curve, interpolated linearly between rounds.
 ## Notes on this run
 
 {notes_md}
-## Benchmarks (`python -m bench.collect`)
+{extra}## Benchmarks (`python -m bench.collect`)
 
 {_bench_section(bench)}"""
 
@@ -185,12 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--plots", default="docs/results", help="where the PNG plots are copied")
     ap.add_argument("--notes", default="docs/results/notes.md", help="hand-written notes included verbatim")
+    ap.add_argument("--sections", default="docs/results/detseg.md,docs/results/photographs.md",
+                    help="comma-separated markdown files appended verbatim (those that exist)")
     args = ap.parse_args(argv)
     sim, out = Path(args.sim), Path(args.out)
     if not (sim / "metrics.json").is_file():
         raise SystemExit(f"results_doc: {sim}/metrics.json not found: run the simulation first")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(sim, Path(args.bench), Path(args.plots), out, Path(args.notes)))
+    sections = [Path(p) for p in args.sections.split(",") if p]
+    out.write_text(render(sim, Path(args.bench), Path(args.plots), out, Path(args.notes), sections))
     print(f"wrote {out}")
     return 0
 
