@@ -64,9 +64,10 @@ class Settings:
     [MTAL_CLUSTER_PUSH_LIMIT] (1000: Label Studio 1.23 stores a prediction's cluster only through
     one POST per prediction, so larger rankings are pushed in bulk without clusters),
     set_sampling [MTAL_SET_SAMPLING] (true: set the project's sampling to "Uncertainty sampling"),
-    keep_prediction_versions [MTAL_KEEP_PREDICTION_VERSIONS] (2: after a ranking, the predictions of
-    MTAL's versions of the project other than the new one and the newest before it are deleted from
-    Label Studio; 0 = delete nothing).
+    keep_prediction_versions [MTAL_KEEP_PREDICTION_VERSIONS] (1: after a ranking, the predictions of
+    MTAL's other versions of the project are deleted from Label Studio, because LS 1.23's editor lists
+    every version's prediction of a task opened from the Data Manager; N: the new one and the N - 1
+    newest before it are kept; 0 = delete nothing).
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
@@ -112,7 +113,7 @@ class Settings:
     clusters: int = 8
     cluster_push_limit: int = 1000
     set_sampling: bool = True
-    keep_prediction_versions: int = 2
+    keep_prediction_versions: int = 1
     worker_nice: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
     body_read_timeout: float = 30.0
@@ -261,7 +262,7 @@ class Settings:
             clusters=get_int("MTAL_CLUSTERS", 8),
             cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 1000),
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
-            keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 2),
+            keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 1),
             worker_nice=get_int("MTAL_WORKER_NICE", 10),
             max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),

@@ -90,6 +90,7 @@ def test_version_metadata_and_settings_feed_the_prefill() -> None:
     assert p.threshold("boxes") == 0.55 and p.threshold("other") == 0.3
     assert Prefill.for_version(Settings(), {}).threshold("boxes") == 0.3
     assert config_from(Settings()) == PrefillConfig()
+    assert Settings.from_env({}).keep_prediction_versions == 1  # only the current version's prefill stays
     env = Settings.from_env({"MTAL_PREFILL_PER_CLASS": "true", "MTAL_PREFILL_MIN_AREA": "0"})
     assert env.prefill_per_class and env.prefill_min_area == 0.0
     with pytest.raises(ValueError, match="MTAL_PREFILL_MIN_AREA"):
