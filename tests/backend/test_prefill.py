@@ -118,7 +118,7 @@ def test_trained_version_stores_threshold_and_edit_cost(tmp_path: Any, with_val:
         objects, semantic = metrics["val"]["objects"], metrics["val"]["semantic"]
         assert {"box_precision", "box_recall", "duplicates_per_object", "display_threshold"} <= set(objects)
         assert 0 <= semantic["mask_edit_share"] <= 1
-        chosen = objects["display_threshold"]  # None (NaN in JSON) when no threshold gives a hit
+        chosen = objects["display_threshold"]  # None (NaN) only when val holds neither boxes nor objects
         assert meta["prefill_thresholds"] == ({} if chosen is None else {"objects": chosen})
     else:
         assert meta["prefill_thresholds"] == {}
