@@ -29,6 +29,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # tests.support holds the service starters and the scene project
@@ -37,7 +38,8 @@ import requests  # noqa: E402
 
 from tests.support.label_studio import LabelStudioServer  # noqa: E402
 from tests.support.mtal_processes import backend_env, start_backend  # noqa: E402
-from tests.support.prefill_check import prefill_edit_cost  # noqa: E402
+from tests.support.prefill_check import prefill_edit_cost, version_predictions  # noqa: E402
+from tests.support.prefill_figure import save_prefill_figure  # noqa: E402
 from tests.support.scene_project import annotate, create_scene_project  # noqa: E402
 
 USERNAME = "demo@mtal.local"
@@ -70,6 +72,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the training (default 3e-3)")
     p.add_argument("--net", default="small", choices=["tiny", "small", "default"], help="network size (default small)")
     p.add_argument("--summary", type=Path, help="write the edit cost before / after training here (JSON)")
+    p.add_argument("--figure", type=Path, help="write a before / after picture of 3 prefilled tasks here (PNG)")
     p.add_argument("--no-wait", action="store_true", help="stop everything once the project is ranked")
     args = p.parse_args(argv)
     if args.size < 32 or args.size % 32 or args.net_size < 32 or args.net_size % 32:
@@ -97,13 +100,18 @@ def _wait_trained(backend_url: str, project: int, old: str | None, timeout: floa
             raise RuntimeError(f"training failed: {status['error']}")
         if status["state"] == "idle" and status.get("version") and status["version"] != old:
             return status
-        if status["state"] != last or status["state"] == "training":
-            training = status["state"] == "training" and status.get("epoch") is not None
-            epoch = f", epoch {status['epoch']:.0f}" if training else ""
+        training = status["state"] == "training" and status.get("epoch") is not None
+        epoch = f", epoch {status['epoch']:.0f}" if training else ""
+        if (status["state"], epoch) != last:
             _step(f"  ... {status['state']}{epoch}")
-            last = status["state"]
+            last = (status["state"], epoch)
         time.sleep(3)
     raise RuntimeError(f"no trained version within {timeout:.0f} s")
+
+
+def _results(url: str, headers: dict, project: Any, version: str, indices: list[int]) -> dict[int, list]:
+    preds = version_predictions(url, headers, project.id, version)
+    return {i: preds[project.task_ids[i]]["result"] for i in indices if project.task_ids[i] in preds}
 
 
 def _print_edit_cost(before: dict, after: dict, n: int) -> None:
@@ -157,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                       json={"selectedItems": {"all": True, "excluded": []}}).raise_for_status()
         todo = range(args.label, args.tasks)  # the tasks a user will open next: measured before and after
         before = prefill_edit_cost(ls.url, ls.headers, project, v1, todo)
+        shown = list(todo)[:3]
+        first = _results(ls.url, ls.headers, project, v1, shown) if args.figure else {}
         for index in range(args.label):
             annotate(ls.url, ls.headers, project, index, labelled_modalities(index))
         _step(f"submitted {args.label} annotations (some tasks: semantic only, some: objects only); "
@@ -169,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.monotonic() - started:.0f} s with ranking)")
         after = prefill_edit_cost(ls.url, ls.headers, project, status["version"], todo)
         _print_edit_cost(before, after, len(todo))
+        if args.figure:
+            later = _results(ls.url, ls.headers, project, status["version"], shown)
+            _step(f"figure: {save_prefill_figure(args.figure, project, shown, first, later)}")
         if args.summary:
             args.summary.write_text(json.dumps({"before": before, "after": after, "version": status["version"],
                                                 "initial_version": v1, "metrics": status.get("metrics")}, indent=1))
