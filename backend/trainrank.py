@@ -154,10 +154,12 @@ def rank_tasks(
 
 def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
                  tasks: Sequence[Mapping[str, Any]], labelled_ids: set[Any],
-                 spool: ResultSpool, prefill: Prefill) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
+                 spool: ResultSpool, prefill: Prefill | None = None,
+                 ) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
     """One pass over ``tasks`` in chunks: per-batch strategy scores, pooled features [B, D] (CPU), and
     per fetched task a row {id, labelled modalities, size, "spooled": spool key of its pre-annotations, None
     for labelled tasks}."""
+    prefill = prefill or Prefill()
     settings, size, device = ctx.settings, ctx.settings.image_size, ctx.settings.torch_device()
     rows: list[dict[str, Any]] = []
     parts, pooled = [], []
