@@ -23,7 +23,7 @@ def test_demo_prefill_is_worth_keeping(tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--no-wait", "--summary", str(summary),
            "--data-dir", str(tmp_path / "demo"), "--ls-port", str(free_port()), "--port", str(free_port())]
-    run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "edit cost of the prefill" in run.stdout and "before training" in run.stdout
     got = json.loads(summary.read_text())
