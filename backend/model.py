@@ -28,6 +28,7 @@ import torch
 
 from backend.labeling import ProjectSchema, parse_label_config
 from backend.predict import predict_tasks
+from backend.prefill import Prefill
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 from backend.trainrank import strategy_for
@@ -179,6 +180,7 @@ class MTALModel:
             device=self.store.device,
             batch_size=self.settings.predict_batch_size,
             ranking=self.store.ranking(self.project_id),
+            prefill=Prefill.for_version(self.settings, loaded.metadata),
         )
 
     def fit(self, event: str, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:

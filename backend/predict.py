@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.convert import SegmentationArgmax, annotation_to_labels, predictions_to_results
+from backend.convert import SegmentationArgmax, annotation_to_labels
 from backend.labeling import ProjectSchema
+from backend.prefill import Prefill
 from mtal_models.data.sample import Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels
@@ -211,12 +212,15 @@ def predict_tasks(
     device: str = "cpu",
     batch_size: int = 32,
     ranking: Mapping[str, Any] | None = None,
+    prefill: Prefill | None = None,
 ) -> list[dict[str, Any]]:
     """One Label Studio prediction per task, in order: {"result", "score", "model_version"}.
 
     model: a MultiTaskNet over ``schema.modalities``; tasks: LS task dicts (``data``, optional
     ``id`` and ``annotations``). Tasks that fail get {"result": [], "model_version"} (no score).
+    prefill: the version's post-processing (:class:`backend.prefill.Prefill`; default: its defaults).
     """
+    prefill = prefill or Prefill()
     size = int(image_size)
     empty = [{"result": [], "model_version": model_version} for _ in tasks]
     prepared: list[PreparedTask] = []
@@ -251,7 +255,7 @@ def predict_tasks(
         for j, (i, p) in enumerate(chunk):
             try:
                 out[i] = _one_prediction(
-                    p, {k: v[j] for k, v in preds.items()}, scores[j], schema, size, model_version, ranked
+                    p, {k: v[j] for k, v in preds.items()}, scores[j], schema, size, model_version, ranked, prefill
                 )
             except Exception:
                 log.exception("predict: task %s: converting the prediction failed", p.task_id)
@@ -301,6 +305,7 @@ def _one_prediction(
     size: int,
     model_version: str,
     ranked: Mapping[str, Any],
+    prefill: Prefill,
 ) -> dict[str, Any]:
     modalities = schema.modalities
     entry = ranked.get(str(p.task_id)) if p.task_id is not None else None
@@ -313,5 +318,5 @@ def _one_prediction(
     if requested is None:
         requested = [m for m in schema.annotatable if m not in p.labelled]
     todo = {name: pred for name, pred in preds.items() if name not in p.labelled}
-    result = predictions_to_results(todo, schema, p.height, p.width, requested=requested, input_size=(size, size))
+    result = prefill.results(todo, schema, p.height, p.width, requested=requested, input_size=(size, size))
     return {"result": result, "score": score, "model_version": model_version}

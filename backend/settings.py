@@ -64,9 +64,10 @@ class Settings:
     [MTAL_CLUSTER_PUSH_LIMIT] (1000: Label Studio 1.23 stores a prediction's cluster only through
     one POST per prediction, so larger rankings are pushed in bulk without clusters),
     set_sampling [MTAL_SET_SAMPLING] (true: set the project's sampling to "Uncertainty sampling"),
-    keep_prediction_versions [MTAL_KEEP_PREDICTION_VERSIONS] (2: after a ranking, the predictions of
-    MTAL's versions of the project other than the new one and the newest before it are deleted from
-    Label Studio; 0 = delete nothing).
+    keep_prediction_versions [MTAL_KEEP_PREDICTION_VERSIONS] (1: after a ranking, the predictions of
+    MTAL's other versions of the project are deleted from Label Studio, because LS 1.23's editor lists
+    every version's prediction of a task opened from the Data Manager; N: the new one and the N - 1
+    newest before it are kept; 0 = delete nothing).
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
@@ -75,6 +76,10 @@ class Settings:
     per annotation (``backend.convert.MAX_REGIONS``), 32 control tags and 1000 labels per labeling config,
     1 M characters per config, no DOCTYPE (``backend.labeling``), 10000 annotations/ids/results per
     webhook event (``backend.events.MAX_EVENT_ITEMS``).
+    Prefill (what Label Studio shows, see backend/prefill.py): prefill_per_class
+    [MTAL_PREFILL_PER_CLASS] (false: one box per object across classes; true: the detector's
+    per-class boxes), prefill_min_area [MTAL_PREFILL_MIN_AREA] (0.002: mask components under this
+    share of the image's pixels take the surrounding class; 0 = keep all).
     worker_nice [MTAL_WORKER_NICE] (10, 0..19): how much lower the CPU priority of the thread that runs
     the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
     on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
@@ -108,11 +113,13 @@ class Settings:
     clusters: int = 8
     cluster_push_limit: int = 1000
     set_sampling: bool = True
-    keep_prediction_versions: int = 2
+    keep_prediction_versions: int = 1
     worker_nice: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
     body_read_timeout: float = 30.0
     max_predict_tasks: int = 1000
+    prefill_per_class: bool = False
+    prefill_min_area: float = 0.002
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -127,6 +134,8 @@ class Settings:
             raise SettingsError(f"MTAL_TRAIN_THRESHOLD must be >= 0, got {self.train_threshold}")
         if self.keep_prediction_versions < 0:
             raise SettingsError(f"MTAL_KEEP_PREDICTION_VERSIONS must be >= 0, got {self.keep_prediction_versions}")
+        if not 0 <= self.prefill_min_area < 1:
+            raise SettingsError(f"MTAL_PREFILL_MIN_AREA must be in [0, 1), got {self.prefill_min_area}")
         if not 0 <= self.worker_nice <= 19:
             raise SettingsError(f"MTAL_WORKER_NICE must be in 0..19, got {self.worker_nice}")
         if self.predict_batch_size < 1:
@@ -253,11 +262,13 @@ class Settings:
             clusters=get_int("MTAL_CLUSTERS", 8),
             cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 1000),
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
-            keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 2),
+            keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 1),
             worker_nice=get_int("MTAL_WORKER_NICE", 10),
             max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),
             max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
+            prefill_per_class=get_bool("MTAL_PREFILL_PER_CLASS", False),
+            prefill_min_area=get_float("MTAL_PREFILL_MIN_AREA", 0.002),
         )
 
     def configure_logging(self) -> None:

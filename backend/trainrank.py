@@ -18,6 +18,7 @@ import torch
 from backend.convert import predictions_to_results
 from backend.labeling import ProjectSchema
 from backend.predict import prepare_task
+from backend.prefill import Prefill, config_from, prefill_thresholds
 from backend.ranking import kmeans_clusters, ls_scores, requested_modalities
 from backend.settings import Settings
 from backend.spool import ResultSpool
@@ -79,7 +80,8 @@ def train_version(
     weights: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Continue the current version's weights on ``train`` (a fresh optimizer and poly schedule per
-    round), evaluate on ``val``, publish the new version atomically. Returns (version, metrics)."""
+    round), evaluate on ``val`` (with the edit cost of the prefill), publish the new version atomically with
+    the display thresholds chosen on ``val`` (none without ``val``: 0.3). Returns (version, metrics)."""
     current = store.current(project)
     if current is None:
         raise ValueError(f"project {project} has no version to continue from (call /setup first)")
@@ -105,12 +107,13 @@ def train_version(
         metrics["box_health"] = _json_safe(result.box_health)
     if val:
         loader = make_loader(list(val), model.modalities, config.batch_size)
-        metrics["val"] = _json_safe(evaluate(model, loader))
+        metrics["val"] = _json_safe(evaluate(model, loader, prefill=config_from(settings)))
         parent_val = (meta.get("metrics") or {}).get("val")
         if parent_val and (dsq := _mdsq_or_none(metrics["val"], parent_val, model.modalities)) is not None:
             metrics["mdsq_vs_parent"] = dsq  # MTC's mDSQ with the parent version as the reference (> 1: better)
     new_meta = {k: v for k, v in meta.items() if k not in _VERSION_KEYS}
-    new_meta.update(initial=False, source=f"trained on {len(train)} tasks", metrics=metrics, strategy=strategy.name)
+    new_meta.update(initial=False, source=f"trained on {len(train)} tasks", metrics=metrics, strategy=strategy.name,
+                    prefill_thresholds=prefill_thresholds(metrics.get("val"), schema))
     tmp = store.tmp_dir(project) / f"train-{uuid.uuid4().hex}.pt"
     save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
     return store.publish(project, tmp, new_meta, move=True), metrics
@@ -141,8 +144,9 @@ def rank_tasks(
     strategy = strategy_for(settings, schema)
     previous = store.ranking(project)
     strategy.load_state((previous.get("strategy_state") or {}).get(strategy.name, {}))
+    prefill = Prefill.for_version(settings, store.metadata(project, version))
     with ResultSpool(store.tmp_dir(project)) as spool:
-        rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool)
+        rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill)
         if not rows:
             raise ValueError(f"project {project}: no task image could be fetched; nothing to rank")
         return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool)
@@ -150,10 +154,12 @@ def rank_tasks(
 
 def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
                  tasks: Sequence[Mapping[str, Any]], labelled_ids: set[Any],
-                 spool: ResultSpool) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
+                 spool: ResultSpool, prefill: Prefill | None = None,
+                 ) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
     """One pass over ``tasks`` in chunks: per-batch strategy scores, pooled features [B, D] (CPU), and
     per fetched task a row {id, labelled modalities, size, "spooled": spool key of its pre-annotations, None
     for labelled tasks}."""
+    prefill = prefill or Prefill()
     settings, size, device = ctx.settings, ctx.settings.image_size, ctx.settings.torch_device()
     rows: list[dict[str, Any]] = []
     parts, pooled = [], []
@@ -167,7 +173,8 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
             parts.append(strategy.score_batch(out))
             pooled.append(out.pooled.detach().cpu())
             for i, (task, p) in enumerate(group):
-                key = None if task["id"] in labelled_ids else spool.add(_results(out.final, i, model, schema, p, size))
+                key = None if task["id"] in labelled_ids else spool.add(
+                    _results(out.final, i, model, schema, p, size, prefill))
                 rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled, "size": (p.height, p.width)})
     return rows, parts, pooled
 
@@ -266,13 +273,13 @@ def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: 
 
 
 def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: ProjectSchema, p: Any,
-             size: int) -> list[dict[str, Any]]:
+             size: int, prefill: Prefill) -> list[dict[str, Any]]:
     """Pre-annotations of image ``i`` of the batch at its original size (no choices item)."""
     preds = {}
     for name, value in final.items():
         spec = model.modalities[name]
         preds[name] = (spec.activate(value[i : i + 1])[0] if spec.dense else value[i]).float().cpu().numpy()
-    return predictions_to_results(preds, schema, p.height, p.width, requested=None, input_size=(size, size))
+    return prefill.results(preds, schema, p.height, p.width, requested=None, input_size=(size, size))
 
 
 def _mdsq_or_none(val: Mapping[str, Any], reference: Mapping[str, Any], modalities: Mapping[str, Any]) -> float | None:

@@ -20,6 +20,10 @@ all images pooled before dividing):
 - detection ``map``: torchmetrics ``MeanAveragePrecision`` (bbox, COCO 0.5:0.95); also ``map_50``,
   and ``degenerate_share``: the share of predicted boxes narrower or lower than 1 px (a collapsed box
   regression gives boxes of zero size, and mAP 0, with high scores; see :func:`box_collapse`).
+- edit cost of the prefill, next to these (:mod:`mtal_models.prefill`): segmentation
+  ``mask_edit_share``; detection ``box_precision``, ``box_recall``, ``box_f1``,
+  ``duplicates_per_object``, ``boxes_to_delete_per_image``, ``boxes_to_draw_per_image`` and the
+  ``display_threshold`` they were measured at.
 
 :func:`mdsq` combines detection and segmentation relative to fully supervised references (MTC).
 """
@@ -37,6 +41,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
 from mtal_models.modalities import ModalitySpec, unpack_detections
+from mtal_models.prefill import PrefillConfig, build_prefill_metric
 
 __all__ = [
     "BinaryMetric",
@@ -279,14 +284,19 @@ class MetricSet:
 
     ``update(final, labels_values, labels_present, loss=None, n=B, total_loss=None)``; ``compute()`` gives
     ``{modality: {metric: value}, "multi_task_loss": mean loss per sample}`` plus ``"total_loss"`` (mean
-    per sample) when any batch gave one (the training objective, e.g. with PAD-Net's initial heads).
+    per sample) when any batch gave one (the training objective, e.g. with PAD-Net's initial heads). Segmentation and
+    detection modalities also get the edit cost of their prefill (:mod:`mtal_models.prefill`, post-
+    processed as ``prefill`` says, default :class:`~mtal_models.prefill.PrefillConfig`).
     """
 
-    def __init__(self, modalities: Mapping[str, ModalitySpec], **binary_options: Any) -> None:
+    def __init__(self, modalities: Mapping[str, ModalitySpec], prefill: PrefillConfig | None = None,
+                 **binary_options: Any) -> None:
         self.metrics = {
             name: build_metric(spec, **(binary_options if spec.kind == "binary" else {}))
             for name, spec in modalities.items()
         }
+        config = prefill or PrefillConfig()
+        self.prefill = {n: m for n, s in modalities.items() if (m := build_prefill_metric(s, config)) is not None}
         self._loss_sum = 0.0
         self._loss_n = 0
         self._total_sum = 0.0
@@ -307,6 +317,8 @@ class MetricSet:
             if name not in final:
                 raise ValueError(f"modality {name!r}: the network gave no prediction")
             metric.update(final[name], values[name], present[name])
+            if name in self.prefill:
+                self.prefill[name].update(final[name], values[name], present[name])
         if loss is not None:
             self._loss_sum += float(loss) * n
             self._loss_n += n
@@ -316,6 +328,8 @@ class MetricSet:
 
     def compute(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: m.compute() for name, m in self.metrics.items()}
+        for name, m in self.prefill.items():
+            out[name].update(m.compute())
         out["multi_task_loss"] = self._loss_sum / self._loss_n if self._loss_n else math.nan
         if self._total_n:
             out["total_loss"] = self._total_sum / self._total_n

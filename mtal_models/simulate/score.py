@@ -19,6 +19,8 @@ from mtal_models.modalities import ModalitySpec
 __all__ = ["HIGHER_IS_BETTER", "flat_metrics", "headline", "labels_to_target", "mdsq_score", "task_scores"]
 
 HIGHER_IS_BETTER = {"miou": True, "f1": True, "odsf": True, "map": True, "rmse": False, "mean_angle": False}
+# the edit cost of the prefill (mtal_models.prefill), reported next to the headline metrics
+EDIT_COST = ("mask_edit_share", "box_precision", "box_recall", "duplicates_per_object", "display_threshold")
 
 
 def headline(spec: ModalitySpec) -> str:
@@ -51,9 +53,13 @@ def task_scores(
 
 
 def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySpec]) -> dict[str, float]:
-    """``{"<modality>_<headline metric>": value, "multi_task_loss": value, "total_loss": value}`` for CSV
-    rows (the papers' final-stage loss, and the training objective with PAD-Net's initial heads)."""
+    """``{"<modality>_<headline metric>": value, "<modality>_<edit cost>": value, "multi_task_loss": value,
+    "total_loss": value}`` for CSV rows (the papers' final-stage loss, and the training objective with
+    PAD-Net's initial heads; edit-cost keys: :data:`EDIT_COST`, where the modality has them)."""
     row = {f"{n}_{headline(s)}": _value(metrics, s) for n, s in modalities.items()}
+    for n in modalities:
+        row.update({f"{n}_{k}": float(v) for k, v in (metrics.get(n) or {}).items()
+                    if k in EDIT_COST and isinstance(v, int | float)})
     row["multi_task_loss"] = float(metrics.get("multi_task_loss", math.nan))
     row["total_loss"] = float(metrics.get("total_loss", math.nan))
     return row

@@ -244,3 +244,29 @@ def test_model_versions_listed_and_older_ones_deleted(api: LabelStudioAPI, label
     assert api.get_project(pid)["model_version"] == names[2]  # the project still points at the ranking
     with pytest.raises(ValueError, match="every prediction"):
         api.delete_predictions(pid, "")
+
+
+def test_old_versions_show_in_the_task_view_until_pruned(api: LabelStudioAPI, label_studio: LabelStudioServer) -> None:
+    """What an annotator sees in Label Studio 1.23 when a task holds predictions of two versions: the
+    label stream (``/next``) gives only the project's ``model_version``, but opening the task from the
+    Data Manager (``GET /api/tasks/{id}/``, what the editor loads) gives every version's prediction, so
+    the editor lists both. Hence MTAL_KEEP_PREDICTION_VERSIONS=1: older versions are deleted once the
+    new ranking is pushed."""
+    from backend.trainrank import prune_predictions
+
+    pid, ids = _make_project(api, label_studio, "versions", 1)
+    old, new = f"mtal-{pid}-v1-00000001", f"mtal-{pid}-v2-00000002"
+    for n, version in enumerate((old, new)):
+        api.create_predictions_bulk(pid, [_prediction(ids[0], 0.1 * n, version, n)])
+    api.set_project_ranking(pid, new)
+
+    def shown(path: str) -> list[str]:
+        r = requests.get(f"{label_studio.url}{path}", headers=label_studio.headers, timeout=30)
+        r.raise_for_status()
+        return sorted(p["model_version"] for p in r.json()["predictions"])
+
+    assert shown(f"/api/projects/{pid}/next") == [new]
+    assert shown(f"/api/tasks/{ids[0]}/?project={pid}") == [old, new]
+    assert prune_predictions(api, str(pid), new, keep=1) == [old]
+    assert shown(f"/api/tasks/{ids[0]}/?project={pid}") == [new]
+    assert shown(f"/api/projects/{pid}/next") == [new]

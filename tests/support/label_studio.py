@@ -184,7 +184,7 @@ class LabelStudioServer:
                         if who.ok and who.json().get("email") == self.username:
                             return
                         raise LabelStudioStartError(f"token rejected ({who.status_code}): {who.text[:300]}")
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):  # a loaded machine answers late
                     pass
             if time.monotonic() > deadline:
                 raise LabelStudioStartError(f"Label Studio not ready in time: {self.log_tail()}")

@@ -57,8 +57,10 @@ def test_outputs_exist_with_the_right_columns(tiny_run: tuple[Path, object]) -> 
         "normals_mean_angle",
         "score_semantic",
         "labels_depth",
+        "semantic_mask_edit_share",  # the edit cost of the prefill, next to mIoU
     }
     assert expected <= set(rows[0])
+    assert all(0 <= float(r["semantic_mask_edit_share"]) <= 1 for r in rows)
     assert len(rows) == len(TINY.strategies) * len(TINY.seeds) * (TINY.rounds + 1)
     data = json.loads((out / "metrics.json").read_text())
     assert len(data["rows"]) == len(rows) and data["machine"]["torch"] == torch.__version__

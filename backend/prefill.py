@@ -1,0 +1,111 @@
+"""The prefill an annotator sees: post-processing of one image's predictions before they become
+Label Studio results, the one step both /predict and the ranking job go through.
+
+Per modality, at the network's input size (so it does not depend on how the original image maps to it):
+
+- detection rows [K, 6 + C]: duplicates suppressed across classes (one box per object, its best
+  class; ``MTAL_PREFILL_PER_CLASS=true`` keeps the detector's per-class boxes), then the boxes below
+  the version's display threshold dropped. The threshold is chosen per version on its validation
+  tasks (max F1 at IoU 0.5, :func:`mtal_models.prefill.choose_threshold`) and stored in the version's
+  metadata under ``prefill_thresholds``; 0.3 for versions without one (initial versions, trainings
+  without validation tasks).
+- segmentation: the argmax with speckle removed (components under ``MTAL_PREFILL_MIN_AREA`` of the
+  image's pixels take the surrounding class), before brush RLE or polygons are encoded; polygons are
+  then simplified by :func:`backend.geometry.mask_to_polygons` (1 px tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.convert import SegmentationArgmax, predictions_to_results
+from backend.labeling import ProjectSchema
+from backend.settings import Settings
+from mtal_models.prefill import DEFAULT_THRESHOLD, PrefillConfig, remove_speckle, suppress_duplicates
+
+__all__ = ["Prefill", "config_from", "prefill_thresholds"]
+
+META_KEY = "prefill_thresholds"
+
+
+def prefill_thresholds(val_metrics: Mapping[str, Any] | None, schema: ProjectSchema) -> dict[str, float]:
+    """Display thresholds to store with a version: ``{detection modality: threshold}`` from its
+    validation metrics (``display_threshold``); modalities without one are left out (they use 0.3)."""
+    out: dict[str, float] = {}
+    for name, spec in schema.modalities.items():
+        value = ((val_metrics or {}).get(name) or {}).get("display_threshold")
+        if spec.kind == "detection" and isinstance(value, int | float) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """Post-processing options of one model version: ``config`` (suppression, speckle) and the
+    display threshold per detection modality (missing: :data:`DEFAULT_THRESHOLD`)."""
+
+    config: PrefillConfig = PrefillConfig()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def for_version(cls, settings: Settings, metadata: Mapping[str, Any] | None) -> Prefill:
+        """From the settings (``prefill_per_class``, ``prefill_min_area``) and a version's metadata."""
+        stored = (metadata or {}).get(META_KEY) or {}
+        thresholds = {str(k): float(v) for k, v in stored.items() if isinstance(v, int | float)}
+        return cls(config_from(settings), thresholds)
+
+    def threshold(self, modality: str) -> float:
+        return float(self.thresholds.get(modality, DEFAULT_THRESHOLD))
+
+    def clean(self, preds: Mapping[str, Any], schema: ProjectSchema) -> dict[str, Any]:
+        """One image's activated predictions (segmentation probs [C, H, W] or SegmentationArgmax,
+        detection rows [K, 6 + C]; tensors or arrays) -> the same modalities, post-processed."""
+        out: dict[str, Any] = {}
+        for name, pred in preds.items():
+            kind = schema.modalities[name].kind if name in schema.modalities else None
+            if kind == "detection":
+                rows = torch.as_tensor(np.asarray(pred.cpu() if hasattr(pred, "cpu") else pred), dtype=torch.float32)
+                rows = rows[0] if rows.dim() == 3 and rows.shape[0] == 1 else rows
+                if rows.dim() == 2 and rows.shape[1] >= 6:
+                    rows = suppress_duplicates(rows, self.config.nms_iou, self.config.per_class)
+                    rows = rows[rows[:, 4] >= self.threshold(name)]
+                out[name] = rows.numpy()
+            elif kind == "segmentation":
+                out[name] = self._clean_mask(pred)
+            else:
+                out[name] = pred
+        return out
+
+    def _clean_mask(self, pred: Any) -> Any:
+        if isinstance(pred, SegmentationArgmax):
+            cls, conf = np.asarray(pred.labels), np.asarray(pred.confidence)
+        else:
+            probs = np.asarray(pred.float().cpu() if hasattr(pred, "cpu") else pred)
+            if probs.ndim == 4 and probs.shape[0] == 1:
+                probs = probs[0]
+            if probs.ndim != 3 or 0 in probs.shape:
+                return pred  # predictions_to_results raises the clear error
+            cls = probs.argmax(0).astype(np.int32)
+            conf = np.take_along_axis(probs, cls[None], 0)[0].astype(np.float32)
+        if cls.ndim != 2 or cls.size == 0:
+            return pred
+        return SegmentationArgmax(remove_speckle(cls, self.config.min_area), conf)
+
+    def results(self, preds: Mapping[str, Any], schema: ProjectSchema, height: int, width: int,
+                requested: Sequence[str] | None = None,
+                input_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+        """:func:`backend.convert.predictions_to_results` of the post-processed predictions (the
+        thresholds are applied here, per modality)."""
+        return predictions_to_results(self.clean(preds, schema), schema, height, width, requested=requested,
+                                      min_score=0.0, input_size=input_size)
+
+
+def config_from(settings: Settings) -> PrefillConfig:
+    """The core's :class:`PrefillConfig` from the backend settings."""
+    return PrefillConfig(per_class=settings.prefill_per_class, min_area=settings.prefill_min_area)
