@@ -39,8 +39,9 @@ _VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", 
 
 def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
     """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score without
-    its eq. 5 loss weights (``mtal_unweighted``: measured, the weights make an annotator's labels on
-    selected tasks count ~0.15) for dense projects (PAD-Net) and MTC BoxMask for projects with boxes."""
+    its eq. 5 loss weights (``mtal_unweighted``, the best measured in the default simulation) for dense
+    projects (PAD-Net) and MTC BoxMask, with boxes matched to segmentation classes by name, for projects
+    with boxes. Raises ValueError for a strategy the config cannot run."""
     name = settings.strategy
     if name == "auto":
         name = "boxmask" if schema.network == "detseg" else "mtal_unweighted"

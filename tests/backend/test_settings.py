@@ -92,7 +92,7 @@ def test_image_cache_defaults_under_the_model_dir() -> None:
     assert Settings.from_env({"MTAL_CACHE_DIR": "/tmp/c"}).cache_dir == Path("/tmp/c")
 
 
-AUTO_DENSE = "mtal_unweighted"  # the README's measured choice
+AUTO_DENSE = "mtal_unweighted"  # the best measured in docs/results.md (README, MTAL_STRATEGY)
 
 
 def test_backend_auto_strategy_per_network() -> None:
