@@ -56,12 +56,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urljoin
 
-import jwt  # PyJWT, a dependency of label-studio-sdk (which detects tokens the same way)
 import numpy as np
 import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.ls_auth import ImageError, LSAuth, jwt_claims
 from backend.netguard import UnsafeURL, is_public, parse_http_url, public_only_session
 
 __all__ = ["CLOUD_SCHEMES", "ImageError", "ImageFetcher", "jwt_claims"]
@@ -70,8 +70,6 @@ logger = logging.getLogger(__name__)
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
 _MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
-_REFRESH_MARGIN_S = 30.0  # refresh an access token this long before it expires
-_REFRESH_PATH = "/api/token/refresh/"
 # the file formats handed to PIL / numpy, by magic bytes (WebP: RIFF....WEBP)
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
           b"BM": "BMP", b"GIF87a": "GIF", b"GIF89a": "GIF", b"\x93NUMPY": "NPY"}
@@ -81,85 +79,6 @@ def _check_format(url: str, data: bytes) -> None:
     if any(data.startswith(m) for m in _MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
         return
     raise ImageError(f"{url}: cannot decode: not an allowed file format (PNG, JPEG, WebP, TIFF, BMP, GIF, .npy)")
-
-
-class ImageError(ValueError):
-    """An image or array could not be fetched or decoded; the message names the URL."""
-
-
-def jwt_claims(token: str | None) -> dict | None:
-    """The claims of a JWT, decoded WITHOUT signature verification (only to tell the token kind and
-    expiry, like ``label_studio_sdk.tokens.client_ext.TokensClientExt``); None for a legacy token."""
-    if not token:
-        return None
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-class _LSAuth:
-    """The Authorization header for LS: legacy token, or a personal access token's access token."""
-
-    def __init__(self, token: str | None, scheme: str, session: requests.Session, timeout: float) -> None:
-        self.token = token
-        self.scheme = scheme
-        self.session = session
-        self.timeout = timeout
-        claims = jwt_claims(token)
-        self.kind = "legacy" if claims is None else ("access" if claims.get("token_type") == "access" else "refresh")
-        self.refresh_exp = claims.get("exp") if claims else None
-        self._access: str | None = None
-        self._access_exp: float | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def refreshes(self) -> bool:
-        return self.kind == "refresh"
-
-    def header(self, ls_url: str, original: str) -> str | None:
-        if not self.token:
-            return None
-        if self.kind == "legacy":
-            return f"{self.scheme} {self.token}"
-        if self.kind == "access":
-            return f"Bearer {self.token}"
-        return f"Bearer {self._access_token(ls_url, original)}"
-
-    def invalidate(self, header: str) -> None:
-        """A request with ``header`` got 401: drop that access token (unless another thread already did)."""
-        with self._lock:
-            if self._access is not None and header == f"Bearer {self._access}":
-                self._access = None
-
-    def _access_token(self, ls_url: str, original: str) -> str:
-        with self._lock:
-            now = time.time()
-            if self._access is None or (self._access_exp is not None and self._access_exp - _REFRESH_MARGIN_S < now):
-                self._access = self._refresh(ls_url, original, now)
-                exp = (jwt_claims(self._access) or {}).get("exp")
-                self._access_exp = float(exp) if isinstance(exp, int | float) else None
-            return self._access
-
-    def _refresh(self, ls_url: str, original: str, now: float) -> str:
-        if isinstance(self.refresh_exp, int | float) and self.refresh_exp < now:
-            raise ImageError(f"{original}: the Label Studio personal access token has expired; create a new one")
-        url = ls_url + _REFRESH_PATH
-        try:
-            resp = self.session.post(url, json={"refresh": self.token}, timeout=self.timeout, allow_redirects=False)
-        except requests.RequestException as e:
-            raise ImageError(f"{original}: personal access token refresh at {url} failed: {e}") from e
-        with resp:
-            if resp.status_code != 200:
-                raise ImageError(f"{original}: personal access token refresh at {url} failed: HTTP {resp.status_code}")
-            try:
-                access = resp.json().get("access")
-            except (ValueError, AttributeError):
-                access = None
-        if not isinstance(access, str) or not access:
-            raise ImageError(f"{original}: personal access token refresh at {url} returned no access token")
-        return access
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -205,7 +124,7 @@ class ImageFetcher:
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies/netrc from the environment
         self.public_session = public_only_session()  # presigned URLs on hosts nobody allow-listed
-        self._auth = _LSAuth(ls_token, token_scheme, self.session, self.timeout)
+        self._auth = LSAuth(ls_token, token_scheme, self.session, self.timeout)
 
     # ---- public API --------------------------------------------------------------------------
     def fetch_image(self, url: str, task_id: int | None = None) -> np.ndarray:
