@@ -26,6 +26,7 @@ from backend.store import ModelStore, version_number
 from mtal_models.data.sample import Sample, collate
 from mtal_models.metrics import mdsq_score
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
+from mtal_models.strategies.mtc import det_to_seg_by_name
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
 __all__ = ["RankContext", "boxmask_modalities", "loss_weights", "prepare_tasks", "prune_predictions", "rank_tasks",
@@ -65,8 +66,8 @@ def boxmask_modalities(schema: ProjectSchema) -> tuple[str, str]:
     segs = [m for m, s in schema.modalities.items() if s.kind == "segmentation"]
     if len(dets) != 1 or not segs:
         raise ValueError(f"strategy 'boxmask' needs one detection and a segmentation tag; have {dets} and {segs}")
-    boxes = {n.strip().casefold() for n in schema.class_names(dets[0])}
-    shared = {m: len(boxes & {n.strip().casefold() for n in schema.class_names(m)}) for m in segs}
+    boxes = schema.class_names(dets[0])
+    shared = {m: int((det_to_seg_by_name(boxes, schema.class_names(m)) >= 0).sum()) for m in segs}
     return dets[0], max(segs, key=lambda m: (shared[m], -segs.index(m)))
 
 

@@ -18,7 +18,7 @@ from mtal_models.strategies.base import BatchOutputs, Needs, PoolScores, Strateg
 from mtal_models.strategies.baselines import LL4AL, CoreSet, RandomStrategy
 from mtal_models.strategies.collect import batch_outputs, collect_pool_outputs
 from mtal_models.strategies.lossprediction import LossPredictionModule, make_ll4al_extra_loss, margin_ranking_loss
-from mtal_models.strategies.multitask import MTAL, BoxMask, resolve_det_seg
+from mtal_models.strategies.multitask import MTAL, BoxMask
 from mtal_models.strategies.per_modality import RBAL, EquAL, PartAL
 from mtal_models.strategies.registry import STRATEGIES, get_strategy
 from mtal_models.strategies.selection import Selection, select_images, select_pairs
@@ -47,7 +47,6 @@ __all__ = [
     "get_strategy",
     "make_ll4al_extra_loss",
     "margin_ranking_loss",
-    "resolve_det_seg",
     "select_images",
     "select_pairs",
 ]
