@@ -12,7 +12,7 @@ for the :class:`mtal_models.data.geometry.Fit`, and then:
   are in the displayed frame, and the original size is the displayed one (orientations 5-8 swap it);
 - modes: 16-bit grey (``I;16``/``I``) is resized as 32-bit and scaled to 8 bits (divided by 257 when
   any value exceeds 255); CMYK, grey, palette (with or without transparency), LA/RGBA are converted
-  to RGB, alpha dropped; an animated GIF gives its first frame.
+  to RGB, transparent pixels composited over white; an animated GIF gives its first frame.
 
 This is the backend's only decoder of task images (``ImageFetcher.fetch_fitted``); ``fetch_image``
 keeps a full-size decoder for callers that need the pixels themselves.
@@ -100,4 +100,6 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         arr = np.asarray(im, np.float64)
         arr = (arr / 257.0 if arr.max(initial=0) > 255 else arr).clip(0, 255).round().astype(np.uint8)
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if im.mode in ("RGBA", "LA", "RGBa"):  # transparent pixels shown over white
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
