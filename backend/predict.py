@@ -7,7 +7,8 @@ the image geometry (:class:`mtal_models.data.geometry.Fit`: aspect ratio kept, s
 a reduced scale, EXIF orientation applied: :mod:`backend.decode`), keeping the displayed original
 size; take the latest non-cancelled annotation of each task as ground truth for its labelled
 modalities (PartAL GT substitution, passed to the network as ``given``, mapped by the same Fit);
-batch (chunks of ``batch_size``, padded to the largest image of the chunk); run ``model.predict``
+batch (chunks of ``batch_size`` tasks and at most ``FORWARD_PIXELS`` input pixels, padded to the
+largest image of the chunk); run ``model.predict``
 once per chunk; bring each task's outputs back to its original size through its Fit and convert them
 to Label Studio results for the modalities that are not labelled yet (:class:`backend.prefill.Prefill`:
 segmentation probabilities upsampled bilinearly to the original size before the argmax; boxes mapped
@@ -45,6 +46,9 @@ __all__ = ["INFERENCE", "Fetcher", "PreparedTask", "prepare_task", "latest_annot
 log = logging.getLogger(__name__)
 _FETCH_THREADS = 8
 _SCORE_STRIDE = 4
+# input pixels per forward: 8 inputs of 384x512 (a 16-photo /predict of the small net peaked ~430 MB
+# above the idle server in one forward, ~215 MB in two)
+FORWARD_PIXELS = 8 * 384 * 512
 # Every forward of the process runs on this one thread: concurrent requests queue for the CPU/GPU
 # instead of thrashing it, and torch's OpenMP pool is used from a single thread (several calling
 # threads each get their own spinning OpenMP team, which slows every forward on a small machine).
@@ -261,8 +265,7 @@ def predict_tasks(
     ranked = _usable_ranking(ranking, model_version)
     out = empty
     modalities = schema.modalities
-    for start in range(0, len(prepared), batch_size):
-        chunk = prepared[start : start + batch_size]
+    for chunk in _chunks(prepared, batch_size):
         if any(p.labelled for _, p in chunk):  # GT substitution: placeholders for absent labels via collate
             batch = collate([p.sample for _, p in chunk], modalities)
             images, given = batch.images, batch.labels
@@ -277,6 +280,21 @@ def predict_tasks(
                 )
             except Exception:
                 log.exception("predict: task %s: converting the prediction failed", p.task_id)
+    return out
+
+
+def _chunks(prepared: Sequence[tuple[int, PreparedTask]], batch_size: int) -> list[list[tuple[int, PreparedTask]]]:
+    """Consecutive chunks of at most ``batch_size`` tasks and at most :data:`FORWARD_PIXELS` input
+    pixels (the forward's activations grow with both; at least one task per chunk)."""
+    out: list[list[tuple[int, PreparedTask]]] = []
+    pixels = 0
+    for item in prepared:
+        px = item[1].sample.image.shape[0] * item[1].sample.image.shape[1]
+        if not out or len(out[-1]) >= batch_size or pixels + px > FORWARD_PIXELS:
+            out.append([])
+            pixels = 0
+        out[-1].append(item)
+        pixels += px
     return out
 
 

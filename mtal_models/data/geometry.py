@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["DEFAULT_MAX_SIZE", "DEFAULT_SIZE", "STRIDE", "Fit"]
@@ -160,7 +161,6 @@ class Fit:
                              f"{tuple(torch.as_tensor(probs).shape)}")
         c = p.shape[0]
         y0, y1, wy = _bilinear(self.height, self.resized_height)
-        x0, x1, wx = _bilinear(self.width, self.resized_width)
         cls = np.empty((self.height, self.width), np.uint8 if c <= 256 else np.int32)
         conf = np.empty((self.height, self.width), np.float32)
         if override is not None:
@@ -169,10 +169,12 @@ class Fit:
         band = max(1, _BAND_VALUES // max(1, c * max(self.width, self.resized_width)))
         for top in range(0, self.height, band):
             rows = slice(top, min(self.height, top + band))
-            r = torch.lerp(p[:, y0[rows]], p[:, y1[rows]], wy[rows][None, :, None])  # [C, b, w']
-            full = torch.lerp(r[:, :, x0], r[:, :, x1], wx[None, None, :])  # [C, b, width]
-            best, arg = full.max(0)
-            cls[rows] = arg.numpy()
+            r = torch.lerp(p[:, y0[rows]], p[:, y1[rows]], wy[rows][None, :, None])  # [C, b, w'] rows done
+            b = r.shape[1]
+            # columns: 1-D linear interpolation, the same pixel-centre mapping (align_corners=False)
+            full = F.interpolate(r.reshape(1, c * b, -1), size=self.width, mode="linear", align_corners=False)
+            best, arg = full.reshape(c, b, self.width).max(0)
+            cls[rows] = arg.to(torch.uint8 if c <= 256 else torch.int32).numpy()
             conf[rows] = best.numpy()
             if override is not None:
                 o = override[oy[rows]][:, ox]
