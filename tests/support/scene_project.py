@@ -11,18 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import requests
 from PIL import Image
 
 from backend.convert import box_to_rect, mask_to_rle
+from backend.labeling import parse_label_config
 from mtal_models.data import SceneConfig, SyntheticDataset
 from mtal_models.data.sample import Sample
 from mtal_models.data.synth import STUFF_CLASSES
 
-__all__ = ["SceneProject", "annotate", "create_scene_project", "scene_label_config"]
+if TYPE_CHECKING:
+    from tests.support.photo_project import PhotoProject
+
+__all__ = ["SceneProject", "annotate", "create_scene_project", "import_local_files", "scene_label_config"]
 
 CHOICES_TAG = "mtal_labelled"
 
@@ -56,6 +60,17 @@ class SceneProject:
     label_config: str
     scene_config: SceneConfig
 
+    @property
+    def modalities(self) -> list[str]:
+        return parse_label_config(self.label_config).annotatable
+
+    def annotation_result(self, sample: Sample, modalities: Sequence[str]) -> list[dict[str, Any]]:
+        return annotation_result(self, sample, modalities)
+
+    def ignored(self, sample: Sample, modality: str) -> None:
+        """Synthetic scenes label every pixel: nothing to leave out of edit costs."""
+        return None
+
 
 def create_scene_project(url: str, headers: dict[str, str], files_root: Path, title: str, n: int,
                          size: int = 64, seed: int = 0, boxes: bool = False, parts: bool = True) -> SceneProject:
@@ -72,16 +87,25 @@ def create_scene_project(url: str, headers: dict[str, str], files_root: Path, ti
     samples = [dataset[i] for i in range(n)]
     for s in samples:
         Image.fromarray(s.image).save(folder / f"{s.id}.png")
+    task_ids = import_local_files(url, headers, files_root, pid, folder, [f"{s.id}.png" for s in samples],
+                                  [{"scene": s.id} for s in samples])
+    return SceneProject(pid, task_ids, samples, label_config, config)
+
+
+def import_local_files(url: str, headers: dict[str, str], files_root: Path, project: int, folder: Path,
+                       names: Sequence[str], extra: Sequence[dict[str, Any]]) -> list[int]:
+    """Serve ``folder`` (below ``files_root``) through a local-files storage of ``project`` and import one
+    task per file of ``names`` (``{"image": "/data/local-files/?d=...", **extra[i]}``); returns task ids."""
     # LS 1.23 serves /data/local-files/ only below a local-files storage of the project
     r = requests.post(f"{url}/api/storages/localfiles/", headers=headers, timeout=60,
-                      json={"project": pid, "path": str(folder), "use_blob_urls": True, "title": "scenes"})
+                      json={"project": project, "path": str(folder), "use_blob_urls": True, "title": "images"})
     r.raise_for_status()
-    tasks = [{"image": f"/data/local-files/?d={folder.relative_to(files_root)}/{s.id}.png", "scene": s.id}
-             for s in samples]
-    r = requests.post(f"{url}/api/projects/{pid}/import", params={"return_task_ids": "true"}, headers=headers,
+    tasks = [{"image": f"/data/local-files/?d={folder.relative_to(files_root)}/{name}", **more}
+             for name, more in zip(names, extra, strict=True)]
+    r = requests.post(f"{url}/api/projects/{project}/import", params={"return_task_ids": "true"}, headers=headers,
                       json=tasks, timeout=120)
     r.raise_for_status()
-    return SceneProject(pid, list(r.json()["task_ids"]), samples, label_config, config)
+    return list(r.json()["task_ids"])
 
 
 def annotation_result(project: SceneProject, sample: Sample, modalities: Sequence[str]) -> list[dict[str, Any]]:
@@ -113,10 +137,10 @@ def annotation_result(project: SceneProject, sample: Sample, modalities: Sequenc
     return out
 
 
-def annotate(url: str, headers: dict[str, str], project: SceneProject, index: int,
+def annotate(url: str, headers: dict[str, str], project: SceneProject | PhotoProject, index: int,
              modalities: Sequence[str]) -> int:
     """Submit an annotation of task ``index`` labelling only ``modalities``; returns its id."""
-    result = annotation_result(project, project.samples[index], modalities)
+    result = project.annotation_result(project.samples[index], modalities)
     r = requests.post(f"{url}/api/tasks/{project.task_ids[index]}/annotations/", headers=headers,
                       json={"result": result}, timeout=60)
     r.raise_for_status()
