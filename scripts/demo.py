@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         first = _results(ls.url, ls.headers, project, v1, shown) if args.figure else {}
         for index in range(args.label):
             annotate(ls.url, ls.headers, project, index, labelled_modalities(index, project.modalities))
-        first, second = project.modalities
-        _step(f"submitted {args.label} annotations (some tasks: {first} only, some: {second} only); "
+        one, other = project.modalities
+        _step(f"submitted {args.label} annotations (some tasks: {one} only, some: {other} only); "
               f"pressing Start Training ({args.epochs} epochs)...")
         started = time.monotonic()
         requests.post(f"{ls.url}/api/ml/{ml_id}/train", headers=ls.headers, json={}, timeout=60).raise_for_status()
