@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 
 from backend.convert import mask_to_rle
 from mtal_models.data.photos import read_camvid
 from mtal_models.data.sample import Sample
-from tests.support.scene_project import CHOICES_TAG, import_local_files
+from tests.support.scene_project import CHOICES_TAG, create_local_files_project
 
 __all__ = ["PhotoProject", "create_photo_project", "photo_label_config"]
 
@@ -87,15 +86,12 @@ def create_photo_project(url: str, headers: dict[str, str], files_root: Path, ti
         raise ValueError(f"asked for {n} photographs; CamVid {split!r} at {data_dir} has {len(dataset)}")
     picked = sorted(np.random.default_rng(seed).choice(len(dataset), n, replace=False).tolist())
     label_config = photo_label_config(dataset.classes)
-    r = requests.post(f"{url}/api/projects/", headers=headers, json={"title": title, "label_config": label_config},
-                      timeout=60)
-    r.raise_for_status()
-    pid = r.json()["id"]
-    folder = files_root / f"project-{pid}"
-    folder.mkdir(parents=True, exist_ok=True)
     samples = [dataset[i] for i in picked]
-    for i, s in zip(picked, samples, strict=True):
-        shutil.copyfile(dataset.pairs[i][0], folder / f"{s.id}.png")
-    task_ids = import_local_files(url, headers, files_root, pid, folder, [f"{s.id}.png" for s in samples],
-                                  [{"photo": s.id} for s in samples])
+
+    def write(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+        for i, s in zip(picked, samples, strict=True):
+            shutil.copyfile(dataset.pairs[i][0], folder / f"{s.id}.png")
+        return [(f"{s.id}.png", {"photo": s.id}) for s in samples]
+
+    pid, task_ids = create_local_files_project(url, headers, files_root, title, label_config, write)
     return PhotoProject(pid, task_ids, samples, label_config, {m: tuple(c) for m, c in dataset.classes.items()})

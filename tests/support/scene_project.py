@@ -8,7 +8,7 @@ annotator would have drawn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from mtal_models.data.synth import STUFF_CLASSES
 if TYPE_CHECKING:
     from tests.support.photo_project import PhotoProject
 
-__all__ = ["SceneProject", "annotate", "create_scene_project", "import_local_files", "scene_label_config"]
+__all__ = ["SceneProject", "annotate", "create_scene_project", "create_local_files_project", "scene_label_config"]
 
 CHOICES_TAG = "mtal_labelled"
 
@@ -78,34 +78,40 @@ def create_scene_project(url: str, headers: dict[str, str], files_root: Path, ti
     config = SceneConfig(height=size, width=size)
     dataset = SyntheticDataset(n, config, seed=seed)
     label_config = scene_label_config(config, boxes=boxes, parts=parts)
+    samples = [dataset[i] for i in range(n)]
+
+    def write(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+        for s in samples:
+            Image.fromarray(s.image).save(folder / f"{s.id}.png")
+        return [(f"{s.id}.png", {"scene": s.id}) for s in samples]
+
+    pid, task_ids = create_local_files_project(url, headers, files_root, title, label_config, write)
+    return SceneProject(pid, task_ids, samples, label_config, config)
+
+
+def create_local_files_project(url: str, headers: dict[str, str], files_root: Path, title: str, label_config: str,
+                               write: Callable[[Path], list[tuple[str, dict[str, Any]]]]) -> tuple[int, list[int]]:
+    """Create a project, let ``write(folder)`` put its images in a fresh folder below ``files_root`` and
+    return ``[(file name, extra task data)]``, serve the folder through a local-files storage of the
+    project and import one task per file (``{"image": "/data/local-files/?d=...", **extra}``).
+    Returns (project id, task ids in ``write``'s order)."""
     r = requests.post(f"{url}/api/projects/", headers=headers, json={"title": title, "label_config": label_config},
                       timeout=60)
     r.raise_for_status()
     pid = r.json()["id"]
     folder = files_root / f"project-{pid}"
     folder.mkdir(parents=True, exist_ok=True)
-    samples = [dataset[i] for i in range(n)]
-    for s in samples:
-        Image.fromarray(s.image).save(folder / f"{s.id}.png")
-    task_ids = import_local_files(url, headers, files_root, pid, folder, [f"{s.id}.png" for s in samples],
-                                  [{"scene": s.id} for s in samples])
-    return SceneProject(pid, task_ids, samples, label_config, config)
-
-
-def import_local_files(url: str, headers: dict[str, str], files_root: Path, project: int, folder: Path,
-                       names: Sequence[str], extra: Sequence[dict[str, Any]]) -> list[int]:
-    """Serve ``folder`` (below ``files_root``) through a local-files storage of ``project`` and import one
-    task per file of ``names`` (``{"image": "/data/local-files/?d=...", **extra[i]}``); returns task ids."""
+    files = write(folder)
     # LS 1.23 serves /data/local-files/ only below a local-files storage of the project
     r = requests.post(f"{url}/api/storages/localfiles/", headers=headers, timeout=60,
-                      json={"project": project, "path": str(folder), "use_blob_urls": True, "title": "images"})
+                      json={"project": pid, "path": str(folder), "use_blob_urls": True, "title": "images"})
     r.raise_for_status()
-    tasks = [{"image": f"/data/local-files/?d={folder.relative_to(files_root)}/{name}", **more}
-             for name, more in zip(names, extra, strict=True)]
-    r = requests.post(f"{url}/api/projects/{project}/import", params={"return_task_ids": "true"}, headers=headers,
+    tasks = [{"image": f"/data/local-files/?d={folder.relative_to(files_root)}/{name}", **extra}
+             for name, extra in files]
+    r = requests.post(f"{url}/api/projects/{pid}/import", params={"return_task_ids": "true"}, headers=headers,
                       json=tasks, timeout=120)
     r.raise_for_status()
-    return list(r.json()["task_ids"])
+    return pid, list(r.json()["task_ids"])
 
 
 def annotation_result(project: SceneProject, sample: Sample, modalities: Sequence[str]) -> list[dict[str, Any]]:
