@@ -36,3 +36,29 @@ def random_state(model: torch.nn.Module, seed: int) -> dict[str, Tensor]:
                 value = value.abs() + 0.5
         out[key] = value.clone()
     return out
+
+
+def fabricated_fcos(class_biases: dict[str, float]) -> dict[str, Tensor]:
+    """torchvision's COCO FCOS ResNet-50 FPN keys with random weights (no download), shaped so the
+    answer is known: ``cls_logits`` / ``bbox_ctrness`` / ``bbox_reg`` weights 0, so every location
+    scores from the biases alone: COCO category ``name`` -> ``class_biases[name]``, other classes -20,
+    centre-ness +8, and a box 2 anchor strides from its anchor on every side (softplus(b) = 2).
+    Batch-norm ``num_batches_tracked`` keys are left out, like the FrozenBatchNorm2d of the real file."""
+    import math
+
+    from torchvision.models.detection import FCOS_ResNet50_FPN_Weights, fcos_resnet50_fpn
+
+    categories = list(FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        state = fcos_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    bias = torch.full((len(categories),), -20.0)
+    for name, value in class_biases.items():
+        bias[categories.index(name)] = value
+    state["head.classification_head.cls_logits.weight"].zero_()
+    state["head.classification_head.cls_logits.bias"] = bias
+    for name, value in (("bbox_ctrness", 8.0), ("bbox_reg", math.log(math.e**2 - 1))):
+        state[f"head.regression_head.{name}.weight"].zero_()
+        state[f"head.regression_head.{name}.bias"].fill_(value)
+    return state

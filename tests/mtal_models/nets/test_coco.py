@@ -8,14 +8,13 @@ import math
 import pytest
 import torch
 from torchvision.models import resnet50
-from torchvision.models.detection import fcos_resnet50_fpn
 
 from mtal_models.modalities import ModalitySpec, unpack_detections
 from mtal_models.nets.coco import COCO_WEIGHTS, coco_config, load_coco_detector, match_coco, normalize_label
 from mtal_models.nets.config import get_config
 from mtal_models.nets.detseg import DetSegNet
 from mtal_models.nets.pretrained import WeightsUnavailable, cache_file
-from tests.support.weights import place_weights, random_state
+from tests.support.weights import fabricated_fcos, place_weights, random_state
 
 CATEGORIES = list(COCO_WEIGHTS.meta["categories"])
 LABELS = ["Pedestrian", "tree", "Car"]  # pedestrian -> person (synonym), tree unmatched, car exact
@@ -33,20 +32,8 @@ def _net() -> DetSegNet:
 
 @pytest.fixture(scope="module")
 def coco_state() -> dict[str, torch.Tensor]:
-    """torchvision's FCOS keys, random weights; classification rows: person +8, car +2, the rest -20;
-    cls_logits / bbox_ctrness / bbox_reg weights 0, so every location scores from the biases alone and
-    predicts a box 2 strides from its anchor on every side (softplus(b) = 2)."""
-    torch.manual_seed(1)
-    state = fcos_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # FrozenBatchNorm2d's keys
-    bias = torch.full((len(CATEGORIES),), -20.0)
-    bias[PERSON], bias[CAR] = 8.0, 2.0
-    state["head.classification_head.cls_logits.weight"].zero_()
-    state["head.classification_head.cls_logits.bias"] = bias
-    for name, value in (("bbox_ctrness", 8.0), ("bbox_reg", math.log(math.e**2 - 1))):
-        state[f"head.regression_head.{name}.weight"].zero_()
-        state[f"head.regression_head.{name}.bias"].fill_(value)
-    return state
+    """person scores from a bias of +8, car +2, every other class -20 (see fabricated_fcos)."""
+    return fabricated_fcos({"person": 8.0, "car": 2.0})
 
 
 def test_label_names_match_coco_case_insensitively_and_through_synonyms() -> None:
