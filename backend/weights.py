@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mtal_models.nets import build_network, get_config
+import mtal_models.nets as nets
+from mtal_models.nets import get_config
 from mtal_models.nets.coco import COCO_WEIGHTS, coco_config, describe_matches, load_coco_detector
 from mtal_models.nets.config import NetConfig
 from mtal_models.nets.pretrained import (
@@ -157,7 +158,7 @@ def build_initial(settings: Settings, schema: ProjectSchema) -> tuple[torch.nn.M
 def _seeded(settings: Settings, schema: ProjectSchema, config: NetConfig) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        return build_network(schema.network, schema.modalities, config)
+        return nets.build_network(schema.network, schema.modalities, config)
 
 
 def last_start(settings: Settings) -> dict[str, Any] | None:
