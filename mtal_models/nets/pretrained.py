@@ -21,8 +21,6 @@ mean/std of ``weights.transforms()`` (:func:`with_weights`).
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from urllib.error import URLError
@@ -129,14 +127,13 @@ def fetch_state_dict(weights: WeightsEnum, download: bool = True) -> dict[str, T
         state = weights.get_state_dict(progress=False, map_location="cpu", weights_only=True)
     except (URLError, TimeoutError, ConnectionError) as exc:
         raise WeightsUnavailable(f"{name} could not be downloaded ({exc}): {hint}") from exc
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError) as exc:
-        raise ValueError(
-            f"{name}: the cached file {str(path)!r} could not be read as a state dict "
-            f"({type(exc).__name__}: {_first_line(exc)}); "
-            "delete it to download it again"
-        ) from exc
     except OSError as exc:  # after the URL errors: URLError is an OSError too
         raise WeightsUnavailable(f"{name} could not be read or downloaded ({exc}): {hint}") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file fails in many ways (UnpicklingError, IndexError, ...)
+        raise ValueError(
+            f"{name}: the cached file {str(path)!r} could not be read as a state dict "
+            f"({type(exc).__name__}: {_first_line(exc)}); delete it to download it again"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{name}: the cached file {str(path)!r} does not hold a state dict of tensors")
     return state

@@ -136,3 +136,25 @@ def test_coco_heads_offline_is_a_clear_setup_error(tmp_path: Path, ls_files: str
     r = _setup(client, DETSEG_CONFIG)
     assert r.status_code == 422
     assert "FCOS_ResNet50_FPN_Weights.COCO_V1" in r.json["message"] and "fcos_resnet50_fpn_coco" in r.json["message"]
+
+
+def test_auto_falls_back_on_a_cached_file_that_does_not_load(tmp_path: Path) -> None:
+    from backend.labeling import parse_label_config
+    from backend.weights import build_initial
+
+    path = place_weights(ResNet18_Weights.IMAGENET1K_V1, b"truncated download")
+    settings = Settings(model_dir=tmp_path, net_config="tiny", backbone="resnet18")
+    net, report = build_initial(settings, parse_label_config(SEG_CONFIG))
+    assert report.weights == "random" and str(path) in (report.warning or "")
+    assert "could not be read as a state dict" in (report.warning or "")
+    assert net.config.weights is None and net.config.base_width == 64
+
+
+def test_coco_setting_gives_dense_only_projects_the_resnet50_trunk(tmp_path: Path) -> None:
+    from backend.labeling import parse_label_config
+    from backend.weights import build_initial
+
+    settings = Settings(model_dir=tmp_path, net_config="tiny", pretrained_heads="coco")
+    net, report = build_initial(settings, parse_label_config(SEG_CONFIG))  # PAD-Net: no boxes to start
+    assert net.config.backbone == "resnet50" and report.backbone == "resnet50 (standard)"
+    assert report.heads is None and "ResNet50_Weights.IMAGENET1K_V2" in (report.warning or "")  # auto, offline
