@@ -34,6 +34,7 @@ from mtal_models.nets.coco import COCO_WEIGHTS, coco_config, describe_matches, l
 from mtal_models.nets.config import NetConfig
 from mtal_models.nets.pretrained import (
     STANDARD_LAYERS,
+    WeightsError,
     is_standard,
     standard_trunk,
     weights_name,
@@ -142,7 +143,7 @@ def build_initial(settings: Settings, schema: ProjectSchema) -> tuple[torch.nn.M
         try:
             net = _seeded(settings, schema, config)
             report = StartReport(_describe(config), config.weights or "random", setting, note=note)
-        except ValueError as e:  # WeightsUnavailable, or a cached file that does not load
+        except WeightsError as e:  # WeightsUnavailable, or a cached file that does not load
             if not fallback:
                 raise
             warning = f"MTAL_BACKBONE_WEIGHTS=auto: {e}. Started from random weights instead"

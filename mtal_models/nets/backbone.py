@@ -19,7 +19,14 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from mtal_models.nets.config import IMAGENET_MEAN, IMAGENET_STD, NetConfig
-from mtal_models.nets.pretrained import cache_file, check_loadable, fetch_state_dict, parse_weights, weights_name
+from mtal_models.nets.pretrained import (
+    WeightsError,
+    cache_file,
+    check_loadable,
+    fetch_state_dict,
+    parse_weights,
+    weights_name,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -132,7 +139,7 @@ class ResNetTrunk(nn.Module):
 def load_trunk_state(trunk: nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Load ``state`` into ``trunk`` (strict) after dropping ``fc.*`` and a ``backbone.`` key prefix.
 
-    Accepts a trunk state dict or a full torchvision ResNet one. Raises ValueError naming ``source``
+    Accepts a trunk state dict or a full torchvision ResNet one. Raises WeightsError (a ValueError) naming ``source``
     when the keys or shapes do not match (listing missing/unexpected keys and shape mismatches).
     """
     state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("fc.")}
@@ -144,7 +151,7 @@ def load_trunk_state(trunk: nn.Module, state: dict[str, Tensor], source: str) ->
         def head(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" ... (+{len(keys) - 5})" if len(keys) > 5 else "")
 
-        raise ValueError(
+        raise WeightsError(
             f"{source} does not match the configured backbone: "
             f"missing [{head(missing)}]; unexpected [{head(unexpected)}]; shape mismatch [{head(wrong)}]"
         )
@@ -155,20 +162,20 @@ def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
     """Load a local state dict into ``trunk`` (strict), with ``torch.load(weights_only=True)``.
 
     Accepts a trunk state dict, a full torchvision ResNet state dict (``fc.*`` dropped) or one whose
-    keys carry a ``backbone.`` prefix. Raises ValueError if the file is missing, unreadable or does
+    keys carry a ``backbone.`` prefix. Raises WeightsError (a ValueError) if the file is missing, unreadable or does
     not match the trunk (listing missing/unexpected keys and shape mismatches).
     """
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"backbone weights file {str(p)!r} does not exist (NetConfig.weights)")
+        raise WeightsError(f"backbone weights file {str(p)!r} does not exist (NetConfig.weights)")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported the same way
-        raise ValueError(f"backbone weights file {str(p)!r} could not be read as a state dict: {exc}") from exc
+        raise WeightsError(f"backbone weights file {str(p)!r} could not be read as a state dict: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"backbone weights file {str(p)!r} does not hold a state dict of tensors")
+        raise WeightsError(f"backbone weights file {str(p)!r} does not hold a state dict of tensors")
     load_trunk_state(trunk, state, f"backbone weights file {str(p)!r}")
 
 

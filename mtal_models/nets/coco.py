@@ -39,7 +39,14 @@ from torchvision.models import WeightsEnum
 from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
 
 from mtal_models.nets.config import IMAGENET_MEAN, IMAGENET_STD, NetConfig
-from mtal_models.nets.pretrained import cache_file, fetch_state_dict, is_standard, standard_trunk, weights_name
+from mtal_models.nets.pretrained import (
+    WeightsError,
+    cache_file,
+    fetch_state_dict,
+    is_standard,
+    standard_trunk,
+    weights_name,
+)
 
 __all__ = [
     "COCO_SYNONYMS",
@@ -153,7 +160,7 @@ def load_coco_detector(
             continue
         if ours not in own or own[ours].shape != value.shape:
             have = tuple(own[ours].shape) if ours in own else "no such key"
-            raise ValueError(f"{source} does not match the COCO layout: {key} {tuple(value.shape)} -> {ours} {have}")
+            raise WeightsError(f"{source} does not match the COCO layout: {key} {tuple(value.shape)} -> {ours} {have}")
         new[ours] = value
     expected = {k for k in own if k.startswith(("backbone.", "fcos.head."))
                 and "cls_logits" not in k and not k.endswith("num_batches_tracked")}
@@ -163,7 +170,7 @@ def load_coco_detector(
     logits_b = state.get("head.classification_head.cls_logits.bias")
     if missing or logits_w is None or logits_b is None or logits_w.shape[0] != len(categories):
         shown = ", ".join(missing[:5]) + (f" ... (+{len(missing) - 5})" if len(missing) > 5 else "")
-        raise ValueError(
+        raise WeightsError(
             f"{source} does not hold torchvision's FCOS ResNet-50 FPN with {len(categories)} classes: "
             f"missing [{shown}]{'' if logits_w is not None else ' and the cls_logits rows'}"
         )

@@ -35,6 +35,7 @@ from mtal_models.nets.config import IMAGENET_MEAN, IMAGENET_STD, NetConfig
 __all__ = [
     "BACKBONE_WEIGHTS",
     "STANDARD_LAYERS",
+    "WeightsError",
     "WeightsUnavailable",
     "cache_file",
     "check_loadable",
@@ -62,7 +63,11 @@ STANDARD_LAYERS: dict[str, tuple[int, int, int, int]] = {
 _NONE = ("", "none", "random", "off")
 
 
-class WeightsUnavailable(ValueError):
+class WeightsError(ValueError):
+    """Starting weights that cannot be used: unreadable, or not matching the network."""
+
+
+class WeightsUnavailable(WeightsError):
     """Named weights are not in torchvision's cache and could not be downloaded (offline)."""
 
 
@@ -112,7 +117,7 @@ def fetch_state_dict(weights: WeightsEnum, download: bool = True) -> dict[str, T
     """The state dict of ``weights`` from torchvision's cache, downloaded once if missing and ``download``.
 
     Raises :class:`WeightsUnavailable` (naming the expected file and cache folder) when the file is
-    missing and cannot be downloaded, and ValueError when the cached file is not a state dict.
+    missing and cannot be downloaded, and :class:`WeightsError` when the cached file is not a state dict.
     """
     path = cache_file(weights)
     name = weights_name(weights)
@@ -130,12 +135,12 @@ def fetch_state_dict(weights: WeightsEnum, download: bool = True) -> dict[str, T
     except OSError as exc:  # after the URL errors: URLError is an OSError too
         raise WeightsUnavailable(f"{name} could not be read or downloaded ({exc}): {hint}") from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file fails in many ways (UnpicklingError, IndexError, ...)
-        raise ValueError(
+        raise WeightsError(
             f"{name}: the cached file {str(path)!r} could not be read as a state dict "
             f"({type(exc).__name__}: {_first_line(exc)}); delete it to download it again"
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{name}: the cached file {str(path)!r} does not hold a state dict of tensors")
+        raise WeightsError(f"{name}: the cached file {str(path)!r} does not hold a state dict of tensors")
     return state
 
 

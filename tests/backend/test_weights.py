@@ -158,3 +158,21 @@ def test_coco_setting_gives_dense_only_projects_the_resnet50_trunk(tmp_path: Pat
     net, report = build_initial(settings, parse_label_config(SEG_CONFIG))  # PAD-Net: no boxes to start
     assert net.config.backbone == "resnet50" and report.backbone == "resnet50 (standard)"
     assert report.heads is None and "ResNet50_Weights.IMAGENET1K_V2" in (report.warning or "")  # auto, offline
+
+
+def test_auto_does_not_hide_other_build_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtal_models.nets
+    from backend.labeling import parse_label_config
+    from backend.weights import build_initial
+
+    calls: list[Any] = []
+
+    def refuse(*args: Any) -> None:
+        calls.append(args)
+        raise ValueError("unknown network 'x'")
+
+    monkeypatch.setattr(mtal_models.nets, "build_network", refuse)
+    settings = Settings(model_dir=tmp_path, net_config="tiny", backbone="resnet18")
+    with pytest.raises(ValueError, match="unknown network"):
+        build_initial(settings, parse_label_config(SEG_CONFIG))
+    assert len(calls) == 1  # no "fell back to random weights" retry
