@@ -33,6 +33,7 @@ from backend.netguard import UnsafeURL, parse_http_url
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 from backend.webhook_http import BodyRefused, RequestGuard, internal_error, parse_object
+from backend.weights import last_start, start_of, weights_fields
 
 __all__ = ["ApiError", "create_app", "parse_project_id"]
 
@@ -240,6 +241,7 @@ def create_app(
             versions = {p: store.current(p) for p in store.projects()}
             out["model_versions"] = versions  # per project; a single project's also as model_version
             out["model_version"] = next(iter(versions.values())) if len(versions) == 1 else None
+            out.update(weights_fields(last_start(settings)))  # this process's last initial network
         return jsonify(out)
 
     @app.post("/setup")
@@ -345,6 +347,10 @@ def create_app(
             log.warning("/status: queue unavailable: %s", e)
             raise ApiError(503, "the training queue (Redis) is unavailable; see the server log") from None
         out["current_version"] = store.current(pid)
+        try:
+            out.update(weights_fields(start_of(store.list_versions(pid), out["current_version"])))
+        except StoreError as e:
+            log.warning("/status: version metadata unreadable: %s", e)
         return jsonify(out)
 
     @app.route("/versions", methods=["GET", "POST"])

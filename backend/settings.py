@@ -41,6 +41,12 @@ class Settings:
     basic_auth_user / basic_auth_pass [BASIC_AUTH_USER / BASIC_AUTH_PASS]: HTTP basic auth (both or none).
     device [MTAL_DEVICE]: "auto" (CUDA when present), "cpu" or "cuda".
     net_config [MTAL_NET_CONFIG]: network size preset ("tiny", "small", "default").
+    backbone [MTAL_BACKBONE]: torchvision's standard "resnet18" / "resnet34" / "resnet50" trunk (the preset
+        then sizes only the heads); unset = the preset's trunk. backbone_weights [MTAL_BACKBONE_WEIGHTS]:
+        "auto" (ImageNet weights for a standard trunk, else random; random with a warning when they
+        cannot be had), "imagenet", a torchvision enum name ("ResNet50_Weights.IMAGENET1K_V2"), a local
+        state-dict file, or "none". pretrained_heads [MTAL_PRETRAINED_HEADS]: "coco" = det+seg boxes start
+        from torchvision's COCO FCOS for labels matching COCO categories; unset = none. See backend/weights.py.
     strategy [MTAL_STRATEGY]: selection strategy of the active-learning loop: a name of
         mtal_models.strategies.STRATEGIES, or "auto" (default: "mtal_unweighted" for dense-only configs,
         "boxmask" for configs with boxes).
@@ -95,6 +101,9 @@ class Settings:
     basic_auth_pass: str | None = None
     device: str = "auto"
     net_config: str = "small"
+    backbone: str | None = None
+    backbone_weights: str = "auto"
+    pretrained_heads: str | None = None
     strategy: str = "auto"
     train_threshold: int = 10
     image_size: int = 256
@@ -165,6 +174,11 @@ class Settings:
 
         if self.net_config not in CONFIGS:
             raise SettingsError(f"MTAL_NET_CONFIG must be one of {sorted(CONFIGS)}, got {self.net_config!r}")
+        from backend.weights import check_weight_settings
+
+        problem = check_weight_settings(self)
+        if problem:
+            raise SettingsError(problem)
 
     @property
     def auth_enabled(self) -> bool:
@@ -244,6 +258,9 @@ class Settings:
             basic_auth_pass=get("BASIC_AUTH_PASS"),
             device=(get("MTAL_DEVICE") or "auto").lower(),
             net_config=get("MTAL_NET_CONFIG") or "small",
+            backbone=(get("MTAL_BACKBONE") or "").lower() or None,
+            backbone_weights=_weights_setting(get("MTAL_BACKBONE_WEIGHTS")),
+            pretrained_heads=_off_is_none(get("MTAL_PRETRAINED_HEADS")),
             strategy=get("MTAL_STRATEGY") or "auto",
             train_threshold=get_int("MTAL_TRAIN_THRESHOLD", 10),
             image_size=get_int("MTAL_IMAGE_SIZE", 256),
@@ -281,6 +298,24 @@ class Settings:
         for handler in root.handlers:  # no REDIS_URL passwords, tokens or presigned URLs in the logs
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(RedactingFilter())
+
+
+def _off_is_none(raw: str | None) -> str | None:
+    """Lower-cased value; unset / "none" / "off" / "false" / "0" = None."""
+    return None if raw is None or raw.lower() in ("none", "off", "false", "0") else raw.lower()
+
+
+def _weights_setting(raw: str | None) -> str:
+    """MTAL_BACKBONE_WEIGHTS: keywords in lower case; a file path must exist (enum names are kept)."""
+    if raw is None or raw.lower() in ("auto", "imagenet", "none"):
+        return (raw or "auto").lower()
+    if "_Weights." in raw:
+        return raw
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"MTAL_BACKBONE_WEIGHTS: no such file {str(path)!r} (and not auto / imagenet / none / "
+                            "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V2)")
+    return str(path)
 
 
 def _parse_pairs(name: str, raw: str | None) -> dict[str, str]:
