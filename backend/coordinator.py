@@ -18,6 +18,12 @@ State per project (a Redis hash ``mtal:project:<id>``)::
   ``progress``): the next trigger (webhook, START_TRAINING) or a worker starting takes it over - the
   counts go back, the state becomes ``queued`` and a new train run is enqueued. ``/status`` shows
   ``lease_expired`` meanwhile.
+- Ownership: the job that owns the run is the one whose id is the state's ``job_id`` (set with every
+  enqueue, before the job can start). The jobs pass their id as ``owner`` to every write
+  (:meth:`Coordinator.progress`, ``heartbeat``, ``trained``, ``finish``, ``fail``) and check it before
+  they publish a version or push predictions (:meth:`Coordinator.check_owner`): a run that was taken
+  over but is still alive (a stalled worker) raises :class:`LeaseLost` instead of overwriting the
+  state of the run that replaced it.
 Every transition is one Lua script, so concurrent webhooks and workers never interleave inside one.
 """
 
@@ -39,11 +45,34 @@ from rq.job import Job, JobStatus
 from backend.netguard import redact
 from backend.queueing import QUEUE_NAME, QueueHandle
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "LeaseLost"]
 
 log = logging.getLogger(__name__)
 _RECOVER_AFTER_S = 30.0
 LEASE_S = 60.0  # a run whose heartbeat stopped this long ago is dead
+
+
+
+class LeaseLost(RuntimeError):
+    """This job no longer owns its project's run (its lease expired and another run took over)."""
+
+
+# KEYS[1]: state hash. ARGV[1]: owner job id ('' = unchecked); ARGV[2..]: field/value pairs to set.
+# Sets them only while ARGV[1] owns the run; returns 1 if it did, 0 if not. A state that lost its
+# job id (Redis restarted without persistence) is owned again by the run still at work on it.
+_OWNED_SET = """
+if ARGV[1] ~= '' then
+  local owner = redis.call('HGET', KEYS[1], 'job_id')
+  if not owner then
+    redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'updated', redis.call('TIME')[1])
+    if not redis.call('HGET', KEYS[1], 'state') then redis.call('HSET', KEYS[1], 'state', 'training') end
+  elseif owner ~= ARGV[1] then
+    return 0
+  end
+end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+return 1
+"""
 
 # Request a run. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE (idle -> queued:
 # the caller enqueues job ARGV[2]), QUEUED (a run is already waiting: nothing to do) or FOLLOW_UP
@@ -71,8 +100,10 @@ for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) 
 if total < tonumber(ARGV[3]) then return 0 end
 """ + _TRANSITION
 
-# KEYS: state, counts, counts_inflight. ARGV: now. Moves counts aside; state -> training.
+# KEYS: state, counts, counts_inflight. ARGV: now, lease, owner ('' = unchecked). Moves counts aside;
+# state -> training. Returns 0 (nothing done) when ARGV[3] is not the job the state waits for.
 _BEGIN = """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
 redis.call('HSET', KEYS[1], 'state', 'training', 'follow_up', '0', 'updated', ARGV[1], 'started', ARGV[1],
@@ -95,9 +126,11 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV
 return 1
 """
 
-# KEYS: state, counts, counts_inflight. ARGV: now, failed ('1'/'0'), job id.
-# Ends a run: merges counts back on failure; returns 1 when a follow-up must be enqueued.
+# KEYS: state, counts, counts_inflight. ARGV: now, failed ('1'/'0'), job id, owner ('' = unchecked).
+# Ends a run: merges counts back on failure; returns 1 when a follow-up must be enqueued, -1 when ARGV[4]
+# does not own the run (nothing done).
 _FINISH = """
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[4] then return -1 end
 if ARGV[2] == '1' then
   local kv = redis.call('HGETALL', KEYS[3])
   for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
@@ -134,6 +167,7 @@ class Coordinator:
         self._begin = self.redis.register_script(_BEGIN)
         self._finish = self.redis.register_script(_FINISH)
         self._take_over = self.redis.register_script(_TAKE_OVER)
+        self._owned_set = self.redis.register_script(_OWNED_SET)
 
     @classmethod
     def on_connection(cls, connection: Any, **kwargs: Any) -> Coordinator:
@@ -175,37 +209,52 @@ class Coordinator:
             return "enqueued" if self.recover_dead_run(project) else "follow_up"
         return "enqueued" if self._recover_lost_job(project) else "queued"
 
-    # ---- run lifecycle (called from the jobs) -----------------------------------------------------
-    def begin(self, project: int | str) -> None:
-        """A train job starts: counts move aside, state -> training."""
-        self._begin(keys=self._keys(project), args=[time.time(), self._lease()])
+    # ---- run lifecycle (called from the jobs; ``owner``: the calling job's id, None = unchecked) ----------
+    def begin(self, project: int | str, owner: str | None = None) -> None:
+        """A train job starts: counts move aside, state -> training. Raises LeaseLost when ``owner`` is
+        not the job the state waits for (another run replaced it)."""
+        if not self._begin(keys=self._keys(project), args=[time.time(), self._lease(), owner or ""]):
+            raise LeaseLost(f"project {project}: job {owner} does not own the run; not starting")
 
-    def progress(self, project: int | str, **fields: Any) -> None:
+    def progress(self, project: int | str, owner: str | None = None, **fields: Any) -> None:
         """Record progress fields (epoch, step, loss, ...) for /status; renews the run's lease."""
-        mapping = {k: _text(v) for k, v in fields.items()}
-        self.redis.hset(self._keys(project)[0], mapping={**mapping, "lease": self._lease()})
+        self._set(project, owner, {**{k: _text(v) for k, v in fields.items()}, "lease": self._lease()})
 
-    def heartbeat(self, project: int | str) -> None:
-        """Renew the running run's lease."""
-        self.redis.hset(self._keys(project)[0], "lease", self._lease())
+    def heartbeat(self, project: int | str, owner: str | None = None) -> None:
+        """Renew the running run's lease (LeaseLost when ``owner`` lost it)."""
+        self._set(project, owner, {"lease": self._lease()})
+
+    def check_owner(self, project: int | str, owner: str | None) -> None:
+        """Raise LeaseLost unless ``owner`` (None: anyone) still owns the run; jobs call it right before
+        they publish a version or push to Label Studio."""
+        self._set(project, owner, {})
+
+    def _set(self, project: int | str, owner: str | None, mapping: dict[str, Any]) -> None:
+        args = [owner or "", *(str(x) for kv in mapping.items() for x in kv)]
+        if not self._owned_set(keys=self._keys(project)[:1], args=args):
+            raise LeaseLost(f"project {project}: job {owner} no longer owns the run (its lease was taken over)")
 
     @contextmanager
-    def hold(self, project: int | str) -> Iterator[None]:
+    def hold(self, project: int | str, owner: str | None = None) -> Iterator[threading.Event]:
         """Renew the lease every ``lease_s / 4`` seconds from a daemon thread while the block runs (a run
-        preparing data reports no progress for minutes); a failed renewal is logged, not raised."""
-        stop = threading.Event()
+        preparing data reports no progress for minutes); a failed renewal is logged, not raised. Yields an
+        event that is set once the run was found taken over (the thread then stops renewing)."""
+        stop, lost = threading.Event(), threading.Event()
 
         def beat() -> None:
             while not stop.wait(self.lease_s / 4):
                 try:
-                    self.heartbeat(project)
+                    self.heartbeat(project, owner)
+                except LeaseLost:
+                    lost.set()
+                    return
                 except Exception as e:  # Redis away: the lease runs out, and recovery takes over
                     log.warning("project %s: lease renewal failed: %s", project, redact(str(e)))
 
         thread = threading.Thread(target=beat, name=f"mtal-lease-{project}", daemon=True)
         thread.start()
         try:
-            yield
+            yield lost
         finally:
             stop.set()
 
@@ -239,25 +288,25 @@ class Coordinator:
     def _lease(self) -> str:
         return f"{time.time() + self.lease_s:.3f}"
 
-    def trained(self, project: int | str, version: str, metrics: dict[str, Any]) -> None:
-        """Training produced ``version``: record it and enqueue ranking (state -> ranking)."""
-        self.redis.hset(
-            self._keys(project)[0],
-            mapping={"state": "ranking", "version": version, "metrics": json.dumps(metrics), "error": "",
-                     "lease": self._lease()},
-        )
-        self._enqueue(self.rank_job, project, _new_job_id())
+    def trained(self, project: int | str, version: str, metrics: dict[str, Any], owner: str | None = None) -> None:
+        """Training produced ``version``: record it and enqueue ranking (state -> ranking; the rank job
+        owns the run from here)."""
+        job_id = _new_job_id()
+        self._set(project, owner, {"state": "ranking", "version": version, "metrics": json.dumps(metrics),
+                                   "error": "", "lease": self._lease(), "job_id": job_id})
+        self._enqueue(self.rank_job, project, job_id)
 
-    def finish(self, project: int | str) -> bool:
+    def finish(self, project: int | str, owner: str | None = None) -> bool:
         """The run (train + rank) ended well. Returns True if a follow-up run was enqueued."""
-        return self._end(project, failed=False)
+        return self._end(project, failed=False, owner=owner)
 
-    def fail(self, project: int | str, error: str) -> bool:
-        """The run failed: record the error, give the counts back. Returns True on a follow-up."""
+    def fail(self, project: int | str, error: str, owner: str | None = None) -> bool:
+        """The run failed: record the error, give the counts back. Returns True on a follow-up. A job that
+        no longer owns the run (``owner``) records nothing: LeaseLost."""
         error = redact(error)
         log.error("project %s: run failed: %s", project, error)
-        self.redis.hset(self._keys(project)[0], mapping={"error": error[:2000], "failed_at": time.time()})
-        return self._end(project, failed=True)
+        self._set(project, owner, {"error": error[:2000], "failed_at": time.time()})
+        return self._end(project, failed=True, owner=owner)
 
     # ---- reading ----------------------------------------------------------------------------------
     def status(self, project: int | str) -> dict[str, Any]:
@@ -287,9 +336,13 @@ class Coordinator:
         value = self.redis.hget(self._keys(project)[0], name)
         return value.decode() if value is not None else None
 
-    def _end(self, project: int | str, failed: bool) -> bool:
+    def _end(self, project: int | str, failed: bool, owner: str | None = None) -> bool:
         job_id = _new_job_id()
-        if self._finish(keys=self._keys(project), args=[time.time(), "1" if failed else "0", job_id]):
+        args = [time.time(), "1" if failed else "0", job_id, owner or ""]
+        outcome = self._finish(keys=self._keys(project), args=args)
+        if outcome == -1:
+            raise LeaseLost(f"project {project}: job {owner} no longer owns the run; not ending it")
+        if outcome == 1:
             self._enqueue(self.train_job, project, job_id)
             return True
         return False

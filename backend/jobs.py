@@ -26,7 +26,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from backend.coordinator import Coordinator
+from rq import get_current_job
+
+from backend.coordinator import Coordinator, LeaseLost
 from backend.images import ImageFetcher
 from backend.labeling import ProjectSchema
 from backend.ls_api import LabelStudioAPI
@@ -57,6 +59,11 @@ class JobContext:
     coordinator: Coordinator
     ls: LabelStudioAPI
     fetcher: ImageFetcher
+    owner: str | None = None  # the RQ job id that owns the run (None outside RQ: unchecked)
+
+    def check_owner(self, project: str) -> None:
+        """LeaseLost when this job's run was taken over (called before every write that outlives it)."""
+        self.coordinator.check_owner(project, self.owner)
 
     @classmethod
     def create(cls) -> JobContext:
@@ -66,7 +73,7 @@ class JobContext:
         return cls(
             settings=settings,
             store=ModelStore(settings.model_dir, device=settings.torch_device()),
-            coordinator=Coordinator(open_queue(settings.redis_url, start_worker=False)),
+            coordinator=Coordinator(open_queue(settings.redis_url, start_worker=False), lease_s=settings.lease_s),
             ls=LabelStudioAPI(settings.label_studio_url, settings.label_studio_api_key),
             fetcher=ImageFetcher(
                 settings.label_studio_url,
@@ -90,17 +97,26 @@ def _run(stage: str, project: Any, body: Any) -> Any:
     project = str(project)
     if not re.fullmatch(r"[0-9]{1,20}", project):  # a Label Studio project id; never "7\n" (int() accepts it)
         raise ValueError(f"{stage}: {project[:40]!r} is not a Label Studio project id")
+    job = get_current_job()
+    owner = job.id if job is not None else None
     ctx = None
     try:
         ctx = JobContext.create()
-        with ctx.coordinator.hold(project):  # the lease: a killed job's run is taken over when it expires
+        ctx.owner = owner
+        with ctx.coordinator.hold(project, owner):  # the lease: a killed job's run is taken over when it expires
             return body(ctx, project)
+    except LeaseLost as e:  # another run owns the project now: leave its state, versions and ranking alone
+        log.warning("%s job of project %s stopped: %s", stage, project, e)
+        raise
     except Exception as e:
         if ctx is not None:
             coordinator = ctx.coordinator
         else:
             coordinator = Coordinator(open_queue((_configured or Settings.from_env()).redis_url, start_worker=False))
-        coordinator.fail(project, f"{stage}: {type(e).__name__}: {e}")
+        try:
+            coordinator.fail(project, f"{stage}: {type(e).__name__}: {e}", owner=owner)
+        except LeaseLost:
+            log.warning("%s job of project %s failed after its run was taken over: %s", stage, project, e)
         raise
 
 
@@ -108,7 +124,7 @@ def train_job(project: Any) -> str:
     """Train a new version of ``project`` on all its annotations; enqueues ranking. Returns the version."""
 
     def body(ctx: JobContext, project: str) -> str:
-        ctx.coordinator.begin(project)
+        ctx.coordinator.begin(project, ctx.owner)
         ctx.store.remove_leftovers(project)  # a killed run's temporary checkpoints
         started = time.time()
         schema = ctx.schema(project)
@@ -127,14 +143,15 @@ def train_job(project: Any) -> str:
         def progress(epoch: int, step: int, loss: float) -> None:
             if time.time() - last_throttle[0] >= 1.0:
                 last_throttle[0] = time.time()
-                ctx.coordinator.progress(project, epoch=epoch, step=step, loss=round(float(loss), 6))
+                ctx.coordinator.progress(project, ctx.owner, epoch=epoch, step=step, loss=round(float(loss), 6))
 
         version, metrics = train_version(
-            ctx.store, project, schema, ctx.settings, train, val, progress, ranking.get("weights") or {}
+            ctx.store, project, schema, ctx.settings, train, val, progress, ranking.get("weights") or {},
+            guard=lambda: ctx.check_owner(project),
         )
         metrics["train_seconds"] = round(time.time() - started, 3)
         log.info("project %s: trained %s on %d tasks (%d val): %s", project, version, len(train), len(val), metrics)
-        ctx.coordinator.trained(project, version, metrics)
+        ctx.coordinator.trained(project, version, metrics, owner=ctx.owner)
         return version
 
     return _run("train", project, body)
@@ -144,15 +161,16 @@ def rank_job(project: Any) -> dict[str, Any]:
     """Rank every task of ``project`` with the current version and push predictions to Label Studio."""
 
     def body(ctx: JobContext, project: str) -> dict[str, Any]:
-        ctx.coordinator.progress(project, state="ranking")
+        ctx.coordinator.progress(project, ctx.owner, state="ranking")
         schema = ctx.schema(project)
         version = ctx.store.current(project)
         labelled = {t["id"]: t for t in ctx.ls.iter_labelled_tasks(int(project))}
         tasks = list(labelled.values()) + [
             t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in labelled
         ]
-        summary = rank_tasks(ctx, project, schema, version, tasks, set(labelled))
-        ctx.coordinator.finish(project)
+        summary = rank_tasks(ctx, project, schema, version, tasks, set(labelled),
+                             guard=lambda: ctx.check_owner(project))
+        ctx.coordinator.finish(project, ctx.owner)
         return summary
 
     return _run("rank", project, body)

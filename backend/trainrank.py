@@ -80,10 +80,13 @@ def train_version(
     val: Sequence[Sample],
     progress: Callable[[int, int, float], None] | None = None,
     weights: Mapping[str, Mapping[str, float]] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Continue the current version's weights on ``train`` (a fresh optimizer and poly schedule per
     round), evaluate on ``val`` (with the edit cost of the prefill), publish the new version atomically with
-    the display thresholds chosen on ``val`` (none without ``val``: 0.3). Returns (version, metrics)."""
+    the display thresholds chosen on ``val`` (none without ``val``: 0.3). ``guard()`` runs under the store's
+    write lock right before the version is written, and may raise to stop it (a run that lost its lease).
+    Returns (version, metrics)."""
     current = store.current(project)
     if current is None:
         raise ValueError(f"project {project} has no version to continue from (call /setup first)")
@@ -118,7 +121,10 @@ def train_version(
                     prefill_thresholds=prefill_thresholds(metrics.get("val"), schema))
     tmp = store.tmp_dir(project) / f"train-{uuid.uuid4().hex}.pt"
     save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
-    return store.publish(project, tmp, new_meta, move=True), metrics
+    try:
+        return store.publish(project, tmp, new_meta, move=True, check=guard), metrics
+    finally:
+        tmp.unlink(missing_ok=True)  # still there when publish refused
 
 
 class RankContext(Protocol):
@@ -137,9 +143,11 @@ def rank_tasks(
     version: str,
     tasks: Sequence[Mapping[str, Any]],
     labelled_ids: set[Any],
+    guard: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy, push one
-    prediction per unlabelled task, point the project at ``version``, store the ranking."""
+    prediction per unlabelled task, point the project at ``version``, store the ranking. ``guard()`` runs
+    before every write to Label Studio or the store and may raise to stop them (a run that lost its lease)."""
     settings, store = ctx.settings, ctx.store
     device = settings.torch_device()
     model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model.to(device).eval()
@@ -151,7 +159,8 @@ def rank_tasks(
         rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill)
         if not rows:
             raise ValueError(f"project {project}: no task image could be fetched; nothing to rank")
-        return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool)
+        return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool,
+                                guard or (lambda: None))
 
 
 def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
@@ -183,7 +192,7 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
 
 def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,
                      previous: Mapping[str, Any], rows: list[dict[str, Any]], parts: list[Any],
-                     pooled: list[torch.Tensor], spool: ResultSpool) -> dict[str, Any]:
+                     pooled: list[torch.Tensor], spool: ResultSpool, guard: Callable[[], None]) -> dict[str, Any]:
     """Select over the scored pool, push one prediction per candidate in chunks of 500 (pre-annotations
     read back from ``spool``), point the project at ``version``, store the ranking."""
     settings, store = ctx.settings, ctx.store
@@ -208,11 +217,14 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
 
     pushed = 0
     for b in range(0, len(candidates), _PUSH_CHUNK):
+        guard()
         pushed += ctx.ls.create_predictions_bulk(int(project), [prediction(i) for i in candidates[b:b + _PUSH_CHUNK]])
+    guard()
     if settings.set_sampling and candidates:
         ctx.ls.set_project_ranking(int(project), version)
     prune_predictions(ctx.ls, project, version, settings.keep_prediction_versions)
     ids = [str(r["id"]) for r in rows]
+    guard()
     store.save_ranking(project, {
         "model_version": version,
         "strategy": strategy.name,
