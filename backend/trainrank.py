@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from backend.convert import predictions_to_results
@@ -283,7 +284,34 @@ def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: 
             return None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return [(t, p) for t, p in zip(tasks, pool.map(one, tasks), strict=True) if p is not None]
+        return [(t, _finite(p, schema)) for t, p in zip(tasks, pool.map(one, tasks), strict=True) if p is not None]
+
+
+def _finite(p: Any, schema: ProjectSchema) -> Any:
+    """Mask non-finite pixels of the float maps (depth [H, W], normals [H, W, 3] from task data) of a
+    prepared task as invalid (0: the losses skip depth <= 0 and zero normals; NaN * 0 is still NaN, so
+    one NaN pixel would make every loss of the run NaN). A map with no finite pixel left is dropped. Each
+    case is logged with the task id."""
+    sample = p.sample
+    for name in list(sample.labels):
+        arr = sample.labels[name]
+        if not (isinstance(arr, np.ndarray) and arr.dtype.kind == "f"):
+            continue
+        bad = ~np.isfinite(arr)
+        if schema.modalities[name].kind == "normals" and arr.ndim == 3:
+            bad = np.broadcast_to(bad.any(axis=-1, keepdims=True), arr.shape)  # a vector is valid as a whole
+        if not bad.any():
+            continue
+        n_bad = int(bad.any(axis=-1).sum() if bad.ndim == 3 else bad.sum())
+        if bad.all():
+            log.warning("task %s: %s map dropped: no finite value (NaN/Inf)", p.task_id, name)
+            del sample.labels[name]
+            sample.present[name] = False
+            p.labelled.discard(name)
+            continue
+        log.warning("task %s: %s map: %d non-finite pixels (NaN/Inf) masked as invalid", p.task_id, name, n_bad)
+        sample.labels[name] = np.where(bad, np.float32(0), arr).astype(arr.dtype, copy=False)
+    return p
 
 
 def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: ProjectSchema, p: Any,
