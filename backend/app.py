@@ -394,5 +394,6 @@ def _setup_hostname(settings: Settings, hostname: str | None) -> str | None:
 
 
 def _summary(meta: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source")
+    keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source",
+            "candidate")
     return {k: meta.get(k) for k in keys}

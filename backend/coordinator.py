@@ -42,6 +42,17 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from backend.coordinator_lua import (
+    BEGIN,
+    ENQUEUE,
+    FINISH,
+    FOLLOW_UP,
+    OWNED_SET,
+    QUEUED,
+    RECORD,
+    REQUEST,
+    TAKE_OVER,
+)
 from backend.netguard import redact
 from backend.queueing import QUEUE_NAME, QueueHandle
 
@@ -55,94 +66,6 @@ LEASE_S = 60.0  # a run whose heartbeat stopped this long ago is dead
 
 class LeaseLost(RuntimeError):
     """This job no longer owns its project's run (its lease expired and another run took over)."""
-
-
-# KEYS[1]: state hash. ARGV[1]: owner job id ('' = unchecked); ARGV[2..]: field/value pairs to set.
-# Sets them only while ARGV[1] owns the run; returns 1 if it did, 0 if not. A state that lost its
-# job id (Redis restarted without persistence) is owned again by the run still at work on it.
-_OWNED_SET = """
-if ARGV[1] ~= '' then
-  local owner = redis.call('HGET', KEYS[1], 'job_id')
-  if not owner then
-    redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'updated', redis.call('TIME')[1])
-    if not redis.call('HGET', KEYS[1], 'state') then redis.call('HSET', KEYS[1], 'state', 'training') end
-  elseif owner ~= ARGV[1] then
-    return 0
-  end
-end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
-return 1
-"""
-
-# Request a run. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE (idle -> queued:
-# the caller enqueues job ARGV[2]), QUEUED (a run is already waiting: nothing to do) or FOLLOW_UP
-# (training/ranking: follow_up set, exactly one more run after this one).
-_TRANSITION = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'idle' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
-  return 1
-elseif state == 'queued' then
-  return 2
-end
-redis.call('HSET', KEYS[1], 'follow_up', '1')
-return 3
-"""
-_ENQUEUE, _QUEUED, _FOLLOW_UP = 1, 2, 3
-_REQUEST = _TRANSITION
-
-# KEYS: state, counts, counts_inflight. ARGV: now, job id, threshold, modality names...
-# Adds one to each modality; when the total reaches the threshold, requests a run as above (else 0).
-_RECORD = """
-for i = 4, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
-local total = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
-if total < tonumber(ARGV[3]) then return 0 end
-""" + _TRANSITION
-
-# KEYS: state, counts, counts_inflight. ARGV: now, lease, owner ('' = unchecked). Moves counts aside;
-# state -> training. Returns 0 (nothing done) when ARGV[3] is not the job the state waits for.
-_BEGIN = """
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[3] then return 0 end
-redis.call('DEL', KEYS[3])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
-redis.call('HSET', KEYS[1], 'state', 'training', 'follow_up', '0', 'updated', ARGV[1], 'started', ARGV[1],
-           'epoch', '0', 'step', '0', 'loss', '', 'lease', ARGV[2])
-return 1
-"""
-
-# KEYS: state, counts, counts_inflight. ARGV: now, new job id, the lease seen as expired.
-# Takes over a dead run (state and lease unchanged since the caller looked): counts back, -> queued.
-_TAKE_OVER = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if (state ~= 'training' and state ~= 'ranking') or (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[3] then
-  return 0
-end
-local kv = redis.call('HGETALL', KEYS[3])
-for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[2],
-           'error', 'previous run stopped without finishing (its lease expired); restarted')
-return 1
-"""
-
-# KEYS: state, counts, counts_inflight. ARGV: now, failed ('1'/'0'), job id, owner ('' = unchecked).
-# Ends a run: merges counts back on failure; returns 1 when a follow-up must be enqueued, -1 when ARGV[4]
-# does not own the run (nothing done).
-_FINISH = """
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[4] then return -1 end
-if ARGV[2] == '1' then
-  local kv = redis.call('HGETALL', KEYS[3])
-  for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
-end
-redis.call('DEL', KEYS[3])
-if redis.call('HGET', KEYS[1], 'follow_up') == '1' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[3])
-  return 1
-end
-redis.call('HSET', KEYS[1], 'state', 'idle', 'updated', ARGV[1])
-return 0
-"""
 
 
 class Coordinator:
@@ -162,12 +85,12 @@ class Coordinator:
         self.train_job = train_job
         self.rank_job = rank_job
         self.job_timeout = job_timeout
-        self._request = self.redis.register_script(_REQUEST)
-        self._record = self.redis.register_script(_RECORD)
-        self._begin = self.redis.register_script(_BEGIN)
-        self._finish = self.redis.register_script(_FINISH)
-        self._take_over = self.redis.register_script(_TAKE_OVER)
-        self._owned_set = self.redis.register_script(_OWNED_SET)
+        self._request = self.redis.register_script(REQUEST)
+        self._record = self.redis.register_script(RECORD)
+        self._begin = self.redis.register_script(BEGIN)
+        self._finish = self.redis.register_script(FINISH)
+        self._take_over = self.redis.register_script(TAKE_OVER)
+        self._owned_set = self.redis.register_script(OWNED_SET)
 
     @classmethod
     def on_connection(cls, connection: Any, **kwargs: Any) -> Coordinator:
@@ -190,22 +113,22 @@ class Coordinator:
             return False
         job_id = _new_job_id()
         outcome = self._record(keys=self._keys(project), args=[time.time(), job_id, max(1, int(threshold)), *names])
-        if outcome == _ENQUEUE:
+        if outcome == ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return True
-        if outcome == _FOLLOW_UP:
+        if outcome == FOLLOW_UP:
             return self.recover_dead_run(project)
-        return outcome == _QUEUED and self._recover_lost_job(project)
+        return outcome == QUEUED and self._recover_lost_job(project)
 
     def request_training(self, project: int | str) -> str:
         """Request a run now (START_TRAINING). Returns "enqueued", "queued" (one is already waiting) or
         "follow_up" (a run is in progress; exactly one more will follow it)."""
         job_id = _new_job_id()
         outcome = self._request(keys=self._keys(project)[:1], args=[time.time(), job_id])
-        if outcome == _ENQUEUE:
+        if outcome == ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return "enqueued"
-        if outcome == _FOLLOW_UP:
+        if outcome == FOLLOW_UP:
             return "enqueued" if self.recover_dead_run(project) else "follow_up"
         return "enqueued" if self._recover_lost_job(project) else "queued"
 
@@ -290,10 +213,17 @@ class Coordinator:
 
     def trained(self, project: int | str, version: str, metrics: dict[str, Any], owner: str | None = None) -> None:
         """Training produced ``version``: record it and enqueue ranking (state -> ranking; the rank job
-        owns the run from here)."""
+        owns the run from here). A version that failed the quality gate (``metrics["quality_gate"]``) is
+        recorded as the ``candidate``, and ``version`` stays the last one that became current."""
         job_id = _new_job_id()
-        self._set(project, owner, {"state": "ranking", "version": version, "metrics": json.dumps(metrics),
-                                   "error": "", "lease": self._lease(), "job_id": job_id})
+        gate = metrics.get("quality_gate") or {}
+        fields = {"state": "ranking", "metrics": json.dumps(metrics), "error": "", "lease": self._lease(),
+                  "job_id": job_id, "candidate": ""}
+        if gate.get("passed", True):
+            fields["version"] = version
+        else:
+            fields["candidate"] = json.dumps({"version": version, "reason": gate.get("reason")})
+        self._set(project, owner, fields)
         self._enqueue(self.rank_job, project, job_id)
 
     def finish(self, project: int | str, owner: str | None = None) -> bool:
@@ -322,6 +252,7 @@ class Coordinator:
             "step": _num(raw.get("step")),
             "loss": _num(raw.get("loss")),
             "version": raw.get("version") or None,
+            "candidate": json.loads(raw["candidate"]) if raw.get("candidate") else None,
             "metrics": json.loads(raw["metrics"]) if raw.get("metrics") else {},
             "error": raw.get("error") or None,
             "job_id": raw.get("job_id") or None,

@@ -31,14 +31,14 @@ from rq import get_current_job
 from backend.coordinator import Coordinator, LeaseLost
 from backend.images import ImageFetcher
 from backend.labeling import ProjectSchema
-from backend.ls_api import LabelStudioAPI
+from backend.ls_api import LabelStudioAPI, LabelStudioAPIError
 from backend.model import MTALModel, load_schema
 from backend.queueing import open_queue
 from backend.settings import Settings
 from backend.store import ModelStore
-from backend.trainrank import prepare_tasks, rank_tasks, train_version
+from backend.trainrank import NothingFetched, prepare_tasks, rank_tasks, train_version
 
-__all__ = ["JobContext", "configure", "rank_job", "train_job"]
+__all__ = ["JobContext", "configure", "ls_unreachable", "rank_job", "train_job"]
 
 log = logging.getLogger(__name__)
 _configured: Settings | None = None
@@ -127,8 +127,8 @@ def train_job(project: Any) -> str:
         ctx.coordinator.begin(project, ctx.owner)
         ctx.store.remove_leftovers(project)  # a killed run's temporary checkpoints
         started = time.time()
-        schema = ctx.schema(project)
-        tasks = list(ctx.ls.iter_labelled_tasks(int(project)))
+        schema, tasks = _retry_ls(ctx, project, "reading annotations",
+                                  lambda: (ctx.schema(project), list(ctx.ls.iter_labelled_tasks(int(project)))))
         samples = [p.sample for _, p in prepare_tasks(ctx, tasks, schema, ctx.settings.image_size) if p.labelled]
         if not samples:
             raise ValueError(f"project {project} has no usable labelled task yet ({len(tasks)} annotated)")
@@ -158,22 +158,58 @@ def train_job(project: Any) -> str:
 
 
 def rank_job(project: Any) -> dict[str, Any]:
-    """Rank every task of ``project`` with the current version and push predictions to Label Studio."""
+    """Rank every task of ``project`` with the current version and push predictions to Label Studio;
+    Label Studio unreachable: the ranking is retried (see :func:`_retry_ls`)."""
 
-    def body(ctx: JobContext, project: str) -> dict[str, Any]:
-        ctx.coordinator.progress(project, ctx.owner, state="ranking")
+    def rank(ctx: JobContext, project: str) -> dict[str, Any]:
         schema = ctx.schema(project)
         version = ctx.store.current(project)
         labelled = {t["id"]: t for t in ctx.ls.iter_labelled_tasks(int(project))}
         tasks = list(labelled.values()) + [
             t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in labelled
         ]
-        summary = rank_tasks(ctx, project, schema, version, tasks, set(labelled),
-                             guard=lambda: ctx.check_owner(project))
+        return rank_tasks(ctx, project, schema, version, tasks, set(labelled), guard=lambda: ctx.check_owner(project))
+
+    def body(ctx: JobContext, project: str) -> dict[str, Any]:
+        ctx.coordinator.progress(project, ctx.owner, state="ranking")
+        summary = _retry_ls(ctx, project, "ranking", lambda: rank(ctx, project))
         ctx.coordinator.finish(project, ctx.owner)
         return summary
 
     return _run("rank", project, body)
+
+
+def ls_unreachable(e: BaseException) -> bool:
+    """Label Studio did not answer, or answered that it is down or overloaded (no response, 408, 429, 5xx),
+    or not one task image could be fetched: worth another try later."""
+    if isinstance(e, LabelStudioAPIError):
+        return e.status is None or e.status in (408, 429) or e.status >= 500
+    return isinstance(e, NothingFetched)
+
+
+def _retry_ls(ctx: JobContext, project: str, what: str, step: Any) -> Any:
+    """``step()``, tried again while Label Studio is unreachable: ``ls_retries`` more times after waits of
+    ``ls_backoff_s`` doubling up to 60 s (the lease is renewed meanwhile); each wait is shown in /status as
+    the ``error``, cleared on success. The last failure is raised (the run fails, the project goes back to
+    idle with its counts)."""
+    settings, attempt = ctx.settings, 0
+    while True:
+        try:
+            result = step()
+        except Exception as e:
+            if not ls_unreachable(e) or attempt == settings.ls_retries:
+                raise
+            wait = min(60.0, settings.ls_backoff_s * 2**attempt)
+            attempt += 1
+            message = (f"{what}: Label Studio unreachable (try {attempt} of {settings.ls_retries + 1}, "
+                       f"next in {wait:g} s): {e}")
+            log.warning("project %s: %s", project, message)
+            ctx.coordinator.progress(project, ctx.owner, error=message[:2000], ls_retries=attempt)
+            time.sleep(wait)
+            continue
+        if attempt:
+            ctx.coordinator.progress(project, ctx.owner, error="", ls_retries=attempt)
+        return result
 
 
 def _in_val(sample_id: str, fraction: float) -> bool:

@@ -214,8 +214,9 @@ class ModelStore:
 
     # ---- writing -------------------------------------------------------------------------------
     def publish(self, project: str, checkpoint: str | Path, metadata: dict[str, Any], move: bool = False,
-                check: Callable[[], None] | None = None) -> str:
-        """Add ``checkpoint`` as the next version of ``project`` and make it current.
+                check: Callable[[], None] | None = None, make_current: bool = True) -> str:
+        """Add ``checkpoint`` as the next version of ``project`` and make it current (``make_current=False``:
+        a candidate, stored and listed while the current version stays).
 
         metadata: JSON-able dict (modalities, config_hash, network, net_config, normalization,
         metrics, ...); ``version``, ``number``, ``parent``, ``created`` and ``checkpoint_sha256`` are
@@ -263,8 +264,10 @@ class ModelStore:
                 project=str(project),
             )
             atomic_write_json(vdir / f"{version}.json", meta)
-            atomic_write_bytes(pdir / "CURRENT", f"{version}\n".encode())
-        log.info("store: project %s now at %s (parent %s)", project, version, parent)
+            if make_current:
+                atomic_write_bytes(pdir / "CURRENT", f"{version}\n".encode())
+        log.info("store: project %s %s %s (parent %s)", project, "now at" if make_current else "candidate", version,
+                 parent)
         return version
 
     def set_current(self, project: str, version: str) -> None:

@@ -30,13 +30,17 @@ from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_str
 from mtal_models.strategies.mtc import det_to_seg_by_name
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
-__all__ = ["RankContext", "boxmask_modalities", "loss_weights", "prepare_tasks", "prune_predictions", "rank_tasks",
-           "strategy_for", "train_version"]
+__all__ = ["NothingFetched", "RankContext", "boxmask_modalities", "loss_weights", "prepare_tasks", "prune_predictions",
+           "quality_gate", "rank_tasks", "strategy_for", "train_version"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
 _PUSH_CHUNK = 500  # predictions built and sent to Label Studio at once
 _VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", "project", "current")
+
+
+class NothingFetched(ValueError):
+    """Not one task image of a ranking could be fetched (Label Studio or the image store is down)."""
 
 
 def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
@@ -117,15 +121,40 @@ def train_version(
         parent_val = (meta.get("metrics") or {}).get("val")
         if parent_val and (dsq := _mdsq_or_none(metrics["val"], parent_val, model.modalities)) is not None:
             metrics["mdsq_vs_parent"] = dsq  # MTC's mDSQ with the parent version as the reference (> 1: better)
+        if settings.quality_gate > 0:
+            parent = load_checkpoint(store.checkpoint_path(project, current), map_location="cpu").model
+            metrics["quality_gate"] = quality_gate(metrics["val"], evaluate(parent.to(config.device), loader),
+                                                   settings.quality_gate)
+    passed = (metrics.get("quality_gate") or {}).get("passed", True)
     new_meta = {k: v for k, v in meta.items() if k not in _VERSION_KEYS}
     new_meta.update(initial=False, source=f"trained on {len(train)} tasks", metrics=metrics, strategy=strategy.name,
-                    prefill_thresholds=prefill_thresholds(metrics.get("val"), schema))
+                    prefill_thresholds=prefill_thresholds(metrics.get("val"), schema), candidate=not passed)
+    if not passed:
+        log.warning("project %s: new version stays a candidate: %s", project, metrics["quality_gate"]["reason"])
     tmp = store.tmp_dir(project) / f"train-{uuid.uuid4().hex}.pt"
     save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
     try:
-        return store.publish(project, tmp, new_meta, move=True, check=guard), metrics
+        return store.publish(project, tmp, new_meta, move=True, check=guard, make_current=passed), metrics
     finally:
         tmp.unlink(missing_ok=True)  # still there when publish refused
+
+
+def quality_gate(val: Mapping[str, Any], parent_val: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """Whether a new version may become current: its validation multi-task loss ``val`` must be finite and
+    at most the parent's on the same validation tasks divided by ``threshold`` (0.5: twice the parent's).
+    Returns {"passed", "val_loss", "parent_val_loss", "threshold", "reason"}."""
+    loss, parent_loss = val.get("multi_task_loss"), parent_val.get("multi_task_loss")
+    limit = parent_loss / threshold if isinstance(parent_loss, float | int) and math.isfinite(parent_loss) else None
+    if limit is None:
+        passed, reason = True, "the parent has no finite validation loss to compare with"
+    elif not isinstance(loss, float | int) or not math.isfinite(loss):
+        passed, reason = False, f"validation loss is not finite ({loss}); the parent's is {parent_loss:.4g}"
+    else:
+        passed = loss <= limit
+        reason = (f"validation loss {loss:.4g} vs the parent's {parent_loss:.4g} on the same tasks "
+                  f"({'within' if passed else 'above'} the limit {limit:.4g} = parent / {threshold:g})")
+    return {"passed": passed, "val_loss": _json_safe(loss), "parent_val_loss": _json_safe(parent_loss),
+            "threshold": threshold, "reason": reason}
 
 
 class RankContext(Protocol):
@@ -159,7 +188,7 @@ def rank_tasks(
     with ResultSpool(store.tmp_dir(project)) as spool:
         rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill)
         if not rows:
-            raise ValueError(f"project {project}: no task image could be fetched; nothing to rank")
+            raise NothingFetched(f"project {project}: no task image could be fetched; nothing to rank")
         return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool,
                                 guard or (lambda: None))
 
