@@ -294,7 +294,9 @@ def create_app(
             raise ApiError(422, str(e)) from e
         m.predictions.inc(len(results))
         m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
-        return jsonify(results=results, model_version=model.model_version)
+        # the version the results came from: CURRENT may have switched while they were computed
+        version = results[0]["model_version"] if results else model.model_version
+        return jsonify(results=results, model_version=version)
 
     def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         action = _field(body, "action", str)

@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from backend.coordinator import Coordinator, LeaseLost
@@ -33,6 +34,7 @@ from backend.images import ImageFetcher
 from backend.labeling import ProjectSchema
 from backend.ls_api import LabelStudioAPI, LabelStudioAPIError
 from backend.model import MTALModel, load_schema
+from backend.netguard import redact
 from backend.queueing import open_queue
 from backend.settings import Settings
 from backend.store import ModelStore
@@ -143,7 +145,10 @@ def train_job(project: Any) -> str:
         def progress(epoch: int, step: int, loss: float) -> None:
             if time.time() - last_throttle[0] >= 1.0:
                 last_throttle[0] = time.time()
-                ctx.coordinator.progress(project, ctx.owner, epoch=epoch, step=step, loss=round(float(loss), 6))
+                try:
+                    ctx.coordinator.progress(project, ctx.owner, epoch=epoch, step=step, loss=round(float(loss), 6))
+                except RedisError as e:  # Redis restarting: keep training (LeaseLost still stops the run)
+                    log.warning("project %s: progress not recorded: %s", project, redact(str(e)))
 
         version, metrics = train_version(
             ctx.store, project, schema, ctx.settings, train, val, progress, ranking.get("weights") or {},
