@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -132,8 +133,13 @@ def train_version(
     if not passed:
         log.warning("project %s: new version stays a candidate: %s", project, metrics["quality_gate"]["reason"])
     tmp = store.tmp_dir(project) / f"train-{uuid.uuid4().hex}.pt"
-    save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
     try:
+        try:
+            save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
+        except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as "unexpected pos"
+            free = shutil.disk_usage(tmp.parent).free
+            raise OSError(f"could not write the checkpoint ({free // 1024} KiB free in {tmp.parent}; disk full?): "
+                          f"{str(e).splitlines()[0][:300]}") from e
         return store.publish(project, tmp, new_meta, move=True, check=guard, make_current=passed), metrics
     finally:
         tmp.unlink(missing_ok=True)  # still there when publish refused

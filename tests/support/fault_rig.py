@@ -51,7 +51,8 @@ def annotation(seed: int) -> list[dict[str, Any]]:
 
 @dataclass
 class FaultRig:
-    """The running services; ``env`` is the backend's and the workers' base environment."""
+    """The running services; ``env`` is the backend's and the workers' base environment (strategy "random":
+    the cheapest ranking, and "auto" cannot rank a one-tag config, see the module docstring)."""
 
     tmp: Path
     redis: RedisServer
@@ -75,8 +76,9 @@ class FaultRig:
             model_dir = model_dir or tmp / "models"
             env = backend_env(ls.url, "fault-token", model_dir, redis_url=redis.url, MTAL_CACHE_DIR="off",
                               MTAL_NET_CONFIG="tiny", MTAL_IMAGE_SIZE=str(SIZE), MTAL_DEVICE="cpu",
-                              MTAL_TRAIN_THRESHOLD="0", MTAL_TRAIN_EPOCHS="2", MTAL_VAL_FRACTION="0",
-                              MTAL_CLUSTERS="0", MTAL_RUN_LEASE_S="4", MTAL_LS_BACKOFF_S="0.5",
+                              MTAL_TRAIN_THRESHOLD="0", MTAL_TRAIN_EPOCHS="12", MTAL_VAL_FRACTION="0",
+                              MTAL_CLUSTERS="0", MTAL_STRATEGY="random", MTAL_RUN_LEASE_S="3", MTAL_LS_RETRIES="3",
+                              MTAL_LS_BACKOFF_S="1",
                               MTAL_THREADS="8", MTAL_WORKER_NICE="0", OMP_NUM_THREADS="1", LOG_LEVEL="INFO",
                               **extra)
             backend = stack.enter_context(start_backend(env, tmp))
