@@ -51,8 +51,9 @@ def annotation(seed: int) -> list[dict[str, Any]]:
 
 @dataclass
 class FaultRig:
-    """The running services; ``env`` is the backend's and the workers' base environment (strategy "random":
-    the cheapest ranking, and "auto" cannot rank a one-tag config, see the module docstring)."""
+    """The running services; ``env`` is the backend's and the workers' base environment. Strategy "random":
+    the cheapest ranking; with this one-tag config "auto" (``mtal_unweighted``) failed every ranking with
+    "the network gave no committee (initial + refined) outputs"."""
 
     tmp: Path
     redis: RedisServer
