@@ -15,6 +15,10 @@ rank_job(project)
     the new model version, the requested modalities ticked in the choices tag), sets the project's
     ``model_version`` and ``sampling = "Uncertainty sampling"`` so ``/next`` serves that order, and
     stores the ranking for ``/predict``.
+
+Both run under the run's lease (:meth:`Coordinator.hold`) and as its owner (their RQ job id): a job whose
+run was taken over stops with LeaseLost before it writes anything. Label Studio unreachable while
+reading annotations or ranking: retried with backoff (``MTAL_LS_RETRIES``, ``MTAL_LS_BACKOFF_S``).
 """
 
 from __future__ import annotations
