@@ -42,7 +42,7 @@ TMPFS_MB = 48
 
 def _mount_tmpfs(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or os.environ.get("MTAL_FAULTS_NO_TMPFS"):  # the latter: try the RLIMIT_FSIZE path
         return False
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(path)],
                           capture_output=True, check=False)
