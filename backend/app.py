@@ -296,7 +296,9 @@ def create_app(
             raise ApiError(422, str(e)) from e
         m.predictions.inc(len(results))
         m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
-        return jsonify(results=results, model_version=model.model_version)
+        # the version the results came from: CURRENT may have switched while they were computed
+        version = results[0]["model_version"] if results else model.model_version
+        return jsonify(results=results, model_version=version)
 
     def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         action = _field(body, "action", str)
@@ -400,5 +402,6 @@ def _setup_hostname(settings: Settings, hostname: str | None) -> str | None:
 
 
 def _summary(meta: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source")
+    keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source",
+            "candidate")
     return {k: meta.get(k) for k in keys}

@@ -90,6 +90,13 @@ class Settings:
     the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
     on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
     server.
+    lease_s [MTAL_RUN_LEASE_S] (60 s, > 0): a run's lease in Redis, renewed every quarter of it; a run
+    whose worker died is taken over by the next trigger this long after its last renewal.
+    quality_gate [MTAL_QUALITY_GATE] (0.5, in [0, 1]; 0 = off): a new version whose validation score
+    (the mean over modalities of mIoU / mAP / 1 - error) is below this fraction of its parent's stays a
+    candidate: it is stored and listed, but the current version keeps serving and ranking.
+    ls_retries [MTAL_LS_RETRIES] (4, >= 0): attempts after the first when Label Studio is unreachable
+    during a run, with exponential backoff from ls_backoff_s [MTAL_LS_BACKOFF_S] (2 s, doubling, capped at 60 s).
     """
 
     label_studio_url: str | None = None
@@ -129,6 +136,10 @@ class Settings:
     max_predict_tasks: int = 1000
     prefill_per_class: bool = False
     prefill_min_area: float = 0.002
+    lease_s: float = 60.0
+    quality_gate: float = 0.5
+    ls_retries: int = 4
+    ls_backoff_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -162,6 +173,10 @@ class Settings:
             raise SettingsError(
                 "MTAL_MAX_BODY_BYTES must be >= 1024, MTAL_BODY_READ_TIMEOUT > 0 and MTAL_MAX_PREDICT_TASKS >= 1"
             )
+        if not self.lease_s > 0 or not 0 <= self.quality_gate <= 1:
+            raise SettingsError("MTAL_RUN_LEASE_S must be > 0 and MTAL_QUALITY_GATE in [0, 1]")
+        if self.ls_retries < 0 or self.ls_backoff_s < 0:
+            raise SettingsError("MTAL_LS_RETRIES and MTAL_LS_BACKOFF_S must be >= 0")
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -286,6 +301,10 @@ class Settings:
             max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
             prefill_per_class=get_bool("MTAL_PREFILL_PER_CLASS", False),
             prefill_min_area=get_float("MTAL_PREFILL_MIN_AREA", 0.002),
+            lease_s=get_float("MTAL_RUN_LEASE_S", 60.0),
+            quality_gate=get_float("MTAL_QUALITY_GATE", 0.5),
+            ls_retries=get_int("MTAL_LS_RETRIES", 4),
+            ls_backoff_s=get_float("MTAL_LS_BACKOFF_S", 2.0),
         )
 
     def configure_logging(self) -> None:
