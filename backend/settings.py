@@ -49,7 +49,7 @@ class Settings:
         from torchvision's COCO FCOS for labels matching COCO categories; unset = none. See backend/weights.py.
     strategy [MTAL_STRATEGY]: selection strategy of the active-learning loop: a name of
         mtal_models.strategies.STRATEGIES, or "auto" (default: "mtal_unweighted" for dense-only configs,
-        "boxmask" for configs with boxes).
+        "partal_image" for a single modality, "boxmask" for configs with boxes).
     train_threshold [MTAL_TRAIN_THRESHOLD]: labels (per modality, summed) since the last run that
         trigger the next one (default 10; 0 = only "Start Training"); /setup's extra_params
         {"train_threshold": N} overrides it per project.

@@ -48,10 +48,13 @@ def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
     """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score without
     its eq. 5 loss weights (``mtal_unweighted``, the best measured in the default simulation) for dense
     projects (PAD-Net) and MTC BoxMask, with boxes matched to segmentation classes by name, for projects
-    with boxes. Raises ValueError for a strategy the config cannot run."""
+    with boxes. A config with a single modality has no task pairs, so no MTAL committee: "auto" is then
+    PartAL's image-level MC-dropout entropy (``partal_image``). Raises ValueError for a strategy the
+    config cannot run."""
     name = settings.strategy
+    single = len(schema.modalities) < 2
     if name == "auto":
-        name = "boxmask" if schema.network == "detseg" else "mtal_unweighted"
+        name = "boxmask" if schema.network == "detseg" else "partal_image" if single else "mtal_unweighted"
     if name == "ll4al":
         raise ValueError("strategy 'll4al' needs its loss-prediction module trained with the network; "
                          "use it in the simulator (mtal simulate), not in the backend")
@@ -59,6 +62,9 @@ def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
         raise ValueError("strategy 'boxmask' needs boxes and masks (a RectangleLabels tag and a segmentation tag)")
     if name.startswith("mtal") and name != "mtal_diversity" and schema.network != "padnet":
         raise ValueError(f"strategy {name!r} needs PAD-Net's committee (dense-only labeling configs)")
+    if name.startswith("mtal") and name != "mtal_diversity" and single:
+        raise ValueError(f"strategy {name!r} needs a committee of task pairs, so at least two modalities; this "
+                         "config has one (use auto, partal_image, coreset or random)")
     if name == "boxmask":  # boxes are checked against the segmentation class of the same label name
         det, seg = boxmask_modalities(schema)
         return get_strategy(name, det=det, seg=seg, class_names={m: schema.class_names(m) for m in (det, seg)})
