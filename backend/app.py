@@ -33,6 +33,7 @@ from backend.netguard import UnsafeURL, parse_http_url
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
 from backend.webhook_http import BodyRefused, RequestGuard, internal_error, parse_object
+from backend.weights import last_start, start_of, weights_fields
 
 __all__ = ["ApiError", "create_app", "parse_project_id"]
 
@@ -240,6 +241,7 @@ def create_app(
             versions = {p: store.current(p) for p in store.projects()}
             out["model_versions"] = versions  # per project; a single project's also as model_version
             out["model_version"] = next(iter(versions.values())) if len(versions) == 1 else None
+            out.update(weights_fields(last_start(settings)))  # this process's last initial network
         return jsonify(out)
 
     @app.post("/setup")
@@ -294,7 +296,9 @@ def create_app(
             raise ApiError(422, str(e)) from e
         m.predictions.inc(len(results))
         m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
-        return jsonify(results=results, model_version=model.model_version)
+        # the version the results came from: CURRENT may have switched while they were computed
+        version = results[0]["model_version"] if results else model.model_version
+        return jsonify(results=results, model_version=version)
 
     def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         action = _field(body, "action", str)
@@ -345,6 +349,10 @@ def create_app(
             log.warning("/status: queue unavailable: %s", e)
             raise ApiError(503, "the training queue (Redis) is unavailable; see the server log") from None
         out["current_version"] = store.current(pid)
+        try:
+            out.update(weights_fields(start_of(store.list_versions(pid), out["current_version"])))
+        except StoreError as e:
+            log.warning("/status: version metadata unreadable: %s", e)
         return jsonify(out)
 
     @app.route("/versions", methods=["GET", "POST"])
@@ -394,5 +402,6 @@ def _setup_hostname(settings: Settings, hostname: str | None) -> str | None:
 
 
 def _summary(meta: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source")
+    keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source",
+            "candidate")
     return {k: meta.get(k) for k in keys}

@@ -18,6 +18,12 @@ State per project (a Redis hash ``mtal:project:<id>``)::
   ``progress``): the next trigger (webhook, START_TRAINING) or a worker starting takes it over - the
   counts go back, the state becomes ``queued`` and a new train run is enqueued. ``/status`` shows
   ``lease_expired`` meanwhile.
+- Ownership: the job that owns the run is the one whose id is the state's ``job_id`` (set with every
+  enqueue, before the job can start). The jobs pass their id as ``owner`` to every write
+  (:meth:`Coordinator.progress`, ``heartbeat``, ``trained``, ``finish``, ``fail``) and check it before
+  they publish a version or push predictions (:meth:`Coordinator.check_owner`): a run that was taken
+  over but is still alive (a stalled worker) raises :class:`LeaseLost` instead of overwriting the
+  state of the run that replaced it.
 Every transition is one Lua script, so concurrent webhooks and workers never interleave inside one.
 """
 
@@ -36,80 +42,30 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from backend.coordinator_lua import (
+    BEGIN,
+    ENQUEUE,
+    FINISH,
+    FOLLOW_UP,
+    OWNED_SET,
+    QUEUED,
+    RECORD,
+    REQUEST,
+    TAKE_OVER,
+)
 from backend.netguard import redact
 from backend.queueing import QUEUE_NAME, QueueHandle
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "LeaseLost"]
 
 log = logging.getLogger(__name__)
 _RECOVER_AFTER_S = 30.0
 LEASE_S = 60.0  # a run whose heartbeat stopped this long ago is dead
 
-# Request a run. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE (idle -> queued:
-# the caller enqueues job ARGV[2]), QUEUED (a run is already waiting: nothing to do) or FOLLOW_UP
-# (training/ranking: follow_up set, exactly one more run after this one).
-_TRANSITION = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'idle' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
-  return 1
-elseif state == 'queued' then
-  return 2
-end
-redis.call('HSET', KEYS[1], 'follow_up', '1')
-return 3
-"""
-_ENQUEUE, _QUEUED, _FOLLOW_UP = 1, 2, 3
-_REQUEST = _TRANSITION
 
-# KEYS: state, counts, counts_inflight. ARGV: now, job id, threshold, modality names...
-# Adds one to each modality; when the total reaches the threshold, requests a run as above (else 0).
-_RECORD = """
-for i = 4, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
-local total = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
-if total < tonumber(ARGV[3]) then return 0 end
-""" + _TRANSITION
 
-# KEYS: state, counts, counts_inflight. ARGV: now. Moves counts aside; state -> training.
-_BEGIN = """
-redis.call('DEL', KEYS[3])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
-redis.call('HSET', KEYS[1], 'state', 'training', 'follow_up', '0', 'updated', ARGV[1], 'started', ARGV[1],
-           'epoch', '0', 'step', '0', 'loss', '', 'lease', ARGV[2])
-return 1
-"""
-
-# KEYS: state, counts, counts_inflight. ARGV: now, new job id, the lease seen as expired.
-# Takes over a dead run (state and lease unchanged since the caller looked): counts back, -> queued.
-_TAKE_OVER = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if (state ~= 'training' and state ~= 'ranking') or (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[3] then
-  return 0
-end
-local kv = redis.call('HGETALL', KEYS[3])
-for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[2],
-           'error', 'previous run stopped without finishing (its lease expired); restarted')
-return 1
-"""
-
-# KEYS: state, counts, counts_inflight. ARGV: now, failed ('1'/'0'), job id.
-# Ends a run: merges counts back on failure; returns 1 when a follow-up must be enqueued.
-_FINISH = """
-if ARGV[2] == '1' then
-  local kv = redis.call('HGETALL', KEYS[3])
-  for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
-end
-redis.call('DEL', KEYS[3])
-if redis.call('HGET', KEYS[1], 'follow_up') == '1' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[3])
-  return 1
-end
-redis.call('HSET', KEYS[1], 'state', 'idle', 'updated', ARGV[1])
-return 0
-"""
+class LeaseLost(RuntimeError):
+    """This job no longer owns its project's run (its lease expired and another run took over)."""
 
 
 class Coordinator:
@@ -129,11 +85,12 @@ class Coordinator:
         self.train_job = train_job
         self.rank_job = rank_job
         self.job_timeout = job_timeout
-        self._request = self.redis.register_script(_REQUEST)
-        self._record = self.redis.register_script(_RECORD)
-        self._begin = self.redis.register_script(_BEGIN)
-        self._finish = self.redis.register_script(_FINISH)
-        self._take_over = self.redis.register_script(_TAKE_OVER)
+        self._request = self.redis.register_script(REQUEST)
+        self._record = self.redis.register_script(RECORD)
+        self._begin = self.redis.register_script(BEGIN)
+        self._finish = self.redis.register_script(FINISH)
+        self._take_over = self.redis.register_script(TAKE_OVER)
+        self._owned_set = self.redis.register_script(OWNED_SET)
 
     @classmethod
     def on_connection(cls, connection: Any, **kwargs: Any) -> Coordinator:
@@ -156,56 +113,71 @@ class Coordinator:
             return False
         job_id = _new_job_id()
         outcome = self._record(keys=self._keys(project), args=[time.time(), job_id, max(1, int(threshold)), *names])
-        if outcome == _ENQUEUE:
+        if outcome == ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return True
-        if outcome == _FOLLOW_UP:
+        if outcome == FOLLOW_UP:
             return self.recover_dead_run(project)
-        return outcome == _QUEUED and self._recover_lost_job(project)
+        return outcome == QUEUED and self._recover_lost_job(project)
 
     def request_training(self, project: int | str) -> str:
         """Request a run now (START_TRAINING). Returns "enqueued", "queued" (one is already waiting) or
         "follow_up" (a run is in progress; exactly one more will follow it)."""
         job_id = _new_job_id()
         outcome = self._request(keys=self._keys(project)[:1], args=[time.time(), job_id])
-        if outcome == _ENQUEUE:
+        if outcome == ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return "enqueued"
-        if outcome == _FOLLOW_UP:
+        if outcome == FOLLOW_UP:
             return "enqueued" if self.recover_dead_run(project) else "follow_up"
         return "enqueued" if self._recover_lost_job(project) else "queued"
 
-    # ---- run lifecycle (called from the jobs) -----------------------------------------------------
-    def begin(self, project: int | str) -> None:
-        """A train job starts: counts move aside, state -> training."""
-        self._begin(keys=self._keys(project), args=[time.time(), self._lease()])
+    # ---- run lifecycle (called from the jobs; ``owner``: the calling job's id, None = unchecked) ----------
+    def begin(self, project: int | str, owner: str | None = None) -> None:
+        """A train job starts: counts move aside, state -> training. Raises LeaseLost when ``owner`` is
+        not the job the state waits for (another run replaced it)."""
+        if not self._begin(keys=self._keys(project), args=[time.time(), self._lease(), owner or ""]):
+            raise LeaseLost(f"project {project}: job {owner} does not own the run; not starting")
 
-    def progress(self, project: int | str, **fields: Any) -> None:
+    def progress(self, project: int | str, owner: str | None = None, **fields: Any) -> None:
         """Record progress fields (epoch, step, loss, ...) for /status; renews the run's lease."""
-        mapping = {k: _text(v) for k, v in fields.items()}
-        self.redis.hset(self._keys(project)[0], mapping={**mapping, "lease": self._lease()})
+        self._set(project, owner, {**{k: _text(v) for k, v in fields.items()}, "lease": self._lease()})
 
-    def heartbeat(self, project: int | str) -> None:
-        """Renew the running run's lease."""
-        self.redis.hset(self._keys(project)[0], "lease", self._lease())
+    def heartbeat(self, project: int | str, owner: str | None = None) -> None:
+        """Renew the running run's lease (LeaseLost when ``owner`` lost it)."""
+        self._set(project, owner, {"lease": self._lease()})
+
+    def check_owner(self, project: int | str, owner: str | None) -> None:
+        """Raise LeaseLost unless ``owner`` (None: anyone) still owns the run; jobs call it right before
+        they publish a version or push to Label Studio."""
+        self._set(project, owner, {})
+
+    def _set(self, project: int | str, owner: str | None, mapping: dict[str, Any]) -> None:
+        args = [owner or "", *(str(x) for kv in mapping.items() for x in kv)]
+        if not self._owned_set(keys=self._keys(project)[:1], args=args):
+            raise LeaseLost(f"project {project}: job {owner} no longer owns the run (its lease was taken over)")
 
     @contextmanager
-    def hold(self, project: int | str) -> Iterator[None]:
+    def hold(self, project: int | str, owner: str | None = None) -> Iterator[threading.Event]:
         """Renew the lease every ``lease_s / 4`` seconds from a daemon thread while the block runs (a run
-        preparing data reports no progress for minutes); a failed renewal is logged, not raised."""
-        stop = threading.Event()
+        preparing data reports no progress for minutes); a failed renewal is logged, not raised. Yields an
+        event that is set once the run was found taken over (the thread then stops renewing)."""
+        stop, lost = threading.Event(), threading.Event()
 
         def beat() -> None:
             while not stop.wait(self.lease_s / 4):
                 try:
-                    self.heartbeat(project)
+                    self.heartbeat(project, owner)
+                except LeaseLost:
+                    lost.set()
+                    return
                 except Exception as e:  # Redis away: the lease runs out, and recovery takes over
                     log.warning("project %s: lease renewal failed: %s", project, redact(str(e)))
 
         thread = threading.Thread(target=beat, name=f"mtal-lease-{project}", daemon=True)
         thread.start()
         try:
-            yield
+            yield lost
         finally:
             stop.set()
 
@@ -239,25 +211,32 @@ class Coordinator:
     def _lease(self) -> str:
         return f"{time.time() + self.lease_s:.3f}"
 
-    def trained(self, project: int | str, version: str, metrics: dict[str, Any]) -> None:
-        """Training produced ``version``: record it and enqueue ranking (state -> ranking)."""
-        self.redis.hset(
-            self._keys(project)[0],
-            mapping={"state": "ranking", "version": version, "metrics": json.dumps(metrics), "error": "",
-                     "lease": self._lease()},
-        )
-        self._enqueue(self.rank_job, project, _new_job_id())
+    def trained(self, project: int | str, version: str, metrics: dict[str, Any], owner: str | None = None) -> None:
+        """Training produced ``version``: record it and enqueue ranking (state -> ranking; the rank job
+        owns the run from here). A version that failed the quality gate (``metrics["quality_gate"]``) is
+        recorded as the ``candidate``, and ``version`` stays the last one that became current."""
+        job_id = _new_job_id()
+        gate = metrics.get("quality_gate") or {}
+        fields = {"state": "ranking", "metrics": json.dumps(metrics), "error": "", "lease": self._lease(),
+                  "job_id": job_id, "candidate": ""}
+        if gate.get("passed", True):
+            fields["version"] = version
+        else:
+            fields["candidate"] = json.dumps({"version": version, "reason": gate.get("reason")})
+        self._set(project, owner, fields)
+        self._enqueue(self.rank_job, project, job_id)
 
-    def finish(self, project: int | str) -> bool:
+    def finish(self, project: int | str, owner: str | None = None) -> bool:
         """The run (train + rank) ended well. Returns True if a follow-up run was enqueued."""
-        return self._end(project, failed=False)
+        return self._end(project, failed=False, owner=owner)
 
-    def fail(self, project: int | str, error: str) -> bool:
-        """The run failed: record the error, give the counts back. Returns True on a follow-up."""
+    def fail(self, project: int | str, error: str, owner: str | None = None) -> bool:
+        """The run failed: record the error, give the counts back. Returns True on a follow-up. A job that
+        no longer owns the run (``owner``) records nothing: LeaseLost."""
         error = redact(error)
         log.error("project %s: run failed: %s", project, error)
-        self.redis.hset(self._keys(project)[0], mapping={"error": error[:2000], "failed_at": time.time()})
-        return self._end(project, failed=True)
+        self._set(project, owner, {"error": error[:2000], "failed_at": time.time()})
+        return self._end(project, failed=True, owner=owner)
 
     # ---- reading ----------------------------------------------------------------------------------
     def status(self, project: int | str) -> dict[str, Any]:
@@ -273,6 +252,7 @@ class Coordinator:
             "step": _num(raw.get("step")),
             "loss": _num(raw.get("loss")),
             "version": raw.get("version") or None,
+            "candidate": json.loads(raw["candidate"]) if raw.get("candidate") else None,
             "metrics": json.loads(raw["metrics"]) if raw.get("metrics") else {},
             "error": raw.get("error") or None,
             "job_id": raw.get("job_id") or None,
@@ -287,9 +267,13 @@ class Coordinator:
         value = self.redis.hget(self._keys(project)[0], name)
         return value.decode() if value is not None else None
 
-    def _end(self, project: int | str, failed: bool) -> bool:
+    def _end(self, project: int | str, failed: bool, owner: str | None = None) -> bool:
         job_id = _new_job_id()
-        if self._finish(keys=self._keys(project), args=[time.time(), "1" if failed else "0", job_id]):
+        args = [time.time(), "1" if failed else "0", job_id, owner or ""]
+        outcome = self._finish(keys=self._keys(project), args=args)
+        if outcome == -1:
+            raise LeaseLost(f"project {project}: job {owner} no longer owns the run; not ending it")
+        if outcome == 1:
             self._enqueue(self.train_job, project, job_id)
             return True
         return False

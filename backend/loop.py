@@ -31,7 +31,7 @@ class QueueTrainer:
         if handle is None and not settings.redis_url:
             jobs.configure(settings)  # jobs of the embedded queue run in this process, with these settings
         self.handle = handle or open_queue(settings.redis_url, nice=settings.worker_nice)
-        self.coordinator = Coordinator(self.handle)
+        self.coordinator = Coordinator(self.handle, lease_s=settings.lease_s)
 
     def threshold(self, project_id: str) -> int:
         """Labels (per modality, summed) since the last run that trigger the next one; 0 = never."""

@@ -7,7 +7,9 @@ comes from the :class:`~backend.store.ModelStore`, cached there across requests.
 Initial version (before any training): ``setup()`` — or the first ``predict()`` of a project the
 backend has not seen — publishes version 1: the checkpoint named by ``MTAL_INITIAL_CHECKPOINT`` when
 its modalities match the labeling config, else an untrained network built with ``MTAL_NET_CONFIG``
-from a fixed seed (``MTAL_SEED``, deterministic). When the labeling config changes its modalities,
+from a fixed seed (``MTAL_SEED``, deterministic), starting from the pretrained weights that
+``MTAL_BACKBONE`` / ``MTAL_BACKBONE_WEIGHTS`` / ``MTAL_PRETRAINED_HEADS`` select (:mod:`backend.weights`;
+what it started from is kept in the version's metadata under "start"). When the labeling config changes its modalities,
 the next setup makes current the newest stored version built for the new config, or publishes a fresh
 initial version (parent = the old one); switching configs back and forth creates no versions. A
 /predict with another config does the same only while the project has no trained version: a trained
@@ -215,7 +217,6 @@ class MTALModel:
             return self._publish_initial(schema)
 
     def _publish_initial(self, schema: ProjectSchema) -> str:
-        from mtal_models.nets import build_network
         from mtal_models.nets.config import get_config
         from mtal_models.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -242,13 +243,15 @@ class MTALModel:
                 log.warning("MTAL_INITIAL_CHECKPOINT %s does not match project %s's modalities", src, self.project_id)
             except Exception as e:
                 log.error("MTAL_INITIAL_CHECKPOINT %s unusable (%s); starting untrained", src, e)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.settings.seed)
-            try:
-                net = build_network(schema.network, schema.modalities, cfg)
-            except ValueError as e:
-                raise ModelSetupError(f"cannot build network {schema.network!r} for this labeling config: {e}") from e
-        meta["source"] = f"untrained (seed {self.settings.seed})"
+        from backend.weights import build_initial
+
+        try:
+            net, start = build_initial(self.settings, schema)
+        except ValueError as e:  # incl. requested pretrained weights that are unavailable or do not load
+            raise ModelSetupError(f"cannot build the initial network {schema.network!r}: {e}") from e
+        meta["net_config"] = net.config.to_dict()
+        meta["start"] = start.to_dict()
+        meta["source"] = f"untrained (seed {self.settings.seed}; start: {start.weights})"
         tmp = self.store.tmp_dir(self.project_id) / f"initial-{threading.get_ident()}.pt"
         save_checkpoint(tmp, net, extra={"mtal": meta})
         return self.store.publish(self.project_id, tmp, meta, move=True)

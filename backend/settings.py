@@ -41,9 +41,15 @@ class Settings:
     basic_auth_user / basic_auth_pass [BASIC_AUTH_USER / BASIC_AUTH_PASS]: HTTP basic auth (both or none).
     device [MTAL_DEVICE]: "auto" (CUDA when present), "cpu" or "cuda".
     net_config [MTAL_NET_CONFIG]: network size preset ("tiny", "small", "default").
+    backbone [MTAL_BACKBONE]: torchvision's standard "resnet18" / "resnet34" / "resnet50" trunk (the preset
+        then sizes only the heads); unset = the preset's trunk. backbone_weights [MTAL_BACKBONE_WEIGHTS]:
+        "auto" (ImageNet weights for a standard trunk, else random; random with a warning when they
+        cannot be had), "imagenet", a torchvision enum name ("ResNet50_Weights.IMAGENET1K_V2"), a local
+        state-dict file, or "none". pretrained_heads [MTAL_PRETRAINED_HEADS]: "coco" = det+seg boxes start
+        from torchvision's COCO FCOS for labels matching COCO categories; unset = none. See backend/weights.py.
     strategy [MTAL_STRATEGY]: selection strategy of the active-learning loop: a name of
         mtal_models.strategies.STRATEGIES, or "auto" (default: "mtal_unweighted" for dense-only configs,
-        "boxmask" for configs with boxes).
+        "partal_image" for a single modality, "boxmask" for configs with boxes).
     train_threshold [MTAL_TRAIN_THRESHOLD]: labels (per modality, summed) since the last run that
         trigger the next one (default 10; 0 = only "Start Training"); /setup's extra_params
         {"train_threshold": N} overrides it per project.
@@ -87,6 +93,13 @@ class Settings:
     the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
     on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
     server.
+    lease_s [MTAL_RUN_LEASE_S] (60 s, > 0): a run's lease in Redis, renewed every quarter of it; a run
+    whose worker died is taken over by the next trigger this long after its last renewal.
+    quality_gate [MTAL_QUALITY_GATE] (0.5, in [0, 1]; 0 = off): a new version whose validation score
+    (the mean over modalities of mIoU / mAP / 1 - error) is below this fraction of its parent's stays a
+    candidate: it is stored and listed, but the current version keeps serving and ranking.
+    ls_retries [MTAL_LS_RETRIES] (4, >= 0): attempts after the first when Label Studio is unreachable
+    during a run, with exponential backoff from ls_backoff_s [MTAL_LS_BACKOFF_S] (2 s, doubling, capped at 60 s).
     """
 
     label_studio_url: str | None = None
@@ -98,6 +111,9 @@ class Settings:
     basic_auth_pass: str | None = None
     device: str = "auto"
     net_config: str = "small"
+    backbone: str | None = None
+    backbone_weights: str = "auto"
+    pretrained_heads: str | None = None
     strategy: str = "auto"
     train_threshold: int = 10
     image_size: int = 384
@@ -124,6 +140,10 @@ class Settings:
     max_predict_tasks: int = 1000
     prefill_per_class: bool = False
     prefill_min_area: float = 0.002
+    lease_s: float = 60.0
+    quality_gate: float = 0.5
+    ls_retries: int = 4
+    ls_backoff_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -160,6 +180,10 @@ class Settings:
             raise SettingsError(
                 "MTAL_MAX_BODY_BYTES must be >= 1024, MTAL_BODY_READ_TIMEOUT > 0 and MTAL_MAX_PREDICT_TASKS >= 1"
             )
+        if not self.lease_s > 0 or not 0 <= self.quality_gate <= 1:
+            raise SettingsError("MTAL_RUN_LEASE_S must be > 0 and MTAL_QUALITY_GATE in [0, 1]")
+        if self.ls_retries < 0 or self.ls_backoff_s < 0:
+            raise SettingsError("MTAL_LS_RETRIES and MTAL_LS_BACKOFF_S must be >= 0")
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -172,6 +196,11 @@ class Settings:
 
         if self.net_config not in CONFIGS:
             raise SettingsError(f"MTAL_NET_CONFIG must be one of {sorted(CONFIGS)}, got {self.net_config!r}")
+        from backend.weights import check_weight_settings
+
+        problem = check_weight_settings(self)
+        if problem:
+            raise SettingsError(problem)
 
     @property
     def auth_enabled(self) -> bool:
@@ -251,6 +280,9 @@ class Settings:
             basic_auth_pass=get("BASIC_AUTH_PASS"),
             device=(get("MTAL_DEVICE") or "auto").lower(),
             net_config=get("MTAL_NET_CONFIG") or "small",
+            backbone=(get("MTAL_BACKBONE") or "").lower() or None,
+            backbone_weights=_weights_setting(get("MTAL_BACKBONE_WEIGHTS")),
+            pretrained_heads=_off_is_none(get("MTAL_PRETRAINED_HEADS")),
             strategy=get("MTAL_STRATEGY") or "auto",
             train_threshold=get_int("MTAL_TRAIN_THRESHOLD", 10),
             image_size=get_int("MTAL_IMAGE_SIZE", 384),
@@ -277,6 +309,10 @@ class Settings:
             max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
             prefill_per_class=get_bool("MTAL_PREFILL_PER_CLASS", False),
             prefill_min_area=get_float("MTAL_PREFILL_MIN_AREA", 0.002),
+            lease_s=get_float("MTAL_RUN_LEASE_S", 60.0),
+            quality_gate=get_float("MTAL_QUALITY_GATE", 0.5),
+            ls_retries=get_int("MTAL_LS_RETRIES", 4),
+            ls_backoff_s=get_float("MTAL_LS_BACKOFF_S", 2.0),
         )
 
     def configure_logging(self) -> None:
@@ -289,6 +325,24 @@ class Settings:
         for handler in root.handlers:  # no REDIS_URL passwords, tokens or presigned URLs in the logs
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(RedactingFilter())
+
+
+def _off_is_none(raw: str | None) -> str | None:
+    """Lower-cased value; unset / "none" / "off" / "false" / "0" = None."""
+    return None if raw is None or raw.lower() in ("none", "off", "false", "0") else raw.lower()
+
+
+def _weights_setting(raw: str | None) -> str:
+    """MTAL_BACKBONE_WEIGHTS: keywords in lower case; a file path must exist (enum names are kept)."""
+    if raw is None or raw.lower() in ("auto", "imagenet", "none"):
+        return (raw or "auto").lower()
+    if "_Weights." in raw:
+        return raw
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"MTAL_BACKBONE_WEIGHTS: no such file {str(path)!r} (and not auto / imagenet / none / "
+                            "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V2)")
+    return str(path)
 
 
 def _parse_pairs(name: str, raw: str | None) -> dict[str, str]:

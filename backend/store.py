@@ -213,13 +213,16 @@ class ModelStore:
         return sorted(out, key=lambda m: int(m.get("number", 0)))
 
     # ---- writing -------------------------------------------------------------------------------
-    def publish(self, project: str, checkpoint: str | Path, metadata: dict[str, Any], move: bool = False) -> str:
-        """Add ``checkpoint`` as the next version of ``project`` and make it current.
+    def publish(self, project: str, checkpoint: str | Path, metadata: dict[str, Any], move: bool = False,
+                check: Callable[[], None] | None = None, make_current: bool = True) -> str:
+        """Add ``checkpoint`` as the next version of ``project`` and make it current (``make_current=False``:
+        a candidate, stored and listed while the current version stays).
 
         metadata: JSON-able dict (modalities, config_hash, network, net_config, normalization,
         metrics, ...); ``version``, ``number``, ``parent``, ``created`` and ``checkpoint_sha256`` are
         filled in. ``move=True`` renames the file into the store (it must be on the same file
-        system, e.g. under :meth:`tmp_dir`) instead of copying it. Returns the version name
+        system, e.g. under :meth:`tmp_dir`) instead of copying it. ``check()`` runs under the write lock
+        before anything is written; what it raises stops the publication. Returns the version name
         ``mtal-<project>-v<N>-<hash8>``.
         """
         src = Path(checkpoint)
@@ -231,6 +234,8 @@ class ModelStore:
             raise StoreError(f"publish: metadata is not JSON-serialisable: {e}") from None
         digest = _sha256(src)
         with self._write_lock(project) as pdir:
+            if check is not None:
+                check()
             vdir = pdir / "versions"
             numbers = [int(m["n"]) for p in vdir.glob("mtal-*.json") if (m := _VERSION_RE.fullmatch(p.stem))]
             number = max(numbers, default=0) + 1
@@ -259,8 +264,10 @@ class ModelStore:
                 project=str(project),
             )
             atomic_write_json(vdir / f"{version}.json", meta)
-            atomic_write_bytes(pdir / "CURRENT", f"{version}\n".encode())
-        log.info("store: project %s now at %s (parent %s)", project, version, parent)
+            if make_current:
+                atomic_write_bytes(pdir / "CURRENT", f"{version}\n".encode())
+        log.info("store: project %s %s %s (parent %s)", project, "now at" if make_current else "candidate", version,
+                 parent)
         return version
 
     def set_current(self, project: str, version: str) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from backend.convert import predictions_to_results
@@ -29,8 +31,8 @@ from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_str
 from mtal_models.strategies.mtc import det_to_seg_by_name
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
-__all__ = ["RankContext", "boxmask_modalities", "loss_weights", "prepare_tasks", "prune_predictions", "rank_tasks",
-           "strategy_for", "train_version"]
+__all__ = ["NothingFetched", "RankContext", "boxmask_modalities", "loss_weights", "prepare_tasks", "prune_predictions",
+           "quality_gate", "rank_tasks", "strategy_for", "train_version"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
@@ -38,14 +40,21 @@ _PUSH_CHUNK = 500  # predictions built and sent to Label Studio at once
 _VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", "project", "current")
 
 
+class NothingFetched(ValueError):
+    """Not one task image of a ranking could be fetched (Label Studio or the image store is down)."""
+
+
 def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
     """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score without
     its eq. 5 loss weights (``mtal_unweighted``, the best measured in the default simulation) for dense
     projects (PAD-Net) and MTC BoxMask, with boxes matched to segmentation classes by name, for projects
-    with boxes. Raises ValueError for a strategy the config cannot run."""
+    with boxes. A config with a single modality has no task pairs, so no MTAL committee: "auto" is then
+    PartAL's image-level MC-dropout entropy (``partal_image``). Raises ValueError for a strategy the
+    config cannot run."""
     name = settings.strategy
+    single = len(schema.modalities) < 2
     if name == "auto":
-        name = "boxmask" if schema.network == "detseg" else "mtal_unweighted"
+        name = "boxmask" if schema.network == "detseg" else "partal_image" if single else "mtal_unweighted"
     if name == "ll4al":
         raise ValueError("strategy 'll4al' needs its loss-prediction module trained with the network; "
                          "use it in the simulator (mtal simulate), not in the backend")
@@ -53,6 +62,9 @@ def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
         raise ValueError("strategy 'boxmask' needs boxes and masks (a RectangleLabels tag and a segmentation tag)")
     if name.startswith("mtal") and name != "mtal_diversity" and schema.network != "padnet":
         raise ValueError(f"strategy {name!r} needs PAD-Net's committee (dense-only labeling configs)")
+    if name.startswith("mtal") and name != "mtal_diversity" and single:
+        raise ValueError(f"strategy {name!r} needs a committee of task pairs, so at least two modalities; this "
+                         "config has one (use auto, partal_image, coreset or random)")
     if name == "boxmask":  # boxes are checked against the segmentation class of the same label name
         det, seg = boxmask_modalities(schema)
         return get_strategy(name, det=det, seg=seg, class_names={m: schema.class_names(m) for m in (det, seg)})
@@ -80,10 +92,13 @@ def train_version(
     val: Sequence[Sample],
     progress: Callable[[int, int, float], None] | None = None,
     weights: Mapping[str, Mapping[str, float]] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Continue the current version's weights on ``train`` (a fresh optimizer and poly schedule per
     round), evaluate on ``val`` (with the edit cost of the prefill), publish the new version atomically with
-    the display thresholds chosen on ``val`` (none without ``val``: 0.3). Returns (version, metrics)."""
+    the display thresholds chosen on ``val`` (none without ``val``: 0.3). ``guard()`` runs under the store's
+    write lock right before the version is written, and may raise to stop it (a run that lost its lease).
+    Returns (version, metrics)."""
     current = store.current(project)
     if current is None:
         raise ValueError(f"project {project} has no version to continue from (call /setup first)")
@@ -113,12 +128,45 @@ def train_version(
         parent_val = (meta.get("metrics") or {}).get("val")
         if parent_val and (dsq := _mdsq_or_none(metrics["val"], parent_val, model.modalities)) is not None:
             metrics["mdsq_vs_parent"] = dsq  # MTC's mDSQ with the parent version as the reference (> 1: better)
+        if settings.quality_gate > 0:
+            parent = load_checkpoint(store.checkpoint_path(project, current), map_location="cpu").model
+            metrics["quality_gate"] = quality_gate(metrics["val"], evaluate(parent.to(config.device), loader),
+                                                   settings.quality_gate)
+    passed = (metrics.get("quality_gate") or {}).get("passed", True)
     new_meta = {k: v for k, v in meta.items() if k not in _VERSION_KEYS}
     new_meta.update(initial=False, source=f"trained on {len(train)} tasks", metrics=metrics, strategy=strategy.name,
-                    prefill_thresholds=prefill_thresholds(metrics.get("val"), schema))
+                    prefill_thresholds=prefill_thresholds(metrics.get("val"), schema), candidate=not passed)
+    if not passed:
+        log.warning("project %s: new version stays a candidate: %s", project, metrics["quality_gate"]["reason"])
     tmp = store.tmp_dir(project) / f"train-{uuid.uuid4().hex}.pt"
-    save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
-    return store.publish(project, tmp, new_meta, move=True), metrics
+    try:
+        try:
+            save_checkpoint(tmp, model.cpu(), epoch=result.epoch, extra={"mtal": new_meta})
+        except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as "unexpected pos"
+            free = shutil.disk_usage(tmp.parent).free
+            raise OSError(f"could not write the checkpoint ({free // 1024} KiB free in {tmp.parent}; disk full?): "
+                          f"{str(e).splitlines()[0][:300]}") from e
+        return store.publish(project, tmp, new_meta, move=True, check=guard, make_current=passed), metrics
+    finally:
+        tmp.unlink(missing_ok=True)  # still there when publish refused
+
+
+def quality_gate(val: Mapping[str, Any], parent_val: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """Whether a new version may become current: its validation multi-task loss ``val`` must be finite and
+    at most the parent's on the same validation tasks divided by ``threshold`` (0.5: twice the parent's).
+    Returns {"passed", "val_loss", "parent_val_loss", "threshold", "reason"}."""
+    loss, parent_loss = val.get("multi_task_loss"), parent_val.get("multi_task_loss")
+    limit = parent_loss / threshold if isinstance(parent_loss, float | int) and math.isfinite(parent_loss) else None
+    if limit is None:
+        passed, reason = True, "the parent has no finite validation loss to compare with"
+    elif not isinstance(loss, float | int) or not math.isfinite(loss):
+        passed, reason = False, f"validation loss is not finite ({loss}); the parent's is {parent_loss:.4g}"
+    else:
+        passed = loss <= limit
+        reason = (f"validation loss {loss:.4g} vs the parent's {parent_loss:.4g} on the same tasks "
+                  f"({'within' if passed else 'above'} the limit {limit:.4g} = parent / {threshold:g})")
+    return {"passed": passed, "val_loss": _json_safe(loss), "parent_val_loss": _json_safe(parent_loss),
+            "threshold": threshold, "reason": reason}
 
 
 class RankContext(Protocol):
@@ -137,9 +185,11 @@ def rank_tasks(
     version: str,
     tasks: Sequence[Mapping[str, Any]],
     labelled_ids: set[Any],
+    guard: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy, push one
-    prediction per unlabelled task, point the project at ``version``, store the ranking."""
+    prediction per unlabelled task, point the project at ``version``, store the ranking. ``guard()`` runs
+    before every write to Label Studio or the store and may raise to stop them (a run that lost its lease)."""
     settings, store = ctx.settings, ctx.store
     device = settings.torch_device()
     model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model.to(device).eval()
@@ -150,8 +200,9 @@ def rank_tasks(
     with ResultSpool(store.tmp_dir(project)) as spool:
         rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill)
         if not rows:
-            raise ValueError(f"project {project}: no task image could be fetched; nothing to rank")
-        return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool)
+            raise NothingFetched(f"project {project}: no task image could be fetched; nothing to rank")
+        return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool,
+                                guard or (lambda: None))
 
 
 def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
@@ -183,7 +234,7 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
 
 def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,
                      previous: Mapping[str, Any], rows: list[dict[str, Any]], parts: list[Any],
-                     pooled: list[torch.Tensor], spool: ResultSpool) -> dict[str, Any]:
+                     pooled: list[torch.Tensor], spool: ResultSpool, guard: Callable[[], None]) -> dict[str, Any]:
     """Select over the scored pool, push one prediction per candidate in chunks of 500 (pre-annotations
     read back from ``spool``), point the project at ``version``, store the ranking."""
     settings, store = ctx.settings, ctx.store
@@ -208,11 +259,14 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
 
     pushed = 0
     for b in range(0, len(candidates), _PUSH_CHUNK):
+        guard()
         pushed += ctx.ls.create_predictions_bulk(int(project), [prediction(i) for i in candidates[b:b + _PUSH_CHUNK]])
+    guard()
     if settings.set_sampling and candidates:
         ctx.ls.set_project_ranking(int(project), version)
     prune_predictions(ctx.ls, project, version, settings.keep_prediction_versions)
     ids = [str(r["id"]) for r in rows]
+    guard()
     store.save_ranking(project, {
         "model_version": version,
         "strategy": strategy.name,
@@ -275,7 +329,34 @@ def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: 
             return None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return [(t, p) for t, p in zip(tasks, pool.map(one, tasks), strict=True) if p is not None]
+        return [(t, _finite(p, schema)) for t, p in zip(tasks, pool.map(one, tasks), strict=True) if p is not None]
+
+
+def _finite(p: Any, schema: ProjectSchema) -> Any:
+    """Mask non-finite pixels of the float maps (depth [H, W], normals [H, W, 3] from task data) of a
+    prepared task as invalid (0: the losses skip depth <= 0 and zero normals; NaN * 0 is still NaN, so
+    one NaN pixel would make every loss of the run NaN). A map with no finite pixel left is dropped. Each
+    case is logged with the task id."""
+    sample = p.sample
+    for name in list(sample.labels):
+        arr = sample.labels[name]
+        if not (isinstance(arr, np.ndarray) and arr.dtype.kind == "f"):
+            continue
+        bad = ~np.isfinite(arr)
+        if schema.modalities[name].kind == "normals" and arr.ndim == 3:
+            bad = np.broadcast_to(bad.any(axis=-1, keepdims=True), arr.shape)  # a vector is valid as a whole
+        if not bad.any():
+            continue
+        n_bad = int(bad.any(axis=-1).sum() if bad.ndim == 3 else bad.sum())
+        if bad.all():
+            log.warning("task %s: %s map dropped: no finite value (NaN/Inf)", p.task_id, name)
+            del sample.labels[name]
+            sample.present[name] = False
+            p.labelled.discard(name)
+            continue
+        log.warning("task %s: %s map: %d non-finite pixels (NaN/Inf) masked as invalid", p.task_id, name, n_bad)
+        sample.labels[name] = np.where(bad, np.float32(0), arr).astype(arr.dtype, copy=False)
+    return p
 
 
 def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: ProjectSchema, p: Any,

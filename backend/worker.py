@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.torch_device(), nice,
     )
     try:  # runs whose worker died (container restart, OOM killer) restart now, not at the next webhook
-        recovered = Coordinator(handle).recover_all()
+        recovered = Coordinator(handle, lease_s=settings.lease_s).recover_all()
         if recovered:
             logging.getLogger(__name__).warning("restarted the dead runs of projects %s", recovered)
     except Exception as e:  # noqa: BLE001 - recovery must not keep the worker from serving

@@ -70,11 +70,13 @@ class FakeLabelStudio:
     calls: Counter = field(default_factory=Counter)
     server: ThreadingHTTPServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _port: int = 0
 
     @classmethod
     def start(cls, label_config: str, n_tasks: int, n_images: int = 256, image_hw: tuple[int, int] = (72, 96),
-              project_id: int = 1, labelled: dict[int, list[dict[str, Any]]] | None = None) -> FakeLabelStudio:
-        """Serve a project of ``n_tasks`` image tasks (ids 1..n_tasks) on a free 127.0.0.1 port.
+              project_id: int = 1, labelled: dict[int, list[dict[str, Any]]] | None = None,
+              port: int = 0) -> FakeLabelStudio:
+        """Serve a project of ``n_tasks`` image tasks (ids 1..n_tasks) on 127.0.0.1:``port`` (0: a free one).
         ``labelled``: task id -> annotation ``result`` for tasks that have one annotation."""
         labelled = labelled or {}
         tasks = []
@@ -91,9 +93,16 @@ class FakeLabelStudio:
         fake.project = {"id": project_id, "title": "bench", "label_config": label_config,
                         "model_version": "", "sampling": "Sequential sampling"}
         handler = type("Handler", (_Handler,), {"fake": fake})
-        fake.server = _Server(("127.0.0.1", 0), handler)
+        fake.server = _Server(("127.0.0.1", port), handler)
         threading.Thread(target=fake.server.serve_forever, name="fake-ls", daemon=True).start()
         return fake
+
+    def restart(self) -> None:
+        """Serve again on the same port after :meth:`stop` (same tasks, predictions and project)."""
+        if self.server is None:
+            handler = type("Handler", (_Handler,), {"fake": self})
+            self.server = _Server(("127.0.0.1", self._port), handler)
+            threading.Thread(target=self.server.serve_forever, name="fake-ls", daemon=True).start()
 
     @property
     def url(self) -> str:
@@ -101,7 +110,9 @@ class FakeLabelStudio:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self) -> None:
+        """Stop serving: connections are refused (Label Studio down) until :meth:`restart`."""
         if self.server is not None:
+            self._port = self.server.server_address[1]
             self.server.shutdown()
             self.server.server_close()
             self.server = None
@@ -135,6 +146,7 @@ class FakeLabelStudio:
 
 
 class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True  # restart() binds the same port again at once
     request_queue_size = 128  # parallel image fetches; the default backlog of 5 causes 1 s SYN retries
     daemon_threads = True
 

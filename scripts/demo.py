@@ -14,6 +14,12 @@ Defaults: 60 of 80 scenes of 64 px labelled, the ``small`` network at 64 px, 50 
 Measured with 40 epochs: 116 s of training, 3 min 23 s in all on 2 cores, 20.1 % of pixels to
 repaint (82.8 % before); 50 epochs are meant to bring it under 20 % (not measured yet).
 
+With ``DEMO_DATA=<CamVid-layout folder>`` (or ``--data``) the project holds real photographs instead:
+60 CamVid train images with two brush tags, *stuff* (sky, building, road, pavement, tree, fence) and
+*things* (pole, sign_symbol, car, pedestrian, bicyclist), 40 of them annotated from CamVid's human labels
+(Unlabelled pixels left unpainted and out of the edit cost), the ``small`` network at
+``MTAL_IMAGE_SIZE=192``, 80 epochs at lr 5e-3; the same edit cost is printed, whatever it is.
+
 The data directory (default ``~/.cache/mtal/demo``) is wiped at every start: the demo is a fresh
 sample, not a place to keep work. Run ``python scripts/demo.py --help`` for the options.
 """
@@ -28,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,7 @@ import requests  # noqa: E402
 
 from tests.support.label_studio import LabelStudioServer  # noqa: E402
 from tests.support.mtal_processes import backend_env, start_backend  # noqa: E402
+from tests.support.photo_project import create_photo_project  # noqa: E402
 from tests.support.prefill_check import prefill_edit_cost, version_predictions  # noqa: E402
 from tests.support.prefill_figure import save_prefill_figure  # noqa: E402
 from tests.support.scene_project import annotate, create_scene_project  # noqa: E402
@@ -48,13 +56,15 @@ PASSWORD = "mtal-demo"
 TOKEN = "mtal0demo0legacy0token00000000000000000000"
 
 
-def labelled_modalities(index: int) -> list[str]:
-    """What the demo's annotator labels on its ``index``-th task: mostly both, some partial."""
+def labelled_modalities(index: int, modalities: Sequence[str] = ("semantic", "objects")) -> list[str]:
+    """What the demo's annotator labels on its ``index``-th task: mostly both modalities, some partial
+    (the first only, or the second only)."""
+    first, second = modalities
     if index % 5 == 1:
-        return ["semantic"]
+        return [first]
     if index % 5 == 3:
-        return ["objects"]
-    return ["semantic", "objects"]
+        return [second]
+    return [first, second]
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,17 +75,29 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="backend port (env PORT, default 9090)")
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MTAL_DEMO_DIR", "~/.cache/mtal/demo")),
                    help="wiped and re-created at each start (env MTAL_DEMO_DIR, default ~/.cache/mtal/demo)")
-    p.add_argument("--tasks", type=int, default=80, help="synthetic images in the project (default 80)")
-    p.add_argument("--label", type=int, default=60, help="tasks the demo annotates before training (default 60)")
-    p.add_argument("--size", type=int, default=64, help="image size in pixels, a multiple of 32 (default 64)")
-    p.add_argument("--net-size", type=int, default=64, help="network input size, a multiple of 32 (default 64)")
-    p.add_argument("--epochs", type=int, default=50, help="epochs of each training round (default 50)")
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the training (default 3e-3)")
+    p.add_argument("--data", type=Path, default=os.environ.get("DEMO_DATA") or None,
+                   help="a CamVid-layout folder (env DEMO_DATA): real photographs with a two-brush-tag config "
+                        "(stuff / things) instead of synthetic scenes")
+    p.add_argument("--tasks", type=int, help="images in the project (default 80 scenes / 60 photographs)")
+    p.add_argument("--label", type=int,
+                   help="tasks the demo annotates before training (default 60 scenes / 40 photographs)")
+    p.add_argument("--size", type=int, default=64, help="synthetic image size in pixels, a multiple of 32 (default 64)")
+    p.add_argument("--net-size", type=int, help="network input size, a multiple of 32 (MTAL_IMAGE_SIZE; "
+                                                "default 64 for scenes, 192 for photographs)")
+    p.add_argument("--epochs", type=int, help="epochs of each training round (default 50 scenes / 80 photographs)")
+    p.add_argument("--lr", type=float, help="learning rate of the training (default 3e-3 scenes / 5e-3 photographs)")
     p.add_argument("--net", default="small", choices=["tiny", "small", "default"], help="network size (default small)")
     p.add_argument("--summary", type=Path, help="write the edit cost before / after training here (JSON)")
     p.add_argument("--figure", type=Path, help="write a before / after picture of 3 prefilled tasks here (PNG)")
     p.add_argument("--no-wait", action="store_true", help="stop everything once the project is ranked")
     args = p.parse_args(argv)
+    photos = args.data is not None
+    for name, scenes, photo in (("tasks", 80, 60), ("label", 60, 40), ("net_size", 64, 192), ("epochs", 50, 80),
+                                ("lr", 3e-3, 5e-3)):
+        if getattr(args, name) is None:
+            setattr(args, name, photo if photos else scenes)
+    if photos and not args.data.is_dir():
+        p.error(f"--data / DEMO_DATA {args.data} is not a folder (expected a CamVid layout: train/ trainannot/ ...)")
     if args.size < 32 or args.size % 32 or args.net_size < 32 or args.net_size % 32:
         p.error("--size and --net-size must be positive multiples of 32")
     if not 1 <= args.label <= args.tasks - 2:
@@ -125,6 +147,8 @@ def _print_edit_cost(before: dict, after: dict, n: int) -> None:
     _step(f"edit cost of the prefill on the {n} tasks left to label (what Label Studio holds):")
     print(f"    {'':38} {'before training':>16} {'after':>10}")
     for label, key, fmt in rows:
+        if before[key] != before[key] and after[key] != after[key]:
+            continue  # no such modality (photographs: no boxes)
         b, a = (fmt.format(x) if x == x else "n/a" for x in (before[key], after[key]))
         print(f"    {label:38} {b:>16} {a:>10}")
 
@@ -151,9 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         backend = services.enter_context(start_backend(env, data_dir, port=args.port))
         _step(f"backend is up at {backend.url} (log: {backend.log_path})")
 
-        _step(f"creating the sample project: {args.tasks} synthetic scenes, brush + rectangles + modalities choice")
-        project = create_scene_project(ls.url, ls.headers, ls.files_root, "MTAL demo", args.tasks, size=args.size,
-                                       boxes=True, parts=False)
+        if args.data is not None:
+            _step(f"creating the sample project: {args.tasks} photographs of {args.data}, "
+                  "two brush tags (stuff, things) + modalities choice")
+            project = create_photo_project(ls.url, ls.headers, ls.files_root, "MTAL demo (photographs)",
+                                           args.data.expanduser().resolve(), args.tasks)
+        else:
+            _step(f"creating the sample project: {args.tasks} synthetic scenes, brush + rectangles + modalities choice")
+            project = create_scene_project(ls.url, ls.headers, ls.files_root, "MTAL demo", args.tasks,
+                                           size=args.size, boxes=True, parts=False)
         r = requests.post(f"{ls.url}/api/ml/", headers=ls.headers, timeout=60,
                           json={"url": backend.url, "project": project.id, "title": "MTAL", "is_interactive": False})
         r.raise_for_status()
@@ -169,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = list(todo)[:3]
         first = _results(ls.url, ls.headers, project, v1, shown) if args.figure else {}
         for index in range(args.label):
-            annotate(ls.url, ls.headers, project, index, labelled_modalities(index))
-        _step(f"submitted {args.label} annotations (some tasks: semantic only, some: objects only); "
+            annotate(ls.url, ls.headers, project, index, labelled_modalities(index, project.modalities))
+        one, other = project.modalities
+        _step(f"submitted {args.label} annotations (some tasks: {one} only, some: {other} only); "
               f"pressing Start Training ({args.epochs} epochs)...")
         started = time.monotonic()
         requests.post(f"{ls.url}/api/ml/{ml_id}/train", headers=ls.headers, json={}, timeout=60).raise_for_status()

@@ -7,6 +7,7 @@ Both are session-scoped. When a service is not installed the tests using it are 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,23 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         _missing(f"Label Studio venv not found at {ls_venv_path()}: run scripts/ls_venv.sh")
     with LabelStudioServer.start(tmp_path_factory.mktemp("label-studio")) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def offline_torch_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """No test downloads weights: TORCH_HOME is an empty folder of the test (the user's cache is never
+    read) and torch.hub's download raises URLError as on a machine without internet. Returns the list of
+    URLs a test tried to download (see tests/support/weights.py to place fabricated files)."""
+    from urllib.error import URLError
+
+    import torch.hub
+
+    attempts: list[str] = []
+
+    def no_download(url: str, *args: object, **kwargs: object) -> None:
+        attempts.append(url)
+        raise URLError(f"no network in tests ({url})")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    return attempts

@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from mtal_models.nets.config import NetConfig
+from mtal_models.nets.config import IMAGENET_MEAN, IMAGENET_STD, NetConfig
+from mtal_models.nets.pretrained import (
+    WeightsError,
+    cache_file,
+    check_loadable,
+    fetch_state_dict,
+    parse_weights,
+    weights_name,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -28,10 +36,8 @@ __all__ = [
     "build_backbone",
     "check_images",
     "load_backbone_weights",
+    "load_trunk_state",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # flavour -> (block class, standard blocks per stage)
 _FLAVOURS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
@@ -61,8 +67,9 @@ class ResNetTrunk(nn.Module):
     """ResNet without its classifier: images [B, 3, H, W] in [0, 1] -> 4 feature maps.
 
     Returns ``[c2, c3, c4, c5]`` at strides ``(4, 8, 16, 32)`` with ``out_channels`` channels
-    (``base_width * (1, 2, 4, 8) * block.expansion``). ``normalize=True`` applies the ImageNet
-    mean/std inside (non-persistent buffers, so the state dict matches torchvision's keys).
+    (``base_width * (1, 2, 4, 8) * block.expansion``). ``normalize=True`` applies ``mean``/``std``
+    (ImageNet's by default; ``NetConfig.norm_mean``/``norm_std``) inside, as non-persistent buffers, so
+    the state dict matches torchvision's keys.
     """
 
     strides: tuple[int, int, int, int] = (4, 8, 16, 32)
@@ -73,6 +80,8 @@ class ResNetTrunk(nn.Module):
         layers: Sequence[int],
         base_width: int = 64,
         normalize: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
@@ -80,8 +89,10 @@ class ResNetTrunk(nn.Module):
         if base_width < 1:
             raise ValueError(f"backbone base_width must be >= 1, got {base_width}")
         self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"normalisation needs 3 means and 3 positive stds, got {tuple(mean)}, {tuple(std)}")
+        self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.conv1 = nn.Conv2d(3, base_width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base_width)
         self.relu = nn.ReLU(inplace=True)
@@ -125,24 +136,12 @@ class ResNetTrunk(nn.Module):
         return [c2, c3, c4, c5]
 
 
-def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
-    """Load a local state dict into ``trunk`` (strict), with ``torch.load(weights_only=True)``.
+def load_trunk_state(trunk: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``trunk`` (strict) after dropping ``fc.*`` and a ``backbone.`` key prefix.
 
-    Accepts a trunk state dict, a full torchvision ResNet state dict (``fc.*`` dropped) or one whose
-    keys carry a ``backbone.`` prefix. Raises ValueError if the file is missing, unreadable or does
-    not match the trunk (listing missing/unexpected keys and shape mismatches).
+    Accepts a trunk state dict or a full torchvision ResNet one. Raises WeightsError (a ValueError) naming ``source``
+    when the keys or shapes do not match (listing missing/unexpected keys and shape mismatches).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"backbone weights file {str(p)!r} does not exist (NetConfig.weights); nothing is downloaded")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported the same way
-        raise ValueError(f"backbone weights file {str(p)!r} could not be read as a state dict: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"backbone weights file {str(p)!r} does not hold a state dict of tensors")
     state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("fc.")}
     own = trunk.state_dict()
     missing = sorted(set(own) - set(state))
@@ -152,21 +151,51 @@ def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
         def head(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" ... (+{len(keys) - 5})" if len(keys) > 5 else "")
 
-        raise ValueError(
-            f"backbone weights file {str(p)!r} does not match the configured backbone: "
+        raise WeightsError(
+            f"{source} does not match the configured backbone: "
             f"missing [{head(missing)}]; unexpected [{head(unexpected)}]; shape mismatch [{head(wrong)}]"
         )
     trunk.load_state_dict(state, strict=True)
 
 
+def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
+    """Load a local state dict into ``trunk`` (strict), with ``torch.load(weights_only=True)``.
+
+    Accepts a trunk state dict, a full torchvision ResNet state dict (``fc.*`` dropped) or one whose
+    keys carry a ``backbone.`` prefix. Raises WeightsError (a ValueError) if the file is missing, unreadable or does
+    not match the trunk (listing missing/unexpected keys and shape mismatches).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"backbone weights file {str(p)!r} does not exist (NetConfig.weights)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported the same way
+        raise WeightsError(f"backbone weights file {str(p)!r} could not be read as a state dict: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"backbone weights file {str(p)!r} does not hold a state dict of tensors")
+    load_trunk_state(trunk, state, f"backbone weights file {str(p)!r}")
+
+
 def build_backbone(config: NetConfig, normalize: bool = True) -> ResNetTrunk:
-    """The trunk described by ``config`` (random init, or ``config.weights`` loaded from disk)."""
+    """The trunk described by ``config``: random init, or ``config.weights`` (a local file, "imagenet" or
+    a torchvision weights enum name; named weights come from torchvision's cache, downloaded once)."""
     if config.backbone not in _FLAVOURS:
         raise ValueError(f"unknown backbone {config.backbone!r}; valid: {sorted(_FLAVOURS)}")
     block, standard = _FLAVOURS[config.backbone]
-    trunk = ResNetTrunk(block, tuple(config.layers) or standard, config.base_width, normalize=normalize)
-    if config.weights:
-        load_backbone_weights(trunk, config.weights)
+    trunk = ResNetTrunk(
+        block, tuple(config.layers) or standard, config.base_width, normalize=normalize,
+        mean=config.norm_mean, std=config.norm_std,
+    )
+    weights = parse_weights(config.backbone, config.weights)
+    check_loadable(config, weights)
+    if isinstance(weights, Path):
+        load_backbone_weights(trunk, weights)
+    elif weights is not None:
+        source = f"{weights_name(weights)} (cached file {str(cache_file(weights))!r}; delete it to download again)"
+        load_trunk_state(trunk, fetch_state_dict(weights), source)
     return trunk
 
 

@@ -6,7 +6,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["CONFIGS", "NetConfig", "get_config"]
+__all__ = ["CONFIGS", "IMAGENET_MEAN", "IMAGENET_STD", "NetConfig", "get_config"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -19,8 +22,15 @@ class NetConfig:
     head_channels: feature width of every task head (and of the distillation blocks).
     fpn_channels:  FPN width of the det+seg network.
     dropout:       dropout in the heads (MC-dropout uses the same layers).
-    weights:       optional local file with backbone weights (a state dict); nothing is downloaded.
+    weights:       backbone weights to start from: None (random init), a local state-dict file, "imagenet"
+                   (torchvision's DEFAULT weights of ``backbone``) or a weights enum name such as
+                   "ResNet50_Weights.IMAGENET1K_V2" (torchvision's weights API and cache, see
+                   :mod:`mtal_models.nets.pretrained`). Only read when a network is built from scratch; a
+                   checkpoint carries its own weights.
     max_detections: rows K of the padded detection output [B, K, 6 + C].
+    norm_mean / norm_std: per-channel input normalisation applied inside the trunk to images in [0, 1]
+                   (ImageNet's by default; :func:`~mtal_models.nets.pretrained.with_weights` sets the
+                   chosen weights' own).
     """
 
     backbone: str = "resnet18"
@@ -31,16 +41,23 @@ class NetConfig:
     dropout: float = 0.2
     weights: str | None = None
     max_detections: int = 100
+    norm_mean: tuple[float, float, float] = IMAGENET_MEAN
+    norm_std: tuple[float, float, float] = IMAGENET_STD
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["layers"] = list(self.layers)
+        for key in ("layers", "norm_mean", "norm_std"):
+            d[key] = list(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NetConfig:
+        """Inverse of :meth:`to_dict`; configs saved before ``norm_mean``/``norm_std`` existed get ImageNet's."""
         d = dict(d)
         d["layers"] = tuple(d.get("layers", ()))
+        for key in ("norm_mean", "norm_std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
 
 

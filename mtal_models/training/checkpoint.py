@@ -16,7 +16,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,8 @@ def load_checkpoint(
         from mtal_models.nets import build_network
 
         builder = build_network
-    model = builder(raw["network"], modalities, net_config)
+    # the saved state replaces every weight: never re-read (or download) the config's starting weights
+    model = builder(raw["network"], modalities, replace(net_config, weights=None))
     try:
         model.load_state_dict(raw["model_state"])
     except RuntimeError as err:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rq.job import Job, JobStatus
 
-from backend.coordinator import Coordinator
+from backend.coordinator import Coordinator, LeaseLost
 from backend.store import ModelStore
 from tests.backend.test_coordinator import coord, drain, runs  # noqa: F401 (fixture)
 
@@ -95,3 +95,60 @@ def test_leftover_temporaries_removed(tmp_path: Path) -> None:
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert sorted(store.remove_leftovers("3")) == sorted([*leftovers, old])
     assert all(p.exists() for p in keep)
+
+
+def test_taken_over_run_writes_nothing(coord: Coordinator) -> None:  # noqa: F811
+    """A run that was taken over but is still alive (a stalled worker) must not overwrite the state of
+    the run that replaced it: every write with its job id raises LeaseLost and changes nothing."""
+    old = _dead_run(coord, "13")
+    coord.progress("13", old, epoch=1)  # while it owns the run, its writes go through
+    time.sleep(LEASE + 0.1)
+    assert coord.request_training("13") == "enqueued"
+    before = coord.status("13")
+    assert before["job_id"] != old
+    for write in (lambda: coord.progress("13", old, epoch=9, loss=0.1), lambda: coord.heartbeat("13", old),
+                  lambda: coord.check_owner("13", old), lambda: coord.trained("13", "v-stale", {"x": 1}, owner=old),
+                  lambda: coord.finish("13", old), lambda: coord.fail("13", "stale failure", owner=old),
+                  lambda: coord.begin("13", old)):
+        with pytest.raises(LeaseLost):
+            write()
+    after = coord.status("13")
+    assert {k: after[k] for k in ("state", "job_id", "epoch", "version", "error", "labels_since_last_run")} == {
+        k: before[k] for k in ("state", "job_id", "epoch", "version", "error", "labels_since_last_run")}
+    assert coord.handle.queue.count == 1  # no rank job and no follow-up from the stale run
+    coord.check_owner("13", before["job_id"])  # the new run owns it
+
+
+def test_heartbeat_stops_when_the_run_is_taken_over(coord: Coordinator) -> None:  # noqa: F811
+    old = _dead_run(coord, "14")
+    with coord.hold("14", old) as lost:
+        time.sleep(LEASE / 2)
+        assert not lost.is_set()
+        coord.redis.hset("mtal:project:14", "job_id", "mtal-someone-else")  # what a takeover does
+        assert lost.wait(LEASE)
+    assert coord.redis.hget("mtal:project:14", "job_id") == b"mtal-someone-else"
+
+
+def test_run_survives_a_state_lost_with_redis(coord: Coordinator) -> None:  # noqa: F811
+    """Redis restarted without persistence: the state is gone; the run still at work owns it again."""
+    old = _dead_run(coord, "15")
+    coord.redis.delete("mtal:project:15")
+    coord.progress("15", old, epoch=2)
+    st = coord.status("15")
+    assert st["state"] == "training" and st["job_id"] == old and st["epoch"] == 2
+    coord.trained("15", "v1", {}, owner=old)
+    assert coord.status("15")["state"] == "ranking"
+
+
+def test_publish_check_runs_under_the_lock_and_stops_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"weights")
+    first = store.publish("3", ckpt, {})
+
+    def refuse() -> None:
+        raise LeaseLost("taken over")
+
+    with pytest.raises(LeaseLost):
+        store.publish("3", ckpt, {}, check=refuse)
+    assert store.current("3") == first and [m["version"] for m in store.list_versions("3")] == [first]

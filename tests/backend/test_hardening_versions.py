@@ -68,3 +68,25 @@ def test_setup_switches_explicitly_and_back_to_the_trained_version(client_store:
     assert fresh != trained and store.current("3") == fresh
     back = client.post("/setup", json={"project": "3", "schema": A}).get_json()["model_version"]
     assert back == trained and len(store.list_versions("3")) == 3
+
+
+def test_predict_answer_names_the_version_its_results_came_from(client_store: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """CURRENT switching while /predict computes must not make the answer's model_version differ from its
+    results' (it used to read CURRENT again after predicting)."""
+    from backend.model import MTALModel
+
+    client, store = client_store
+    first = client.post("/setup", json={"project": "3", "schema": A}).get_json()["model_version"]
+    second = _train(store, "3")
+    store.set_current("3", first)
+    predict = MTALModel.predict
+
+    def predict_then_switch(self: MTALModel, *args: Any, **kwargs: Any) -> Any:
+        out = predict(self, *args, **kwargs)
+        store.set_current("3", second)  # a new version published right after the forward pass
+        return out
+
+    monkeypatch.setattr(MTALModel, "predict", predict_then_switch)
+    body = _predict(client, A).get_json()
+    assert body["results"][0]["model_version"] == first and body["model_version"] == first

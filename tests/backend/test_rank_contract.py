@@ -33,6 +33,9 @@ SIZE = 32
 N_TASKS = 10
 LABELLED = {0: ("semantic", "parts"), 1: ("semantic",), 2: ("parts",), 3: ("semantic", "parts")}
 LABELLED_DETSEG = {0: ("semantic", "objects"), 1: ("semantic",), 2: ("objects",), 3: ("semantic", "objects")}
+LABELLED_SINGLE = {0: ("semantic",), 1: ("semantic",), 3: ("semantic",)}
+# label configs: dense (semantic + parts brushes), detseg (semantic brush + object rectangles), single (one brush tag)
+KINDS = ("dense", "detseg", "single")
 
 
 @dataclass
@@ -72,14 +75,14 @@ class Ctx:
     fetcher: DictFetcher
 
 
-def _project(boxes: bool) -> tuple[str, list[dict[str, Any]], set[int], DictFetcher]:
+def _project(kind: str) -> tuple[str, list[dict[str, Any]], set[int], DictFetcher]:
     """(label config, LS tasks, ids of labelled tasks, fetcher) of a small scene project."""
     scenes = SceneConfig(height=SIZE, width=SIZE)
     data = SyntheticDataset(N_TASKS, scenes, seed=3)
     samples = [data[i] for i in range(N_TASKS)]
-    config = scene_label_config(scenes, boxes=boxes, parts=not boxes)
+    config = scene_label_config(scenes, boxes=kind == "detseg", parts=kind == "dense")
     project = SceneProject(1, list(range(1, N_TASKS + 1)), samples, config, scenes)
-    labelled = LABELLED_DETSEG if boxes else LABELLED
+    labelled = {"dense": LABELLED, "detseg": LABELLED_DETSEG, "single": LABELLED_SINGLE}[kind]
     tasks, images = [], {}
     for i, s in enumerate(samples):
         url = f"/data/upload/1/{s.id}.png"
@@ -97,9 +100,9 @@ def _settings(tmp: Path, strategy: str) -> Settings:
                     train_batch_size=4, clusters=2, predict_batch_size=4)
 
 
-def _accepted(boxes: bool) -> list[str]:
+def _accepted(kind: str) -> list[str]:
     """Every strategy name the backend's settings accept, for this config (refused ones: see below)."""
-    schema = load_schema(_project(boxes)[0])
+    schema = load_schema(_project(kind)[0])
     out = []
     for name in ["auto", *STRATEGIES]:
         try:
@@ -110,8 +113,8 @@ def _accepted(boxes: bool) -> list[str]:
     return out
 
 
-def _setup(tmp: Path, strategy: str, boxes: bool) -> tuple[Ctx, ProjectSchema, list[dict[str, Any]], set[int], str]:
-    config, tasks, labelled, fetcher = _project(boxes)
+def _setup(tmp: Path, strategy: str, kind: str) -> tuple[Ctx, ProjectSchema, list[dict[str, Any]], set[int], str]:
+    config, tasks, labelled, fetcher = _project(kind)
     settings = _settings(tmp, strategy)
     store = ModelStore(tmp)
     version = MTALModel("1", config, settings, store).setup()
@@ -143,9 +146,9 @@ def _check_ranking(ctx: Ctx, schema: ProjectSchema, tasks: list[dict[str, Any]],
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "boxes"), [(n, b) for b in (False, True) for n in _accepted(b)])
-def test_every_backend_strategy_ranks_a_project_twice(tmp_path: Path, name: str, boxes: bool) -> None:
-    ctx, schema, tasks, labelled, version = _setup(tmp_path, name, boxes)
+@pytest.mark.parametrize(("name", "kind"), [(n, k) for k in KINDS for n in _accepted(k)])
+def test_every_backend_strategy_ranks_a_project_twice(tmp_path: Path, name: str, kind: str) -> None:
+    ctx, schema, tasks, labelled, version = _setup(tmp_path, name, kind)
     first = _check_ranking(ctx, schema, tasks, labelled, version, name)
     second = _check_ranking(ctx, schema, tasks, labelled, version, name)
     assert second["strategy_state"].keys() == first["strategy_state"].keys()
@@ -154,12 +157,15 @@ def test_every_backend_strategy_ranks_a_project_twice(tmp_path: Path, name: str,
 def test_strategies_the_backend_cannot_run_are_refused_at_setup(tmp_path: Path) -> None:
     """ll4al (its module trains with the network), boxmask on a dense-only config, MTAL's committee on
     det+seg: a clear error at /setup naming the setting, not a failed job later."""
-    accepted = {False: set(_accepted(False)), True: set(_accepted(True))}
-    assert "ll4al" not in accepted[False] | accepted[True]
-    assert "boxmask" not in accepted[False] and "boxmask" in accepted[True]
-    assert "mtal" in accepted[False] and "mtal" not in accepted[True]
-    for boxes, name in [(False, "ll4al"), (False, "boxmask"), (True, "mtal")]:
-        config = _project(boxes)[0]
+    accepted = {k: set(_accepted(k)) for k in KINDS}
+    assert "ll4al" not in accepted["dense"] | accepted["detseg"] | accepted["single"]
+    assert "boxmask" not in accepted["dense"] and "boxmask" in accepted["detseg"]
+    assert "mtal" in accepted["dense"] and "mtal" not in accepted["detseg"]
+    # one modality: no task pairs, so no MTAL committee (auto falls back to PartAL's image entropy)
+    assert not {n for n in accepted["single"] if n.startswith("mtal") and n != "mtal_diversity"}
+    assert {"auto", "partal_image", "random", "coreset"} <= accepted["single"]
+    for kind, name in [("dense", "ll4al"), ("dense", "boxmask"), ("detseg", "mtal"), ("single", "mtal_unweighted")]:
+        config = _project(kind)[0]
         with pytest.raises(ModelSetupError, match=f"MTAL_STRATEGY='{name}'"):
             MTALModel("1", config, _settings(tmp_path / name, name), ModelStore(tmp_path / name)).setup()
 
@@ -167,7 +173,7 @@ def test_strategies_the_backend_cannot_run_are_refused_at_setup(tmp_path: Path) 
 def test_partal_freezes_its_constants_on_the_first_ranking_and_keeps_them(tmp_path: Path) -> None:
     """The first ranking of a project has no stored state: PartAL must fit (not fail) and store its
     normaliser, which the second ranking reuses unchanged."""
-    ctx, schema, tasks, labelled, version = _setup(tmp_path, "partal", False)
+    ctx, schema, tasks, labelled, version = _setup(tmp_path, "partal", "dense")
     first = _check_ranking(ctx, schema, tasks, labelled, version, "partal")["strategy_state"]["partal"]
     assert set(first["normalizer"]["min"]) == {"semantic", "parts"}
     second = _check_ranking(ctx, schema, tasks, labelled, version, "partal")["strategy_state"]["partal"]
@@ -208,7 +214,7 @@ def test_labelled_tasks_mtal_scores_stay_within_the_unlabelled_range(tmp_path: P
     """MTAL never feeds an image's own labels in: each labelled task scores exactly like an unlabelled twin
     of the same image, so it lies within the unlabelled range, after a training round with substitution
     (which trains the label encoders conditioning would go through; conditioned, the twins differ)."""
-    ctx, schema, tasks, labelled, version = _setup(tmp_path, "mtal_inconsistency", False)
+    ctx, schema, tasks, labelled, version = _setup(tmp_path, "mtal_inconsistency", "dense")
     twins = [{**t, "id": 100 + t["id"], "annotations": []} for t in tasks if t["id"] in labelled]
     samples = [p.sample for _, p in prepare_tasks(ctx, tasks, schema, SIZE) if p.labelled]
     version, _ = train_version(ctx.store, "1", schema, replace(ctx.settings, train_epochs=8), samples, [])

@@ -112,6 +112,10 @@ def test_backend_auto_strategy_per_network() -> None:
     boxes = load_schema('<View><Image name="image" value="$image"/><BrushLabels name="sem" toName="image">'
                         '<Label value="a"/></BrushLabels><RectangleLabels name="obj" toName="image">'
                         '<Label value="a"/></RectangleLabels></View>')
-    assert strategy_for(Settings(), dense).name == AUTO_DENSE
-    assert strategy_for(Settings(strategy="mtal"), dense).name == "mtal"
+    two = load_schema('<View><Image name="image" value="$image"/><BrushLabels name="sem" toName="image">'
+                      '<Label value="a"/></BrushLabels><BrushLabels name="parts" toName="image">'
+                      '<Label value="p"/></BrushLabels></View>')
+    assert strategy_for(Settings(), two).name == AUTO_DENSE
+    assert strategy_for(Settings(), dense).name == "partal_image"  # one modality: no committee of pairs
+    assert strategy_for(Settings(strategy="mtal"), two).name == "mtal"
     assert strategy_for(Settings(), boxes).name == "boxmask"

@@ -131,9 +131,10 @@ def start_backend(env: Mapping[str, str], workdir: Path, port: int | None = None
 
 
 def start_worker(env: Mapping[str, str], workdir: Path, name: str = "mtal-e2e-worker",
-                 timeout: float = 60.0) -> ManagedProcess:
+                 timeout: float = 60.0, prefix: list[str] | None = None) -> ManagedProcess:
     """``python -m backend.worker --name <name>`` on ``env["REDIS_URL"]``; returns once the worker has
-    registered itself in Redis (so a job enqueued now will be picked up).
+    registered itself in Redis (so a job enqueued now will be picked up). ``prefix``: a command that runs
+    it (``prlimit --fsize=N --``).
 
     Raises:
         ValueError: ``env`` has no REDIS_URL.
@@ -144,7 +145,7 @@ def start_worker(env: Mapping[str, str], workdir: Path, name: str = "mtal-e2e-wo
 
     if not env.get("REDIS_URL"):
         raise ValueError("env: REDIS_URL is required for a separate worker")
-    args = [sys.executable, "-m", "backend.worker", "--name", name]
+    args = [*(prefix or []), sys.executable, "-m", "backend.worker", "--name", name]
     proc = ManagedProcess.spawn("worker", args, env, Path(workdir) / f"{name}.log")
     conn = redis.Redis.from_url(env["REDIS_URL"])
     try:

@@ -19,7 +19,8 @@ import torch
 from backend.convert import annotation_to_labels
 from backend.labeling import parse_label_config
 from mtal_models.prefill import BoxCounts, count_box_edits
-from tests.support.scene_project import CHOICES_TAG, SceneProject, annotation_result
+from tests.support.photo_project import PhotoProject
+from tests.support.scene_project import CHOICES_TAG, SceneProject
 
 __all__ = ["prefill_edit_cost", "version_predictions"]
 
@@ -31,13 +32,15 @@ def version_predictions(url: str, headers: dict[str, str], project: int, version
     return {int(p["task"]): p for p in r.json() if p.get("model_version") == version}
 
 
-def prefill_edit_cost(url: str, headers: dict[str, str], project: SceneProject, version: str,
-                      indices: Sequence[int], modalities: Sequence[str] = ("semantic", "objects")) -> dict[str, Any]:
+def prefill_edit_cost(url: str, headers: dict[str, str], project: SceneProject | PhotoProject, version: str,
+                      indices: Sequence[int], modalities: Sequence[str] | None = None) -> dict[str, Any]:
     """Edit cost of ``version``'s predictions on the tasks ``indices`` of ``project`` (every region of
-    the prefill counts, ticked in the choices tag or not): ``mask_edit_share`` (pooled over pixels),
-    box precision / recall / duplicates per object / boxes to delete and draw per image, ``tasks``
-    measured (tasks without a prediction of ``version`` are skipped)."""
+    the prefill counts, ticked in the choices tag or not), over ``modalities`` (default: all the
+    project's): ``mask_edit_share`` (pooled over the labelled pixels: the project's ``ignored`` pixels
+    are left out), box precision / recall / duplicates per object / boxes to delete and draw per image,
+    ``tasks`` measured (tasks without a prediction of ``version`` are skipped)."""
     schema = parse_label_config(project.label_config)
+    modalities = list(project.modalities if modalities is None else modalities)
     preds = version_predictions(url, headers, project.id, version)
     wrong = pixels = 0
     boxes = BoxCounts()
@@ -51,14 +54,15 @@ def prefill_edit_cost(url: str, headers: dict[str, str], project: SceneProject, 
         h, w = sample.image.shape[:2]
         regions = [r for r in pred["result"] if r.get("from_name") != CHOICES_TAG]
         shown, _ = annotation_to_labels(regions, schema, h, w)
-        truth, _ = annotation_to_labels(annotation_result(project, sample, modalities), schema, h, w)
-        seg = [m for m in modalities if schema.modalities[m].kind == "segmentation"]
-        for m in seg:
+        truth, _ = annotation_to_labels(project.annotation_result(sample, modalities), schema, h, w)
+        for m in (m for m in modalities if schema.modalities[m].kind == "segmentation"):
             have = np.asarray(shown[m])
             if (have == schema.modalities[m].ignore_index).all():  # no region at all: all background
                 have = np.zeros((h, w), np.int64)
-            wrong += int((have != np.asarray(truth[m])).sum())
-            pixels += h * w
+            ignored = project.ignored(sample, m)
+            keep = np.ones((h, w), bool) if ignored is None else ~ignored
+            wrong += int(((have != np.asarray(truth[m])) & keep).sum())
+            pixels += int(keep.sum())
         for m in (m for m in modalities if schema.modalities[m].kind == "detection"):
             scores = [float(r.get("score", 1.0)) for r in regions if r.get("from_name") == m]
             got, want = shown[m], truth[m]

@@ -8,21 +8,25 @@ annotator would have drawn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import requests
 from PIL import Image
 
 from backend.convert import box_to_rect, mask_to_rle
+from backend.labeling import parse_label_config
 from mtal_models.data import SceneConfig, SyntheticDataset
 from mtal_models.data.sample import Sample
 from mtal_models.data.synth import STUFF_CLASSES
 
-__all__ = ["SceneProject", "annotate", "create_scene_project", "scene_label_config"]
+if TYPE_CHECKING:
+    from tests.support.photo_project import PhotoProject
+
+__all__ = ["SceneProject", "annotate", "create_scene_project", "create_local_files_project", "scene_label_config"]
 
 CHOICES_TAG = "mtal_labelled"
 
@@ -56,6 +60,17 @@ class SceneProject:
     label_config: str
     scene_config: SceneConfig
 
+    @property
+    def modalities(self) -> list[str]:
+        return parse_label_config(self.label_config).annotatable
+
+    def annotation_result(self, sample: Sample, modalities: Sequence[str]) -> list[dict[str, Any]]:
+        return annotation_result(self, sample, modalities)
+
+    def ignored(self, sample: Sample, modality: str) -> None:
+        """Synthetic scenes label every pixel: nothing to leave out of edit costs."""
+        return None
+
 
 def create_scene_project(url: str, headers: dict[str, str], files_root: Path, title: str, n: int,
                          size: int = 64, seed: int = 0, boxes: bool = False, parts: bool = True) -> SceneProject:
@@ -63,25 +78,40 @@ def create_scene_project(url: str, headers: dict[str, str], files_root: Path, ti
     config = SceneConfig(height=size, width=size)
     dataset = SyntheticDataset(n, config, seed=seed)
     label_config = scene_label_config(config, boxes=boxes, parts=parts)
+    samples = [dataset[i] for i in range(n)]
+
+    def write(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+        for s in samples:
+            Image.fromarray(s.image).save(folder / f"{s.id}.png")
+        return [(f"{s.id}.png", {"scene": s.id}) for s in samples]
+
+    pid, task_ids = create_local_files_project(url, headers, files_root, title, label_config, write)
+    return SceneProject(pid, task_ids, samples, label_config, config)
+
+
+def create_local_files_project(url: str, headers: dict[str, str], files_root: Path, title: str, label_config: str,
+                               write: Callable[[Path], list[tuple[str, dict[str, Any]]]]) -> tuple[int, list[int]]:
+    """Create a project, let ``write(folder)`` put its images in a fresh folder below ``files_root`` and
+    return ``[(file name, extra task data)]``, serve the folder through a local-files storage of the
+    project and import one task per file (``{"image": "/data/local-files/?d=...", **extra}``).
+    Returns (project id, task ids in ``write``'s order)."""
     r = requests.post(f"{url}/api/projects/", headers=headers, json={"title": title, "label_config": label_config},
                       timeout=60)
     r.raise_for_status()
     pid = r.json()["id"]
     folder = files_root / f"project-{pid}"
     folder.mkdir(parents=True, exist_ok=True)
-    samples = [dataset[i] for i in range(n)]
-    for s in samples:
-        Image.fromarray(s.image).save(folder / f"{s.id}.png")
+    files = write(folder)
     # LS 1.23 serves /data/local-files/ only below a local-files storage of the project
     r = requests.post(f"{url}/api/storages/localfiles/", headers=headers, timeout=60,
-                      json={"project": pid, "path": str(folder), "use_blob_urls": True, "title": "scenes"})
+                      json={"project": pid, "path": str(folder), "use_blob_urls": True, "title": "images"})
     r.raise_for_status()
-    tasks = [{"image": f"/data/local-files/?d={folder.relative_to(files_root)}/{s.id}.png", "scene": s.id}
-             for s in samples]
+    tasks = [{"image": f"/data/local-files/?d={folder.relative_to(files_root)}/{name}", **extra}
+             for name, extra in files]
     r = requests.post(f"{url}/api/projects/{pid}/import", params={"return_task_ids": "true"}, headers=headers,
                       json=tasks, timeout=120)
     r.raise_for_status()
-    return SceneProject(pid, list(r.json()["task_ids"]), samples, label_config, config)
+    return pid, list(r.json()["task_ids"])
 
 
 def annotation_result(project: SceneProject, sample: Sample, modalities: Sequence[str]) -> list[dict[str, Any]]:
@@ -113,10 +143,10 @@ def annotation_result(project: SceneProject, sample: Sample, modalities: Sequenc
     return out
 
 
-def annotate(url: str, headers: dict[str, str], project: SceneProject, index: int,
+def annotate(url: str, headers: dict[str, str], project: SceneProject | PhotoProject, index: int,
              modalities: Sequence[str]) -> int:
     """Submit an annotation of task ``index`` labelling only ``modalities``; returns its id."""
-    result = annotation_result(project, project.samples[index], modalities)
+    result = project.annotation_result(project.samples[index], modalities)
     r = requests.post(f"{url}/api/tasks/{project.task_ids[index]}/annotations/", headers=headers,
                       json={"result": result}, timeout=60)
     r.raise_for_status()
