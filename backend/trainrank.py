@@ -319,7 +319,8 @@ def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: 
     thread pool (and kept in the on-disk cache for the next run) and decoded to the network input
     through the image geometry (shorter side ``size``, longer side at most ``image_max_size``); a bad
     image is logged and skipped."""
-    max_size = max(size, getattr(ctx.settings, "image_max_size", size))
+    cap = getattr(getattr(ctx, "settings", None), "image_max_size", None)
+    max_size = None if cap is None else max(size, cap)  # None: prepare_task's default, max(1024, size)
 
     def one(task: Mapping[str, Any]) -> Any:
         try:
