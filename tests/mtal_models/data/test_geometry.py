@@ -80,3 +80,22 @@ def test_image_area_and_linear_with_zero_padding() -> None:
     out = fit.image(image)
     assert out.shape == (32, 32, 3)
     assert (out[:2, :2] == 200).all() and (out[:2, 2:4] == 0).all() and (out[2:] == 0).all()
+
+
+def test_collate_pads_inputs_of_different_sizes() -> None:
+    from mtal_models.data.sample import Sample, collate
+    from mtal_models.modalities import ModalitySpec
+
+    specs = {"seg": ModalitySpec("seg", "segmentation", 3), "depth": ModalitySpec("depth", "depth", 1),
+             "boxes": ModalitySpec("boxes", "detection", 2)}
+    a = Sample("a", np.full((32, 64, 3), 255, np.uint8), {"seg": np.ones((32, 64), np.int64),
+               "depth": np.full((32, 64), 2.0, np.float32)}, {"seg": True, "depth": True})
+    b = Sample("b", np.full((64, 32, 3), 255, np.uint8),
+               {"boxes": {"boxes": np.array([[1, 2, 3, 4]], np.float32), "labels": np.array([1])}}, {"boxes": True})
+    batch = collate([a, b], specs)
+    assert batch.images.shape == (2, 3, 64, 64)
+    assert batch.images[0, :, 32:].sum() == 0 and batch.images[1, :, :, 32:].sum() == 0
+    seg = batch.labels.values["seg"]
+    assert (seg[0, :32] == 1).all() and (seg[0, 32:] == 255).all()  # padding unlabelled
+    assert (batch.labels.values["depth"][0, 0, 32:] == 0).all()  # depth padding invalid
+    assert batch.labels.values["boxes"][1]["boxes"].tolist() == [[1, 2, 3, 4]]
