@@ -56,7 +56,9 @@ INFERENCE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtal-infer")
 
 
 class Fetcher(Protocol):
-    """What predict needs from :class:`backend.images.ImageFetcher`."""
+    """What predict needs from :class:`backend.images.ImageFetcher`. A fetcher that also has
+    ``fetch_fitted(url, task_id, fit_for) -> (input, Fit)`` (ImageFetcher does) decodes straight to the
+    network input (:mod:`backend.decode`); otherwise ``fetch_image``'s full-size array is fitted here."""
 
     def fetch_image(self, url: str, task_id: Any = None) -> np.ndarray: ...
 
