@@ -267,7 +267,7 @@ def predict_tasks(
     ranked = _usable_ranking(ranking, model_version)
     out = empty
     modalities = schema.modalities
-    for chunk in _chunks(prepared, batch_size):
+    for chunk in _chunks(sorted(prepared, key=_input_shape), batch_size):  # like shapes together: less padding
         if any(p.labelled for _, p in chunk):  # GT substitution: placeholders for absent labels via collate
             batch = collate([p.sample for _, p in chunk], modalities)
             images, given = batch.images, batch.labels
@@ -283,6 +283,10 @@ def predict_tasks(
             except Exception:
                 log.exception("predict: task %s: converting the prediction failed", p.task_id)
     return out
+
+
+def _input_shape(item: tuple[int, PreparedTask]) -> tuple[int, int]:
+    return item[1].sample.image.shape[:2]
 
 
 def _chunks(prepared: Sequence[tuple[int, PreparedTask]], batch_size: int) -> list[list[tuple[int, PreparedTask]]]:

@@ -218,6 +218,8 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
     parts, pooled = [], []
     for start in range(0, len(tasks), _CHUNK):
         prepared = prepare_tasks(ctx, tasks[start:start + _CHUNK], schema, size)
+        # inputs of one shape batched together (portrait and landscape photos would pad each other)
+        prepared.sort(key=lambda tp: tp[1].sample.image.shape[:2])
         for b in range(0, len(prepared), settings.predict_batch_size):
             group = prepared[b:b + settings.predict_batch_size]
             batch = collate([p.sample for _, p in group], schema.modalities).to(device)

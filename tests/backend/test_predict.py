@@ -160,9 +160,10 @@ def test_gt_substitution_for_partial_annotation(schema: Any) -> None:
     preds = predict_tasks(net, schema, tasks, DictFetcher(_images()), model_version="v1", image_size=64)
     given = net.calls[0][1]
     assert given is not None
-    assert given.present["boxes"].tolist() == [True, False]
+    # the batch is ordered by input shape: gray.png (64x96) before odd.png (64x99, padded 64x128)
+    assert given.present["boxes"].tolist() == [False, True]
     assert not given.present["seg"].any()
-    gt = given.values["boxes"][0]["boxes"]  # 20% of 99 x 64 px (333x517, shorter side 64) at (10%, 10%)
+    gt = given.values["boxes"][1]["boxes"]  # 20% of 99 x 64 px (333x517, shorter side 64) at (10%, 10%)
     assert torch.allclose(gt, torch.tensor([[9.9, 6.4, 29.7, 19.2]]), atol=1e-3)
     tags0 = {r["from_name"] for r in preds[0]["result"]}
     assert "boxes" not in tags0 and "seg" in tags0  # labelled modality not predicted again
@@ -189,6 +190,23 @@ def test_chunking_keeps_order(schema: Any) -> None:
     preds = predict_tasks(net, schema, tasks, DictFetcher(images), model_version="v", image_size=32, batch_size=2)
     assert [c[0] for c in net.calls] == [2, 2, 1]
     assert [p["result"][0]["original_height"] for p in preds] == [20, 21, 22, 23, 24]
+
+
+def test_portrait_and_landscape_are_batched_apart(schema: Any) -> None:
+    """Inputs of one shape go through a forward together (a portrait among landscapes would pad them)."""
+    shapes = []
+
+    class ShapeNet(FakeNet):
+        def forward(self, images: Tensor, given: Labels | None = None, committee: bool = False) -> MultiTaskOutput:
+            shapes.append(tuple(images.shape))
+            return super().forward(images, given, committee)
+
+    images = {f"/u/{i}.png": np.full((40, 60, 3) if i % 2 else (60, 40, 3), 9, np.uint8) for i in range(4)}
+    tasks = [{"id": i, "data": {"image": f"/u/{i}.png"}} for i in range(4)]
+    preds = predict_tasks(ShapeNet(schema.modalities), schema, tasks, DictFetcher(images), model_version="v",
+                          image_size=32, batch_size=2)
+    assert sorted(shapes) == [(2, 3, 32, 64), (2, 3, 64, 32)]
+    assert [p["result"][0]["original_height"] for p in preds] == [60, 40, 60, 40]
 
 
 def test_task_score_bounds() -> None:
