@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
 
+from backend.api_input import ApiError, field, json_body, parse_project_id
 from backend.images import ImageFetcher
 from backend.labeling import LabelConfigError
 from backend.loop import QueueTrainer
@@ -32,76 +32,18 @@ from backend.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
 from backend.netguard import UnsafeURL, parse_http_url
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
-from backend.webhook_http import BodyRefused, RequestGuard, internal_error, parse_object
+from backend.webhook_http import RequestGuard, internal_error
 from backend.weights import last_start, start_of, weights_fields
 
 __all__ = ["ApiError", "create_app", "parse_project_id"]
 
 log = logging.getLogger(__name__)
-# a project reference: "<id>" or "<id>.<created_ts>"; fullmatch, ASCII only (no trailing newline)
-_PROJECT_REF = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,64})(?:\.[0-9]{1,20}(?:\.[0-9]{1,9})?)?")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _KNOWN_ACTIONS = frozenset({
     "START_TRAINING", "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
     "TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
 })
 FetcherFactory = Callable[[str | None, str | None], Any]
-
-
-class ApiError(Exception):
-    """An error answered as JSON with ``status`` (4xx)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def body(self) -> dict[str, str]:
-        """The JSON error body: ``{"error": <reason>, "message": <text>}``."""
-        names = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
-                 422: "Unprocessable Entity", 503: "Service Unavailable"}
-        return {"error": names.get(self.status, "Error"), "message": self.message}
-
-
-def parse_project_id(value: Any, field: str = "project") -> str:
-    """LS project reference -> id string: ``"12.1712345678"`` (id.created_ts), ``"12"``, ``12`` or
-    ``{"id": 12, ...}``. Raises ApiError(400) naming ``field``."""
-    if isinstance(value, dict):
-        value = value.get("id")
-        field = f"{field}.id"
-    if isinstance(value, bool) or value is None:
-        raise ApiError(400, f"missing or invalid field {field!r}: expected a project id")
-    if isinstance(value, int):
-        value = str(value)
-    if not isinstance(value, str):
-        raise ApiError(400, f"field {field!r} must be a string or integer, got {type(value).__name__}")
-    m = _PROJECT_REF.fullmatch(value)
-    if m is None:
-        raise ApiError(400, f"field {field!r}: {value[:80]!r} is not a project id ('<id>' or '<id>.<created_ts>')")
-    return m["id"]
-
-
-def _body() -> dict[str, Any]:
-    """The request body as a JSON object (the content type and size were checked by
-    :class:`backend.webhook_http.RequestGuard`; nesting too deep is a 400 too)."""
-    if request.mimetype != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, got {request.mimetype or '(none)'!r}")
-    try:
-        return parse_object(request.get_data(cache=True))
-    except BodyRefused as e:
-        raise ApiError(e.status, e.message) from None
-
-
-def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(400, f"missing field {name!r}")
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ApiError(400, f"field {name!r} must be {names}, got {type(value).__name__}")
-    return value
 
 
 class _Metrics:
@@ -246,12 +188,12 @@ def create_app(
 
     @app.post("/setup")
     def setup() -> Response:
-        body = _body()
+        body = json_body()
         pid = parse_project_id(body.get("project"))
-        schema = _field(body, "schema", str)
-        hostname = _field(body, "hostname", str, required=False)
-        token = _field(body, "access_token", str, required=False)
-        extra = _field(body, "extra_params", dict, required=False) or {}
+        schema = field(body, "schema", str)
+        hostname = field(body, "hostname", str, required=False)
+        token = field(body, "access_token", str, required=False)
+        extra = field(body, "extra_params", dict, required=False) or {}
         threshold = extra.get("train_threshold")
         if threshold is not None and (not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0):
             raise ApiError(400, "extra_params.train_threshold must be an integer >= 0")
@@ -269,14 +211,14 @@ def create_app(
 
     @app.post("/predict")
     def predict() -> Response:
-        body = _body()
-        tasks = _field(body, "tasks", list)
+        body = json_body()
+        tasks = field(body, "tasks", list)
         if len(tasks) > settings.max_predict_tasks:
             raise ApiError(413, f"{len(tasks)} tasks in one /predict; at most {settings.max_predict_tasks} "
                                 "(MTAL_MAX_PREDICT_TASKS)")
         pid = parse_project_id(body.get("project"))
-        label_config = _field(body, "label_config", str, required=False)
-        params = _field(body, "params", dict, required=False) or {}
+        label_config = field(body, "label_config", str, required=False)
+        params = field(body, "params", dict, required=False) or {}
         for i, task in enumerate(tasks):
             if not isinstance(task, dict):
                 raise ApiError(400, f"tasks[{i}] must be an object, got {type(task).__name__}")
@@ -301,7 +243,7 @@ def create_app(
         return jsonify(results=results, model_version=version)
 
     def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
-        action = _field(body, "action", str)
+        action = field(body, "action", str)
         pid = parse_project_id(body.get("project"))
         project = body.get("project")
         label_config = project.get("label_config") if isinstance(project, dict) else None
@@ -324,12 +266,12 @@ def create_app(
     def webhook() -> Response:
         """Reached only when the fast path hands over (no or bad credentials, a body that is not a JSON
         object): see :mod:`backend.webhook_http`."""
-        return jsonify(webhook_answer(_body()))
+        return jsonify(webhook_answer(json_body()))
 
     @app.post("/train")
     def train() -> Response:
         """Label Studio's legacy training call (when its START_TRAINING webhook flag is off)."""
-        body = _body()
+        body = json_body()
         pid = parse_project_id(body.get("project"))
         answer = state.model(pid, None).fit("START_TRAINING", {"action": "START_TRAINING", "project": {"id": pid}})
         return jsonify(status="ok", action="START_TRAINING", project=pid, result=answer)
@@ -357,7 +299,7 @@ def create_app(
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions() -> Response:
-        body = _body() if request.method == "POST" and request.content_length else None
+        body = json_body() if request.method == "POST" and request.content_length else None
         raw = request.args.get("project") or (body.get("project") if isinstance(body, dict) else None)
         projects = [parse_project_id(raw)] if raw else store.projects()
         try:

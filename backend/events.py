@@ -84,7 +84,7 @@ def handle_webhook(
 ) -> WebhookResult:
     """Route one webhook payload. Raises EventError for malformed payloads.
 
-    project_id: the id the caller validated (``backend.app.parse_project_id``); it is the one used for
+    project_id: the id the caller validated (``backend.api_input.parse_project_id``); it is the one used for
     every key and job, never the raw ``payload["project"]["id"]`` (``"7\\n"``, ``"7.<nonce>"``)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
         raise EventError("webhook payload must be a JSON object with a string 'action'")
