@@ -44,6 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 MAX_REGIONS = 2000  # results per annotation (regions + choices)
+_BAND_PIXELS = 1 << 20  # pixels per band of the per-class sums
 def _resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
     if a.shape[:2] == (height, width):
         return a
@@ -238,7 +239,21 @@ def _check_argmax(pred: SegmentationArgmax, schema: ProjectSchema, tag: TagInfo)
         )
     if cls.min() < 0 or cls.max() >= n:
         raise ValueError(f"modality {tag.modality!r}: class ids must be in [0, {n}), got {cls.min()}..{cls.max()}")
-    return cls.astype(np.int32, copy=False), conf.astype(np.float32, copy=False)
+    if cls.dtype not in (np.uint8, np.int32):
+        cls = cls.astype(np.int32)
+    return cls, conf.astype(np.float32, copy=False)
+
+
+def class_sums(cls: np.ndarray, conf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels per class and the sum of their confidence (int [H, W], float [H, W] -> [n], [n]),
+    counted in bands of rows (no full-size int64/float64 temporaries)."""
+    counts, sums = np.zeros(n, np.int64), np.zeros(n, np.float64)
+    band = max(1, _BAND_PIXELS // max(1, cls.shape[1]))
+    for top in range(0, cls.shape[0], band):
+        c = cls[top : top + band].reshape(-1)
+        counts += np.bincount(c, minlength=n)[:n]
+        sums += np.bincount(c, weights=conf[top : top + band].reshape(-1), minlength=n)[:n]
+    return counts, sums
 
 
 def _seg_results(
@@ -253,8 +268,7 @@ def _seg_results(
     names = schema.class_names(tag.modality)
     cls = _resize_nearest(cls, height, width)
     conf = _resize_nearest(conf, height, width)
-    counts = np.bincount(cls.reshape(-1), minlength=len(names))
-    sums = np.bincount(cls.reshape(-1), weights=conf.reshape(-1), minlength=len(names))
+    counts, sums = class_sums(cls, conf, len(names))
     out: list[dict[str, Any]] = []
     for c in range(1, len(names)):
         if counts[c] == 0:

@@ -222,8 +222,13 @@ def mask_to_polygons(
         min_pixels = max(_MIN_POLY_PIXELS, int(1e-4 * h * w))
     m8 = mask.astype(np.uint8)
     n, comp, stats, _ = cv2.connectedComponentsWithStats(m8, connectivity=8)
-    if confidence is not None:
-        means = np.bincount(comp.reshape(-1), weights=np.asarray(confidence).reshape(-1), minlength=n)
+    if confidence is not None:  # per-component mean, in bands of rows (no full-size float64 copies)
+        conf = np.asarray(confidence)
+        means = np.zeros(n, np.float64)
+        band = max(1, (1 << 20) // w)
+        for top in range(0, h, band):
+            means += np.bincount(comp[top : top + band].reshape(-1), weights=conf[top : top + band].reshape(-1),
+                                 minlength=n)[:n]
         means = means / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
     contours, _ = cv2.findContours(m8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     scale = np.array([100.0 / w, 100.0 / h])

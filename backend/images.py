@@ -52,7 +52,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -61,8 +61,10 @@ import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.decode import decode_fitted
 from backend.ls_auth import ImageError, LSAuth, jwt_claims
 from backend.netguard import UnsafeURL, is_public, parse_http_url, public_only_session
+from mtal_models.data.geometry import Fit
 
 __all__ = ["CLOUD_SCHEMES", "ImageError", "ImageFetcher", "jwt_claims"]
 
@@ -144,6 +146,12 @@ class ImageFetcher:
             raise
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
             raise ImageError(f"{url}: cannot decode image: {e}") from e
+
+    def fetch_fitted(self, url: str, task_id: int | None, fit_for: Callable[[int, int], Fit]) -> tuple[np.ndarray, Fit]:
+        """Image at ``url`` decoded straight to the network input: (uint8 [H, W, 3] padded, its
+        :class:`~mtal_models.data.geometry.Fit`), ``fit_for(height, width)`` of the displayed image
+        (:func:`backend.decode.decode_fitted`: JPEG drafts, EXIF orientation, one full-size copy at most)."""
+        return decode_fitted(self.fetch_bytes(url, task_id), url, fit_for, self.max_pixels)
 
     def fetch_array(self, url: str, task_id: int | None = None) -> np.ndarray:
         """Dense ground truth at ``url``: ``.npy`` (``allow_pickle=False``) as stored (float arrays as

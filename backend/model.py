@@ -179,6 +179,7 @@ class MTALModel:
             self.fetcher,
             model_version=loaded.version,
             image_size=self.settings.image_size,
+            image_max_size=self.settings.image_max_size,
             device=self.store.device,
             batch_size=self.settings.predict_batch_size,
             ranking=self.store.ranking(self.project_id),

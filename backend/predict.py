@@ -1,19 +1,23 @@
 """Batched inference for /predict: every task of a request goes through ONE forward pass.
 
 Steps: fetch all images concurrently (a task whose image cannot be fetched or decoded gets an empty
-prediction and a logged error; the others go on); resize each to ``image_size`` x ``image_size``
-(the original size is kept for the results); take the latest non-cancelled annotation of each task as
-ground truth for its labelled modalities (PartAL GT substitution, passed to the network as
-``given``); stack everything into one batch (chunks of ``batch_size``); run ``model.predict`` once
-per chunk; bring each task's outputs back to its original size and convert them to Label Studio
-results for the modalities that are not labelled yet (segmentation: argmax at the network size, then
-nearest-resized to the original size by :func:`backend.convert.predictions_to_results`; boxes
-scaled from the network input to original pixels).
+prediction and a logged error; the others go on); decode each straight to the network input through
+the image geometry (:class:`mtal_models.data.geometry.Fit`: aspect ratio kept, shorter side
+``image_size``, longer side at most ``image_max_size``, padded to a multiple of 32; JPEGs decoded at
+a reduced scale, EXIF orientation applied: :mod:`backend.decode`), keeping the displayed original
+size; take the latest non-cancelled annotation of each task as ground truth for its labelled
+modalities (PartAL GT substitution, passed to the network as ``given``, mapped by the same Fit);
+batch (chunks of ``batch_size`` tasks and at most ``FORWARD_PIXELS`` input pixels, padded to the
+largest image of the chunk); run ``model.predict``
+once per chunk; bring each task's outputs back to its original size through its Fit and convert them
+to Label Studio results for the modalities that are not labelled yet (:class:`backend.prefill.Prefill`:
+segmentation probabilities upsampled bilinearly to the original size before the argmax; boxes mapped
+exactly back).
 
 Task score (low = label first): the active-learning loop's stored score for the task id wins when
 the stored ranking belongs to the current model version; otherwise ``1 - u`` with ``u`` in [0, 1]
-the mean normalised per-pixel Shannon entropy of the categorical outputs (entropy / log C), or for a
-detection-only network ``1 - max box score``.
+the mean normalised per-pixel Shannon entropy of the categorical outputs (entropy / log C) over the
+image's own pixels (padding excluded), or for a detection-only network ``1 - max box score``.
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from backend.convert import SegmentationArgmax, annotation_to_labels
+from backend.convert import annotation_to_labels
 from backend.labeling import ProjectSchema
 from backend.prefill import Prefill
-from mtal_models.data.sample import Sample, collate
+from mtal_models.data.geometry import DEFAULT_MAX_SIZE, Fit
+from mtal_models.data.sample import Sample, collate, empty_label
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels
 
@@ -42,6 +46,9 @@ __all__ = ["INFERENCE", "Fetcher", "PreparedTask", "prepare_task", "latest_annot
 log = logging.getLogger(__name__)
 _FETCH_THREADS = 8
 _SCORE_STRIDE = 4
+# input pixels per forward: 8 inputs of 384x512 (a 16-photo /predict of the small net peaked ~430 MB
+# above the idle server in one forward, ~215 MB in two)
+FORWARD_PIXELS = 8 * 384 * 512
 # Every forward of the process runs on this one thread: concurrent requests queue for the CPU/GPU
 # instead of thrashing it, and torch's OpenMP pool is used from a single thread (several calling
 # threads each get their own spinning OpenMP team, which slows every forward on a small machine).
@@ -49,7 +56,9 @@ INFERENCE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtal-infer")
 
 
 class Fetcher(Protocol):
-    """What predict needs from :class:`backend.images.ImageFetcher`."""
+    """What predict needs from :class:`backend.images.ImageFetcher`. A fetcher that also has
+    ``fetch_fitted(url, task_id, fit_for) -> (input, Fit)`` (ImageFetcher does) decodes straight to the
+    network input (:mod:`backend.decode`); otherwise ``fetch_image``'s full-size array is fitted here."""
 
     def fetch_image(self, url: str, task_id: Any = None) -> np.ndarray: ...
 
@@ -58,13 +67,14 @@ class Fetcher(Protocol):
 
 @dataclass
 class PreparedTask:
-    """One task ready for the batch: resized image, resized labels, original size."""
+    """One task ready for the batch: network-size image and labels, original size and the Fit between."""
 
     task_id: Any
     height: int
     width: int
     sample: Sample
     labelled: set[str] = field(default_factory=set)
+    fit: Fit | None = None
 
 
 def latest_annotation(task: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -100,24 +110,21 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def _resize_label(spec: ModalitySpec, label: Any, h: int, w: int, size: int) -> Any:
-    """A label in Sample format at (h, w) -> the same at (size, size) (nearest for maps)."""
+def _resize_label(spec: ModalitySpec, label: Any, fit: Fit) -> Any:
+    """A label in Sample format at the original size -> the network input through ``fit`` (dense maps:
+    pixel-centre nearest, padding = the modality's "unlabelled" value; boxes scaled)."""
     if spec.kind == "detection":
-        boxes = np.asarray(label["boxes"], np.float32).reshape(-1, 4) * np.array(
-            [size / w, size / h, size / w, size / h], np.float32
-        )
-        return {"boxes": boxes, "labels": np.asarray(label["labels"], np.int64).reshape(-1)}
+        return {"boxes": fit.boxes_to_input(label["boxes"]),
+                "labels": np.asarray(label["labels"], np.int64).reshape(-1)}
     arr = np.asarray(label)
-    if arr.shape[:2] != (h, w):
-        raise ValueError(f"modality {spec.name!r}: label shape {arr.shape} does not match the image {h}x{w}")
-    dtype = arr.dtype
-    work = arr.astype(np.float32) if dtype not in (np.float32, np.uint8) else arr
-    out = cv2.resize(work, (size, size), interpolation=cv2.INTER_NEAREST)
-    if arr.ndim == 3 and out.ndim == 2:
-        out = out[:, :, None]
+    if arr.shape[:2] != (fit.height, fit.width):
+        raise ValueError(f"modality {spec.name!r}: label shape {arr.shape} does not match the image "
+                         f"{fit.height}x{fit.width}")
+    fill = np.asarray(empty_label(spec, 1, 1)).reshape(-1)[0]
+    out = fit.label(arr, fill)
     if spec.kind == "segmentation":  # held for a whole training run: the smallest integer type that fits
         return out.astype(_class_dtype(spec))
-    return out.astype(dtype)
+    return out
 
 
 def _class_dtype(spec: ModalitySpec) -> type:
@@ -130,9 +137,11 @@ def _class_dtype(spec: ModalitySpec) -> type:
     return np.int32
 
 
-def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetcher, size: int) -> PreparedTask:
-    """Fetch, decode and resize one task's image to ``size`` x ``size`` and its (partial) ground truth
-    (latest non-cancelled annotation, dense fields) to the same size. Raises on failure (bad data,
+def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetcher, size: int,
+                 max_size: int | None = None) -> PreparedTask:
+    """Fetch and decode one task's image to the network input (:class:`Fit` with shorter side ``size``,
+    longer side at most ``max_size``, default max(1024, size)) and map its (partial) ground truth
+    (latest non-cancelled annotation, dense fields) through the same Fit. Raises on failure (bad data,
     image not fetchable/decodable); a broken annotation is logged and ignored."""
     data = task.get("data")
     task_id = task.get("id")
@@ -141,13 +150,19 @@ def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetche
     url = data.get(schema.image_key)
     if not isinstance(url, str) or not url:
         raise ValueError(f"task data has no image URL under {schema.image_key!r}")
-    image = _as_rgb(fetcher.fetch_image(url, task_id=task_id))
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        resized = image
+    cap = max(DEFAULT_MAX_SIZE, size) if max_size is None else max_size
+
+    def fit_for(h: int, w: int) -> Fit:
+        return Fit.for_size(h, w, size, cap)
+
+    if hasattr(fetcher, "fetch_fitted"):  # decoded once, at a reduced scale where the format allows
+        resized, fit = fetcher.fetch_fitted(url, task_id, fit_for)
     else:
-        interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (size, size), interpolation=interp)
+        image = _as_rgb(fetcher.fetch_image(url, task_id=task_id))
+        fit = fit_for(*image.shape[:2])
+        resized = fit.image(image)
+        del image
+    h, w = fit.height, fit.width
     labels: dict[str, Any] = {}
     present: dict[str, bool] = {}
     ann = latest_annotation(task)
@@ -156,7 +171,7 @@ def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetche
             got, flags = annotation_to_labels(ann["result"], schema, h, w)
             for name, flag in flags.items():
                 if flag and name in got and name in schema.modalities:
-                    labels[name] = _resize_label(schema.modalities[name], got[name], h, w, size)
+                    labels[name] = _resize_label(schema.modalities[name], got[name], fit)
                     present[name] = True
         except Exception as e:  # a broken annotation must not cost the prediction
             log.error("predict: task %s: annotation ignored (%s)", task_id, e)
@@ -167,30 +182,36 @@ def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetche
                 arr = np.asarray(fetcher.fetch_array(data[key], task_id=task_id), np.float32)
                 if schema.modalities[name].kind == "depth" and arr.ndim == 3:
                     arr = arr[..., 0]
-                labels[name] = _resize_label(schema.modalities[name], arr, h, w, size)
+                labels[name] = _resize_label(schema.modalities[name], arr, fit)
                 present[name] = True
             except Exception as e:
                 log.warning("predict: task %s: dense field %r not used (%s)", task_id, key, e)
     sample = Sample(id=str(task_id), image=resized, labels=labels, present=present)
-    return PreparedTask(task_id, h, w, sample, {n for n, f in present.items() if f})
+    return PreparedTask(task_id, h, w, sample, {n for n, f in present.items() if f}, fit)
 
 
-def task_scores(preds: Mapping[str, Tensor], modalities: Mapping[str, ModalitySpec]) -> list[float]:
+def task_scores(preds: Mapping[str, Tensor], modalities: Mapping[str, ModalitySpec],
+                sizes: Sequence[tuple[int, int]] | None = None) -> list[float]:
     """``1 - u`` per image of a batch (low = label first). ``preds``: activated outputs, dense
-    [B, C, H, W], detection [B, K, 6 + C]. ``u``: mean over categorical modalities of the mean
-    per-pixel entropy / log(C), estimated on every 4th pixel of every 4th row (an unbiased sample of
-    the pixel mean, 16x cheaper); detection-only networks:
-    score = the highest box score (u = 1 - max score); 0.5 when nothing applies."""
+    [B, C, H, W], detection [B, K, 6 + C]; ``sizes``: each image's (h, w) inside the padded batch
+    (default: all of it; the padding is left out of the mean). ``u``: mean over categorical modalities
+    of the mean per-pixel entropy / log(C), estimated on every 4th pixel of every 4th row (an unbiased
+    sample of the pixel mean, 16x cheaper); detection-only networks: score = the highest box score
+    (u = 1 - max score); 0.5 when nothing applies."""
     parts: list[Tensor] = []
     for name, p in preds.items():
         spec = modalities[name]
-        if spec.kind == "segmentation":
-            ent = torch.special.entr(p[:, :, ::_SCORE_STRIDE, ::_SCORE_STRIDE].float()).sum(1).mean((1, 2))
-            parts.append(ent / math.log(spec.channels))
-        elif spec.kind == "binary":
-            p = p[:, :, ::_SCORE_STRIDE, ::_SCORE_STRIDE].float()
-            ent = (torch.special.entr(p) + torch.special.entr(1 - p)).sum(1).mean((1, 2))
-            parts.append(ent / math.log(2))
+        if spec.kind not in ("segmentation", "binary"):
+            continue
+        ents = []
+        for i in range(p.shape[0]):
+            h, w = sizes[i] if sizes is not None else p.shape[2:]
+            q = p[i, :, :h:_SCORE_STRIDE, :w:_SCORE_STRIDE].float()
+            if spec.kind == "segmentation":
+                ents.append(torch.special.entr(q).sum(0).mean() / math.log(spec.channels))
+            else:
+                ents.append((torch.special.entr(q) + torch.special.entr(1 - q)).sum(0).mean() / math.log(2))
+        parts.append(torch.stack(ents))
     if parts:
         u = torch.stack(parts).mean(0).clamp(0, 1)
         return [round(1.0 - float(v), 6) for v in u.cpu()]
@@ -208,17 +229,19 @@ def predict_tasks(
     fetcher: Fetcher,
     *,
     model_version: str,
-    image_size: int = 256,
+    image_size: int = 384,
     device: str = "cpu",
     batch_size: int = 32,
     ranking: Mapping[str, Any] | None = None,
     prefill: Prefill | None = None,
+    image_max_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """One Label Studio prediction per task, in order: {"result", "score", "model_version"}.
 
     model: a MultiTaskNet over ``schema.modalities``; tasks: LS task dicts (``data``, optional
     ``id`` and ``annotations``). Tasks that fail get {"result": [], "model_version"} (no score).
     prefill: the version's post-processing (:class:`backend.prefill.Prefill`; default: its defaults).
+    image_size / image_max_size: the geometry's shorter side and longer-side cap (:class:`Fit`).
     """
     prefill = prefill or Prefill()
     size = int(image_size)
@@ -227,7 +250,7 @@ def predict_tasks(
 
     def job(i: int) -> PreparedTask | None:
         try:
-            return prepare_task(tasks[i], schema, fetcher, size)
+            return prepare_task(tasks[i], schema, fetcher, size, image_max_size)
         except Exception as e:
             log.error("predict: task %s skipped: %s", tasks[i].get("id", f"#{i}"), e)
             return None
@@ -244,50 +267,70 @@ def predict_tasks(
     ranked = _usable_ranking(ranking, model_version)
     out = empty
     modalities = schema.modalities
-    for start in range(0, len(prepared), batch_size):
-        chunk = prepared[start : start + batch_size]
+    for chunk in _chunks(sorted(prepared, key=_input_shape), batch_size):  # like shapes together: less padding
         if any(p.labelled for _, p in chunk):  # GT substitution: placeholders for absent labels via collate
             batch = collate([p.sample for _, p in chunk], modalities)
             images, given = batch.images, batch.labels
         else:  # nothing labelled: skip building ignore-filled label maps
             images, given = _stack_images([p.sample.image for _, p in chunk]), None
-        preds, scores = INFERENCE.submit(_infer, model, images, given, modalities, device).result()
+        sizes = [p.fit.resized if p.fit is not None else p.sample.image.shape[:2] for _, p in chunk]
+        preds, scores = INFERENCE.submit(_infer, model, images, given, modalities, device, sizes).result()
         for j, (i, p) in enumerate(chunk):
             try:
                 out[i] = _one_prediction(
-                    p, {k: v[j] for k, v in preds.items()}, scores[j], schema, size, model_version, ranked, prefill
+                    p, {k: v[j] for k, v in preds.items()}, scores[j], schema, model_version, ranked, prefill
                 )
             except Exception:
                 log.exception("predict: task %s: converting the prediction failed", p.task_id)
     return out
 
 
+def _input_shape(item: tuple[int, PreparedTask]) -> tuple[int, int]:
+    return item[1].sample.image.shape[:2]
+
+
+def _chunks(prepared: Sequence[tuple[int, PreparedTask]], batch_size: int) -> list[list[tuple[int, PreparedTask]]]:
+    """Consecutive chunks of at most ``batch_size`` tasks and at most :data:`FORWARD_PIXELS` input
+    pixels (the forward's activations grow with both; at least one task per chunk)."""
+    out: list[list[tuple[int, PreparedTask]]] = []
+    pixels = 0
+    for item in prepared:
+        px = item[1].sample.image.shape[0] * item[1].sample.image.shape[1]
+        if not out or len(out[-1]) >= batch_size or pixels + px > FORWARD_PIXELS:
+            out.append([])
+            pixels = 0
+        out[-1].append(item)
+        pixels += px
+    return out
+
+
 def _infer(
-    model: torch.nn.Module, images: Tensor, given: Labels | None, modalities: Mapping[str, ModalitySpec], device: str
+    model: torch.nn.Module, images: Tensor, given: Labels | None, modalities: Mapping[str, ModalitySpec], device: str,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[dict[str, Tensor], list[float]]:
-    """One batched forward (on the INFERENCE thread): activated outputs on the CPU and task scores."""
+    """One batched forward (on the INFERENCE thread): activated outputs on the CPU (segmentation
+    probabilities as float16 [B, C, H, W], half the memory until each is upsampled) and task scores."""
     with torch.inference_mode():
         if images.dtype == torch.uint8:  # convert on the device: 4x less to copy
             images = images.to(device).float().div_(255.0)
         preds = model.predict(images.to(device), None if given is None else given.to(device))
-        scores = task_scores(preds, modalities)
+        scores = task_scores(preds, modalities, sizes)
         return {k: _reduce(v, modalities[k]) for k, v in preds.items()}, scores
 
 
-def _reduce(pred: Tensor, spec: ModalitySpec) -> Any:
-    """Segmentation probs [B, C, H, W] -> per image SegmentationArgmax (class int32, confidence float32),
-    reduced for the whole batch on the device (much cheaper than numpy's argmax per image); others -> CPU."""
-    if spec.kind != "segmentation":
-        return pred.cpu()
-    conf, cls = pred.max(1)
-    cls_np, conf_np = cls.to(torch.int32).cpu().numpy(), conf.float().cpu().numpy()
-    return [SegmentationArgmax(cls_np[i], conf_np[i]) for i in range(len(cls_np))]
+def _reduce(pred: Tensor, spec: ModalitySpec) -> Tensor:
+    """Segmentation probs -> float16 on the CPU; others -> CPU as they are."""
+    return pred.half().cpu() if spec.kind == "segmentation" else pred.cpu()
 
 
 def _stack_images(images: Sequence[np.ndarray]) -> Tensor:
-    """B uint8 [S, S, 3] -> uint8 [B, 3, S, S], contiguous; :func:`_infer` scales it to float [0, 1]
-    on the device (the same values collate builds)."""
-    return torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
+    """B uint8 [H_i, W_i, 3] -> uint8 [B, 3, H, W] padded bottom/right with 0 to the largest H and W;
+    :func:`_infer` scales it to float [0, 1] on the device (the same values collate builds)."""
+    h, w = max(i.shape[0] for i in images), max(i.shape[1] for i in images)
+    out = np.zeros((len(images), 3, h, w), np.uint8)
+    for k, im in enumerate(images):
+        out[k, :, : im.shape[0], : im.shape[1]] = im.transpose(2, 0, 1)
+    return torch.from_numpy(out)
 
 
 def _usable_ranking(ranking: Mapping[str, Any] | None, model_version: str) -> Mapping[str, Any]:
@@ -302,7 +345,6 @@ def _one_prediction(
     preds: dict[str, Tensor],
     score: float,
     schema: Any,
-    size: int,
     model_version: str,
     ranked: Mapping[str, Any],
     prefill: Prefill,
@@ -318,5 +360,5 @@ def _one_prediction(
     if requested is None:
         requested = [m for m in schema.annotatable if m not in p.labelled]
     todo = {name: pred for name, pred in preds.items() if name not in p.labelled}
-    result = prefill.results(todo, schema, p.height, p.width, requested=requested, input_size=(size, size))
+    result = prefill.results(todo, schema, p.height, p.width, requested=requested, fit=p.fit)
     return {"result": result, "score": score, "model_version": model_version}

@@ -53,7 +53,10 @@ class Settings:
     train_threshold [MTAL_TRAIN_THRESHOLD]: labels (per modality, summed) since the last run that
         trigger the next one (default 10; 0 = only "Start Training"); /setup's extra_params
         {"train_threshold": N} overrides it per project.
-    image_size [MTAL_IMAGE_SIZE]: square inference size in pixels, a multiple of 32 (default 256).
+    image_size [MTAL_IMAGE_SIZE]: the network input's shorter side in pixels, a multiple of 32
+        (default 384); the aspect ratio is kept (:mod:`mtal_models.data.geometry`).
+    image_max_size [MTAL_IMAGE_MAX_SIZE]: cap of the input's longer side (default: 1024, or
+        MTAL_IMAGE_SIZE when that is larger); must be >= MTAL_IMAGE_SIZE.
     allow_hosts [MTAL_ALLOW_HOSTS]: comma list of extra hosts images may be fetched from.
     dense_fields [MTAL_DENSE_FIELDS]: "modality=task_data_key" pairs for sensor ground truth.
     cache_dir [MTAL_CACHE_DIR]: on-disk image cache (default <MODEL_DIR>/.image-cache: Label Studio asks
@@ -113,7 +116,8 @@ class Settings:
     pretrained_heads: str | None = None
     strategy: str = "auto"
     train_threshold: int = 10
-    image_size: int = 256
+    image_size: int = 384
+    image_max_size: int = 1024
     allow_hosts: tuple[str, ...] = ()
     dense_fields: dict[str, str] = field(default_factory=dict)
     cache_dir: Path | None = None
@@ -148,6 +152,9 @@ class Settings:
             raise SettingsError(f"PORT must be in 1..65535, got {self.port}")
         if self.image_size < 32 or self.image_size % 32:
             raise SettingsError(f"MTAL_IMAGE_SIZE must be a positive multiple of 32, got {self.image_size}")
+        if self.image_max_size < self.image_size:
+            raise SettingsError(f"MTAL_IMAGE_MAX_SIZE ({self.image_max_size}) must be >= MTAL_IMAGE_SIZE "
+                                f"({self.image_size})")
         if self.strategy != "auto" and self.strategy not in _strategy_names():
             raise SettingsError(f"MTAL_STRATEGY must be 'auto' or one of {_strategy_names()}, got {self.strategy!r}")
         if self.train_threshold < 0:
@@ -278,7 +285,8 @@ class Settings:
             pretrained_heads=_off_is_none(get("MTAL_PRETRAINED_HEADS")),
             strategy=get("MTAL_STRATEGY") or "auto",
             train_threshold=get_int("MTAL_TRAIN_THRESHOLD", 10),
-            image_size=get_int("MTAL_IMAGE_SIZE", 256),
+            image_size=get_int("MTAL_IMAGE_SIZE", 384),
+            image_max_size=get_int("MTAL_IMAGE_MAX_SIZE", max(1024, get_int("MTAL_IMAGE_SIZE", 384))),
             allow_hosts=tuple(h.strip() for h in (get("MTAL_ALLOW_HOSTS") or "").split(",") if h.strip()),
             dense_fields=_parse_pairs("MTAL_DENSE_FIELDS", get("MTAL_DENSE_FIELDS")),
             cache_dir=cache_dir,

@@ -218,6 +218,8 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
     parts, pooled = [], []
     for start in range(0, len(tasks), _CHUNK):
         prepared = prepare_tasks(ctx, tasks[start:start + _CHUNK], schema, size)
+        # inputs of one shape batched together (portrait and landscape photos would pad each other)
+        prepared.sort(key=lambda tp: tp[1].sample.image.shape[:2])
         for b in range(0, len(prepared), settings.predict_batch_size):
             group = prepared[b:b + settings.predict_batch_size]
             batch = collate([p.sample for _, p in group], schema.modalities).to(device)
@@ -227,7 +229,7 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
             pooled.append(out.pooled.detach().cpu())
             for i, (task, p) in enumerate(group):
                 key = None if task["id"] in labelled_ids else spool.add(
-                    _results(out.final, i, model, schema, p, size, prefill))
+                    _results(out.final, i, model, schema, p, prefill))
                 rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled, "size": (p.height, p.width)})
     return rows, parts, pooled
 
@@ -316,10 +318,15 @@ def prune_predictions(ls: Any, project: str, current: str, keep: int) -> list[st
 
 def prepare_tasks(ctx: RankContext, tasks: Sequence[Mapping[str, Any]], schema: ProjectSchema, size: int) -> list:
     """[(task, PreparedTask)] for every task whose image could be fetched, in order; images fetched by a
-    thread pool (and kept in the on-disk cache for the next run); a bad image is logged and skipped."""
+    thread pool (and kept in the on-disk cache for the next run) and decoded to the network input
+    through the image geometry (shorter side ``size``, longer side at most ``image_max_size``); a bad
+    image is logged and skipped."""
+    cap = getattr(getattr(ctx, "settings", None), "image_max_size", None)
+    max_size = None if cap is None else max(size, cap)  # None: prepare_task's default, max(1024, size)
+
     def one(task: Mapping[str, Any]) -> Any:
         try:
-            return prepare_task(task, schema, ctx.fetcher, size)
+            return prepare_task(task, schema, ctx.fetcher, size, max_size)
         except Exception as e:  # one bad image must not stop the run
             log.error("task %s skipped: %s", task.get("id"), e)
             return None
@@ -356,13 +363,13 @@ def _finite(p: Any, schema: ProjectSchema) -> Any:
 
 
 def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: ProjectSchema, p: Any,
-             size: int, prefill: Prefill) -> list[dict[str, Any]]:
-    """Pre-annotations of image ``i`` of the batch at its original size (no choices item)."""
+             prefill: Prefill) -> list[dict[str, Any]]:
+    """Pre-annotations of image ``i`` of the batch at its original size through its Fit (no choices item)."""
     preds = {}
     for name, value in final.items():
         spec = model.modalities[name]
         preds[name] = (spec.activate(value[i : i + 1])[0] if spec.dense else value[i]).float().cpu().numpy()
-    return prefill.results(preds, schema, p.height, p.width, requested=None, input_size=(size, size))
+    return prefill.results(preds, schema, p.height, p.width, requested=None, fit=p.fit)
 
 
 def _mdsq_or_none(val: Mapping[str, Any], reference: Mapping[str, Any], modalities: Mapping[str, Any]) -> float | None:

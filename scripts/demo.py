@@ -18,7 +18,8 @@ With ``DEMO_DATA=<CamVid-layout folder>`` (or ``--data``) the project holds real
 60 CamVid train images with two brush tags, *stuff* (sky, building, road, pavement, tree, fence) and
 *things* (pole, sign_symbol, car, pedestrian, bicyclist), 40 of them annotated from CamVid's human labels
 (Unlabelled pixels left unpainted and out of the edit cost), the ``small`` network at
-``MTAL_IMAGE_SIZE=192``, 80 epochs at lr 5e-3; the same edit cost is printed, whatever it is.
+``MTAL_IMAGE_SIZE=192`` (the input's shorter side: a 480x360 photo is seen at 256x192), 80 epochs at
+lr 5e-3; the same edit cost is printed, whatever it is.
 
 The data directory (default ``~/.cache/mtal/demo``) is wiped at every start: the demo is a fresh
 sample, not a place to keep work. Run ``python scripts/demo.py --help`` for the options.
@@ -82,7 +83,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label", type=int,
                    help="tasks the demo annotates before training (default 60 scenes / 40 photographs)")
     p.add_argument("--size", type=int, default=64, help="synthetic image size in pixels, a multiple of 32 (default 64)")
-    p.add_argument("--net-size", type=int, help="network input size, a multiple of 32 (MTAL_IMAGE_SIZE; "
+    p.add_argument("--net-size", type=int, help="network input's shorter side, a multiple of 32 (MTAL_IMAGE_SIZE; "
                                                 "default 64 for scenes, 192 for photographs)")
     p.add_argument("--epochs", type=int, help="epochs of each training round (default 50 scenes / 80 photographs)")
     p.add_argument("--lr", type=float, help="learning rate of the training (default 3e-3 scenes / 5e-3 photographs)")

@@ -14,7 +14,8 @@
 
 Errors (:class:`~mtal_models.data.files.DataError`) name the folder or file: a missing folder or split
 (listing the splits found), a label whose size differs from its image's, an unknown label value.
-:func:`fit_canvas` resizes a sample into a fixed canvas keeping its aspect ratio (labels exact-nearest).
+:func:`fit_canvas` resizes a sample into a fixed canvas keeping its aspect ratio (the image geometry of
+:mod:`mtal_models.data.geometry`; labels pixel-centre nearest).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from mtal_models.data.files import DataError, load_image, load_png_label
+from mtal_models.data.geometry import Fit
 from mtal_models.data.sample import Sample, empty_label
-from mtal_models.data.transforms import resize
 from mtal_models.modalities import ModalitySpec
 
 __all__ = [
@@ -231,24 +232,19 @@ def pennfudan_split(ids: Sequence[str], n_val: int, seed: int) -> tuple[list[str
 
 # ---- geometry ----------------------------------------------------------------------------------------
 def fit_canvas(sample: Sample, specs: dict[str, ModalitySpec], height: int, width: int) -> Sample:
-    """Resize keeping the aspect ratio so that the image fits a ``height`` x ``width`` canvas (image with
-    area / linear interpolation, labels exact-nearest, boxes scaled; :func:`transforms.resize`), then pad
-    bottom and right: image with 0, labels with their "unlabelled" value (ignored; boxes unchanged)."""
+    """Resize keeping the aspect ratio so that the image fits a ``height`` x ``width`` canvas, then pad
+    bottom and right: the image geometry of :class:`mtal_models.data.geometry.Fit` (``Fit.canvas``:
+    image with area / linear interpolation and 0 padding, labels pixel-centre nearest padded with their
+    "unlabelled" value (ignored), boxes scaled)."""
     h, w = sample.image.shape[:2]
-    scale = min(height / h, width / w)
-    nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
-    out = resize(sample, specs, nh, nw) if (nh, nw) != (h, w) else sample
-    if (nh, nw) == (height, width):
-        return out
-    image = np.zeros((height, width, 3), np.uint8)
-    image[:nh, :nw] = out.image
+    fit = Fit.canvas(h, w, height, width)
     labels = {}
-    for name, lab in out.labels.items():
+    for name, lab in sample.labels.items():
         spec = specs[name]
-        if spec.dense:
-            pad = np.asarray(empty_label(spec, height, width)).astype(np.asarray(lab).dtype)
-            pad[:nh, :nw] = lab
-            labels[name] = pad
+        if spec.kind == "detection":
+            labels[name] = {"boxes": fit.boxes_to_input(lab["boxes"]),
+                            "labels": np.asarray(lab["labels"], np.int64).reshape(-1)}
         else:
-            labels[name] = lab
-    return Sample(out.id, image, labels, dict(out.present))
+            fill = np.asarray(empty_label(spec, 1, 1)).reshape(-1)[0]
+            labels[name] = fit.label(np.asarray(lab), fill)
+    return Sample(sample.id, fit.image(sample.image), labels, dict(sample.present))

@@ -25,7 +25,7 @@ from torch import Tensor
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels
 
-__all__ = ["Batch", "Sample", "collate", "empty_label"]
+__all__ = ["Batch", "Sample", "collate", "empty_label", "pad_sample"]
 
 
 @dataclass
@@ -77,14 +77,38 @@ def _to_tensor(spec: ModalitySpec, label: Any) -> Any:
     }
 
 
+def pad_sample(sample: Sample, modalities: Mapping[str, ModalitySpec], height: int, width: int) -> Sample:
+    """Pad bottom and right to ``height`` x ``width``: image with 0, dense labels with their
+    placeholder value (:func:`empty_label`: ignored by losses and metrics); boxes unchanged."""
+    h, w = sample.image.shape[:2]
+    if (h, w) == (height, width):
+        return sample
+    if h > height or w > width:
+        raise ValueError(f"cannot pad {h}x{w} of {sample.id!r} to the smaller {height}x{width}")
+    image = np.zeros((height, width, *sample.image.shape[2:]), sample.image.dtype)
+    image[:h, :w] = sample.image
+    labels: dict[str, Any] = {}
+    for name, lab in sample.labels.items():
+        spec = modalities.get(name)
+        if spec is None or spec.kind == "detection":
+            labels[name] = lab
+            continue
+        arr = np.asarray(lab)
+        out = np.asarray(empty_label(spec, height, width)).astype(arr.dtype)
+        out[:h, :w] = arr
+        labels[name] = out
+    return Sample(sample.id, image, labels, dict(sample.present))
+
+
 def collate(samples: Sequence[Sample], modalities: Mapping[str, ModalitySpec]) -> Batch:
-    """Stack samples of equal size into a :class:`Batch`; absent labels become placeholders."""
+    """Stack samples into a :class:`Batch`; absent labels become placeholders. Samples of different
+    sizes (photographs with their aspect ratio kept) are padded bottom/right to the largest height and
+    width among them (:func:`pad_sample`)."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    shapes = {s.image.shape for s in samples}
-    if len(shapes) != 1:
-        raise ValueError(f"samples must share one image size to be batched, got {sorted(shapes)}")
-    h, w = samples[0].image.shape[:2]
+    h = max(s.image.shape[0] for s in samples)
+    w = max(s.image.shape[1] for s in samples)
+    samples = [pad_sample(s, modalities, h, w) for s in samples]
     images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2)
     values: dict[str, Any] = {}
     present: dict[str, Tensor] = {}

@@ -29,8 +29,10 @@ CONFIG = """<View>
 
 
 class FakeNet(MultiTaskNet):
-    """Segmentation: class 1 on the left half, background on the right (confident); detection: one box
-    over the top-left quarter, class 1, score 0.9. Records every forward's batch size and ``given``."""
+    """Segmentation: class 1 on the left half of each image, background elsewhere (confident);
+    detection: one box over the image's top-left quarter, class 1, score 0.9. The image's extent inside
+    the padded batch is where any channel is non-zero (the test images have none black). Records
+    every forward's batch size and ``given``."""
 
     def __init__(self, modalities: Mapping[str, ModalitySpec]) -> None:
         super().__init__(modalities)
@@ -39,17 +41,22 @@ class FakeNet(MultiTaskNet):
     def forward(self, images: Tensor, given: Labels | None = None, committee: bool = False) -> MultiTaskOutput:
         b, _, h, w = images.shape
         self.calls.append((b, given))
+        valid = images.amax(1) > 0  # [B, H, W]
+        extent = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
         final: dict[str, Tensor] = {}
         for name, spec in self.modalities.items():
             if spec.kind == "segmentation":
                 logits = torch.zeros(b, spec.channels, h, w)
-                logits[:, 1, :, : w // 2] = 20.0
-                logits[:, 0, :, w // 2 :] = 20.0
+                logits[:, 0] = 20.0
+                for i, (_, wi) in enumerate(extent):
+                    logits[i, 1, :, : wi // 2] = 20.0
+                    logits[i, 0, :, : wi // 2] = 0.0
                 final[name] = logits
             elif spec.kind == "detection":
                 rows = torch.zeros(b, 3, 6 + spec.channels)
                 rows[:, :, 5] = -1  # padding
-                rows[:, 0, :6] = torch.tensor([0.0, 0.0, w / 2, h / 2, 0.9, 1.0])
+                for i, (hi, wi) in enumerate(extent):
+                    rows[i, 0, :6] = torch.tensor([0.0, 0.0, wi / 2, hi / 2, 0.9, 1.0])
                 rows[:, 0, 6 + 1] = 1.0
                 final[name] = rows
         return MultiTaskOutput(final=final)
@@ -83,10 +90,10 @@ def schema() -> Any:
 
 def _images() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {
-        "/data/upload/odd.png": rng.integers(0, 255, (333, 517, 3), dtype=np.uint8),
-        "/data/upload/gray.png": rng.integers(0, 255, (40, 60), dtype=np.uint8),
-        "/data/upload/rgba.png": rng.integers(0, 255, (50, 30, 4), dtype=np.uint8),
+    return {  # no black pixel (FakeNet finds each image inside the padded batch by that)
+        "/data/upload/odd.png": rng.integers(1, 255, (333, 517, 3), dtype=np.uint8),
+        "/data/upload/gray.png": rng.integers(1, 255, (40, 60), dtype=np.uint8),
+        "/data/upload/rgba.png": rng.integers(1, 255, (50, 30, 4), dtype=np.uint8),
     }
 
 
@@ -107,11 +114,12 @@ def test_one_batched_forward_and_known_results(schema: Any) -> None:
         assert brush["value"]["brushlabels"] == ["Straße"]
         assert (brush["original_height"], brush["original_width"]) == (h, w)
         mask = rle_to_mask(brush["value"]["rle"], h, w) > 0
-        assert mask[:, : w // 2 - 1].all() and not mask[:, w // 2 + 1 :].any()
+        tol = math.ceil(min(h, w) / 64) + 1  # one network pixel (shorter side 64), rounding of the half
+        assert mask[:, : w // 2 - tol].all() and not mask[:, w // 2 + tol :].any()
         (poly,) = by_tag["poly"]  # PolygonLabels tag: a polygon of the left half, not a brush
         assert poly["type"] == "polygonlabels" and poly["value"]["polygonlabels"] == ["road"]
         filled = polygon_to_mask(poly["value"]["points"], h, w)
-        assert filled[:, : w // 2 - 1].all() and not filled[:, w // 2 + 1 :].any()
+        assert filled[:, : w // 2 - tol].all() and not filled[:, w // 2 + tol :].any()
         (rect,) = by_tag["boxes"]
         assert rect["value"]["rectanglelabels"] == ["Fußgänger"]
         for key in ("x", "y", "width", "height"):
@@ -152,10 +160,11 @@ def test_gt_substitution_for_partial_annotation(schema: Any) -> None:
     preds = predict_tasks(net, schema, tasks, DictFetcher(_images()), model_version="v1", image_size=64)
     given = net.calls[0][1]
     assert given is not None
-    assert given.present["boxes"].tolist() == [True, False]
+    # the batch is ordered by input shape: gray.png (64x96) before odd.png (64x99, padded 64x128)
+    assert given.present["boxes"].tolist() == [False, True]
     assert not given.present["seg"].any()
-    gt = given.values["boxes"][0]["boxes"]  # 20% of 64 px at (10%, 10%)
-    assert torch.allclose(gt, torch.tensor([[6.4, 6.4, 19.2, 19.2]]), atol=1e-3)
+    gt = given.values["boxes"][1]["boxes"]  # 20% of 99 x 64 px (333x517, shorter side 64) at (10%, 10%)
+    assert torch.allclose(gt, torch.tensor([[9.9, 6.4, 29.7, 19.2]]), atol=1e-3)
     tags0 = {r["from_name"] for r in preds[0]["result"]}
     assert "boxes" not in tags0 and "seg" in tags0  # labelled modality not predicted again
     choices0 = next(r for r in preds[0]["result"] if r["from_name"] == "mtal_labelled")
@@ -176,11 +185,28 @@ def test_stored_ranking_wins_only_for_current_version(schema: Any) -> None:
 
 def test_chunking_keeps_order(schema: Any) -> None:
     net = FakeNet(schema.modalities)
-    images = {f"/u/{i}.png": np.full((20 + i, 30, 3), i, np.uint8) for i in range(5)}
+    images = {f"/u/{i}.png": np.full((20 + i, 30, 3), i + 1, np.uint8) for i in range(5)}
     tasks = [{"id": i, "data": {"image": f"/u/{i}.png"}} for i in range(5)]
     preds = predict_tasks(net, schema, tasks, DictFetcher(images), model_version="v", image_size=32, batch_size=2)
     assert [c[0] for c in net.calls] == [2, 2, 1]
     assert [p["result"][0]["original_height"] for p in preds] == [20, 21, 22, 23, 24]
+
+
+def test_portrait_and_landscape_are_batched_apart(schema: Any) -> None:
+    """Inputs of one shape go through a forward together (a portrait among landscapes would pad them)."""
+    shapes = []
+
+    class ShapeNet(FakeNet):
+        def forward(self, images: Tensor, given: Labels | None = None, committee: bool = False) -> MultiTaskOutput:
+            shapes.append(tuple(images.shape))
+            return super().forward(images, given, committee)
+
+    images = {f"/u/{i}.png": np.full((40, 60, 3) if i % 2 else (60, 40, 3), 9, np.uint8) for i in range(4)}
+    tasks = [{"id": i, "data": {"image": f"/u/{i}.png"}} for i in range(4)]
+    preds = predict_tasks(ShapeNet(schema.modalities), schema, tasks, DictFetcher(images), model_version="v",
+                          image_size=32, batch_size=2)
+    assert sorted(shapes) == [(2, 3, 32, 64), (2, 3, 64, 32)]
+    assert [p["result"][0]["original_height"] for p in preds] == [60, 40, 60, 40]
 
 
 def test_task_score_bounds() -> None:
@@ -219,13 +245,14 @@ def test_segmentation_labels_are_held_compactly(channels: int, ignore: int, dtyp
     """Training holds every labelled task's labels: class maps use the smallest integer type that fits,
     values unchanged, and collate still hands the losses int64."""
     from backend.predict import _resize_label
+    from mtal_models.data.geometry import Fit
     from mtal_models.data.sample import Sample, collate
 
     spec = ModalitySpec("seg", "segmentation", channels, ignore_index=ignore)
     label = np.full((30, 40), ignore, np.int64)
     label[:, :20] = channels - 1
     label[:10] = 0
-    out = _resize_label(spec, label, 30, 40, 16)
+    out = _resize_label(spec, label, Fit(30, 40, 16, 16, 16, 16))
     assert out.dtype == dtype and out.shape == (16, 16)
     assert set(np.unique(out).tolist()) == {0, channels - 1, ignore}
     batch = collate([Sample("a", np.zeros((16, 16, 3), np.uint8), {"seg": out}, {"seg": True})], {"seg": spec})

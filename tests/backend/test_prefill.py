@@ -48,7 +48,7 @@ class ClutterNet(FakeNet):
 
 def _predict(prefill: Prefill | None) -> dict[str, list[dict[str, Any]]]:
     schema = parse_label_config(CONFIG)
-    images = {"/data/upload/a.png": np.zeros((64, 64, 3), np.uint8)}
+    images = {"/data/upload/a.png": np.full((64, 64, 3), 9, np.uint8)}  # not black: FakeNet finds it
     (pred,) = predict_tasks(ClutterNet(schema.modalities), schema, [{"id": 1, "data": {"image": "/data/upload/a.png"}}],
                             DictFetcher(images), model_version="v", image_size=64, prefill=prefill)
     by_tag: dict[str, list[dict[str, Any]]] = {}

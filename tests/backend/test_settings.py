@@ -12,10 +12,18 @@ from backend.settings import Settings, SettingsError
 def test_defaults() -> None:
     s = Settings.from_env({})
     assert s.port == 9090 and s.model_dir == Path("models") and s.redis_url is None
-    assert s.device == "auto" and s.net_config == "small" and s.strategy == "auto" and s.image_size == 256
+    assert s.device == "auto" and s.net_config == "small" and s.strategy == "auto" and s.image_size == 384
+    assert s.image_max_size == 1024
     assert s.train_threshold == 10 and s.worker_nice == 10
     assert not s.auth_enabled and s.allow_hosts == () and s.dense_fields == {}
     assert s.torch_device() in ("cpu", "cuda")
+
+
+def test_image_max_size_follows_and_bounds_the_image_size() -> None:
+    assert Settings.from_env({"MTAL_IMAGE_SIZE": "1536"}).image_max_size == 1536
+    assert Settings.from_env({"MTAL_IMAGE_SIZE": "320", "MTAL_IMAGE_MAX_SIZE": "640"}).image_max_size == 640
+    with pytest.raises(SettingsError, match="MTAL_IMAGE_MAX_SIZE"):
+        Settings.from_env({"MTAL_IMAGE_SIZE": "512", "MTAL_IMAGE_MAX_SIZE": "256"})
 
 
 def test_parsing(tmp_path: Path) -> None:
