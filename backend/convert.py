@@ -165,12 +165,14 @@ def predictions_to_results(
     requested: Sequence[str] | None = None,
     min_score: float = 0.3,
     input_size: tuple[int, int] | None = None,
+    polygon_tolerance: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Per-modality activated predictions for ONE image -> LS ``result`` list.
 
     preds: segmentation probabilities [C, H', W'] or a :class:`SegmentationArgmax` (argmax resized
     nearest to [height, width]; BrushLabels: one brush region per non-background class present;
-    PolygonLabels: one polygon per connected component of each class, see :func:`mask_to_polygons`;
+    PolygonLabels: one polygon per connected component of each class, see :func:`mask_to_polygons`,
+    simplified with ``polygon_tolerance`` px;
     score = mean max-probability over the region's pixels); detection rows [K, 6 + C]
     (``x1, y1, x2, y2, score, class, probs...`` in pixels of the network input of size ``input_size``
     = (h, w), default (height, width); padding rows (class < 0) and rows with score < ``min_score``
@@ -198,7 +200,7 @@ def predictions_to_results(
                 cls, conf = _check_argmax(pred, schema, tag)
             else:
                 cls, conf = _argmax(_numpy(pred), schema, tag)
-            out.extend(_seg_results(cls, conf, schema, tag, common, height, width))
+            out.extend(_seg_results(cls, conf, schema, tag, common, height, width, polygon_tolerance))
         else:
             out.extend(_det_results(_numpy(pred), schema, tag, common, height, width, min_score, input_size))
     if requested is not None and schema.choices_tag is not None:
@@ -264,6 +266,7 @@ def _seg_results(
     common: dict[str, Any],
     height: int,
     width: int,
+    polygon_tolerance: float = 1.0,
 ) -> list[dict[str, Any]]:
     names = schema.class_names(tag.modality)
     cls = _resize_nearest(cls, height, width)
@@ -275,7 +278,7 @@ def _seg_results(
             continue
         mask = cls == c
         if tag.tag_type == "PolygonLabels":
-            for points, score in mask_to_polygons(mask, conf):
+            for points, score in mask_to_polygons(mask, conf, epsilon=polygon_tolerance):
                 value = {"points": points, "polygonlabels": [names[c]], "closed": True}
                 out.append({"id": region_id(tag.name, len(out)), **common, "type": tag.result_type,
                             "value": value, "score": score})

@@ -55,18 +55,21 @@ def prefill_thresholds(val_metrics: Mapping[str, Any] | None, schema: ProjectSch
 
 @dataclass(frozen=True)
 class Prefill:
-    """Post-processing options of one model version: ``config`` (suppression, speckle) and the
-    display threshold per detection modality (missing: :data:`DEFAULT_THRESHOLD`)."""
+    """Post-processing options of one model version: ``config`` (suppression, speckle), the display
+    threshold per detection modality (missing: :data:`DEFAULT_THRESHOLD`) and the polygon
+    simplification tolerance in pixels of the original image."""
 
     config: PrefillConfig = PrefillConfig()
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    polygon_tolerance: float = 1.0
 
     @classmethod
     def for_version(cls, settings: Settings, metadata: Mapping[str, Any] | None) -> Prefill:
-        """From the settings (``prefill_per_class``, ``prefill_min_area``) and a version's metadata."""
+        """From the settings (``prefill_per_class``, ``prefill_min_area``, ``prefill_polygon_tolerance``)
+        and a version's metadata."""
         stored = (metadata or {}).get(META_KEY) or {}
         thresholds = {str(k): float(v) for k, v in stored.items() if isinstance(v, int | float)}
-        return cls(config_from(settings), thresholds)
+        return cls(config_from(settings), thresholds, settings.prefill_polygon_tolerance)
 
     def threshold(self, modality: str) -> float:
         return float(self.thresholds.get(modality, DEFAULT_THRESHOLD))
@@ -132,7 +135,8 @@ class Prefill:
         out: list[dict[str, Any]] = []
         for name, pred in preds.items():
             one = self.clean({name: pred}, schema, fit)
-            out.extend(predictions_to_results(one, schema, height, width, min_score=0.0, input_size=input_size))
+            out.extend(predictions_to_results(one, schema, height, width, min_score=0.0, input_size=input_size,
+                                              polygon_tolerance=self.polygon_tolerance))
             del one
         if requested is not None:
             out.extend(predictions_to_results({}, schema, height, width, requested=requested))

@@ -88,7 +88,9 @@ class Settings:
     Prefill (what Label Studio shows, see backend/prefill.py): prefill_per_class
     [MTAL_PREFILL_PER_CLASS] (false: one box per object across classes; true: the detector's
     per-class boxes), prefill_min_area [MTAL_PREFILL_MIN_AREA] (0.002: mask components under this
-    share of the image's pixels take the surrounding class; 0 = keep all).
+    share of the image's pixels take the surrounding class; 0 = keep all), prefill_polygon_tolerance
+    [MTAL_PREFILL_POLYGON_TOLERANCE] (1.0: predicted polygons are simplified so that no vertex moves more
+    than this many pixels of the original image, ``cv2.approxPolyDP``; 0 = one vertex per boundary pixel).
     worker_nice [MTAL_WORKER_NICE] (10, 0..19): how much lower the CPU priority of the thread that runs
     the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
     on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
@@ -140,6 +142,7 @@ class Settings:
     max_predict_tasks: int = 1000
     prefill_per_class: bool = False
     prefill_min_area: float = 0.002
+    prefill_polygon_tolerance: float = 1.0
     lease_s: float = 60.0
     quality_gate: float = 0.5
     ls_retries: int = 4
@@ -163,6 +166,9 @@ class Settings:
             raise SettingsError(f"MTAL_KEEP_PREDICTION_VERSIONS must be >= 0, got {self.keep_prediction_versions}")
         if not 0 <= self.prefill_min_area < 1:
             raise SettingsError(f"MTAL_PREFILL_MIN_AREA must be in [0, 1), got {self.prefill_min_area}")
+        if not 0 <= self.prefill_polygon_tolerance <= 100:
+            raise SettingsError(f"MTAL_PREFILL_POLYGON_TOLERANCE must be in [0, 100] pixels, "
+                                f"got {self.prefill_polygon_tolerance}")
         if not 0 <= self.worker_nice <= 19:
             raise SettingsError(f"MTAL_WORKER_NICE must be in 0..19, got {self.worker_nice}")
         if self.predict_batch_size < 1:
@@ -309,6 +315,7 @@ class Settings:
             max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
             prefill_per_class=get_bool("MTAL_PREFILL_PER_CLASS", False),
             prefill_min_area=get_float("MTAL_PREFILL_MIN_AREA", 0.002),
+            prefill_polygon_tolerance=get_float("MTAL_PREFILL_POLYGON_TOLERANCE", 1.0),
             lease_s=get_float("MTAL_RUN_LEASE_S", 60.0),
             quality_gate=get_float("MTAL_QUALITY_GATE", 0.5),
             ls_retries=get_int("MTAL_LS_RETRIES", 4),
