@@ -1,7 +1,7 @@
 """``make demo`` as a user runs it (``scripts/demo.py``, its defaults), checked without a screenshot:
 the prefill of the trained version on the tasks left to label, read back from Label Studio, must be
-worth keeping (issue 17): at most 20 % of the pixels to repaint, at most 0.05 duplicate boxes per object, and much better
-than before training. The trained version's own /status metrics carry the edit cost on its
+worth keeping (issue 17): at most 20 % of the pixels to repaint, at most 0.05 duplicate boxes per
+object, and much better than before training. The trained version's own /status metrics carry the edit cost on its
 validation tasks."""
 
 from __future__ import annotations
