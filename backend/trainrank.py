@@ -113,7 +113,7 @@ def train_version(
         seed=settings.seed + int(meta.get("number", 0)),
         substitution_prob=0.3 if schema.network == "padnet" else 0.0,
         committee=strategy.needs.committee and schema.network == "padnet",
-        mtpsl_weight=settings.mtpsl_weight if schema.network == "padnet" else 0.0,
+        mtpsl_weight=settings.mtpsl_weight if schema.network == "padnet" and len(schema.modalities) > 1 else 0.0,
     )
     ids = {s.id for s in train}
     sample_weights = {k: dict(v) for k, v in (weights or {}).items() if k in ids} or None
