@@ -8,7 +8,6 @@ from pathlib import Path
 
 import fakeredis
 import pytest
-import torch
 from rq import Queue
 
 from backend.coordinator import Coordinator
@@ -17,8 +16,7 @@ from backend.queueing import QUEUE_NAME, QueueHandle
 from backend.settings import Settings
 from backend.store import ModelStore
 from backend.trainrank import quality_gate, train_version
-from mtal_models.data import SceneConfig, SyntheticDataset
-from tests.support.scene_project import scene_label_config
+from tests.support.scene_project import scene_model
 
 
 @pytest.mark.parametrize(("loss", "parent", "passed"), [
@@ -31,18 +29,7 @@ def test_gate_decision(loss: float | None, parent: float, passed: bool) -> None:
 
 
 def _project(tmp_path: Path, gate: float) -> tuple[ModelStore, MTALModel, Settings, list, list]:
-    torch.manual_seed(0)
-    scene = SceneConfig(height=64, width=64)
-    settings = Settings(model_dir=tmp_path, net_config="tiny", image_size=64, device="cpu", train_epochs=1,
-                        quality_gate=gate)
-    store = ModelStore(tmp_path)
-    model = MTALModel("7", scene_label_config(scene, boxes=False, parts=False), settings, store)
-    model.setup()
-    names = set(model.schema.modalities)
-    samples = [SyntheticDataset(6, scene, seed=1)[i] for i in range(6)]
-    for s in samples:
-        s.labels = {k: v for k, v in s.labels.items() if k in names}
-        s.present = {k: True for k in names}
+    store, model, settings, samples = scene_model(tmp_path, boxes=False, quality_gate=gate)
     return store, model, settings, samples[:4], samples[4:]
 
 

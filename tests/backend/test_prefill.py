@@ -12,17 +12,14 @@ from torch import Tensor
 
 from backend.convert import rle_to_mask
 from backend.labeling import parse_label_config
-from backend.model import MTALModel
 from backend.predict import predict_tasks
 from backend.prefill import Prefill, config_from
 from backend.settings import Settings
-from backend.store import ModelStore
 from backend.trainrank import train_version
-from mtal_models.data import SceneConfig, SyntheticDataset
 from mtal_models.nets.base import Labels, MultiTaskOutput
 from mtal_models.prefill import PrefillConfig
 from tests.backend.test_predict import CONFIG, DictFetcher, FakeNet
-from tests.support.scene_project import scene_label_config
+from tests.support.scene_project import scene_model
 
 # the task: one object under six boxes of both classes (0.39-0.45) + one clear box (0.8)
 CLUTTER = [([4, 4, 20, 20], 0.45, 0), ([5, 4, 21, 20], 0.44, 1), ([4, 5, 20, 21], 0.42, 0),
@@ -99,18 +96,7 @@ def test_version_metadata_and_settings_feed_the_prefill() -> None:
 
 @pytest.mark.parametrize("with_val", [True, False])
 def test_trained_version_stores_threshold_and_edit_cost(tmp_path: Any, with_val: bool) -> None:
-    torch.manual_seed(0)
-    scene = SceneConfig(height=64, width=64)
-    config = scene_label_config(scene, boxes=True, parts=False)
-    settings = Settings(model_dir=tmp_path, net_config="tiny", image_size=64, device="cpu", train_epochs=1)
-    store = ModelStore(tmp_path)
-    model = MTALModel("7", config, settings, store)
-    model.setup()
-    names = set(model.schema.modalities)
-    samples = [SyntheticDataset(6, scene, seed=1)[i] for i in range(6)]
-    for s in samples:
-        s.labels = {k: v for k, v in s.labels.items() if k in names}
-        s.present = {k: True for k in names}
+    store, model, settings, samples = scene_model(tmp_path, boxes=True)
     val = samples[4:] if with_val else []
     version, metrics = train_version(store, "7", model.schema, settings, samples[:4], val)
     meta = store.metadata("7", version)

@@ -151,3 +151,28 @@ def annotate(url: str, headers: dict[str, str], project: SceneProject | PhotoPro
                       json={"result": result}, timeout=60)
     r.raise_for_status()
     return int(r.json()["id"])
+
+
+def scene_model(tmp: Path, boxes: bool, n: int = 6, **settings: Any) -> tuple[Any, Any, Any, list[Sample]]:
+    """A project "7" set up in a :class:`backend.store.ModelStore` at ``tmp`` (tiny net, 64 px scenes,
+    one training epoch; ``settings`` override), and ``n`` scenes labelled for its modalities only.
+    Returns (store, model, settings, samples)."""
+    import torch
+
+    from backend.model import MTALModel
+    from backend.settings import Settings
+    from backend.store import ModelStore
+
+    torch.manual_seed(0)
+    scene = SceneConfig(height=64, width=64)
+    config = Settings(**{"model_dir": tmp, "net_config": "tiny", "image_size": 64, "device": "cpu",
+                         "train_epochs": 1, **settings})
+    store = ModelStore(tmp)
+    model = MTALModel("7", scene_label_config(scene, boxes=boxes, parts=False), config, store)
+    model.setup()
+    names = set(model.schema.modalities)
+    samples = [SyntheticDataset(n, scene, seed=1)[i] for i in range(n)]
+    for s in samples:
+        s.labels = {k: v for k, v in s.labels.items() if k in names}
+        s.present = {k: True for k in names}
+    return store, model, config, samples
