@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,32 @@ from mtal_models.nets.config import CONFIGS
 from mtal_models.strategies import STRATEGIES
 from mtal_models.training.data import SAMPLINGS
 
-__all__ = ["PRESETS", "SimConfig", "load_config"]
+__all__ = ["DATASET_READERS", "PRESETS", "SimConfig", "load_config", "register_dataset"]
 
 DATASETS = ("synthetic", "nyud", "pascal", "camvid", "camvid-2tag", "pennfudan")
 PHOTO_DATASETS = ("camvid", "camvid-2tag", "pennfudan")  # real photographs: mtal_models.simulate.photos
+# Readers added from outside the core (name -> reader(config) -> SimData, read from ``config.path``), e.g.
+# "ls-export", which the ``mtal`` command registers from the backend (``backend.simulate_cli``): the core
+# never imports Label Studio code, so a reader that needs it is composed in, not imported.
+DATASET_READERS: dict[str, Callable[[SimConfig], Any]] = {}
+_COMPOSED = {"ls-export": "the `mtal simulate` command (backend.simulate_cli), which registers it"}
+
+
+def register_dataset(name: str, reader: Callable[[SimConfig], Any]) -> None:
+    """Make ``dataset=name`` read with ``reader(config)``, which returns a ``SimData`` (pool and held-out
+    samples, modalities, class names) from ``config.path``. Built-in names cannot be replaced."""
+    if name in DATASETS:
+        raise ValueError(f"dataset {name!r} is built in; a reader cannot replace it")
+    DATASET_READERS[name] = reader
+
+
+def _dataset_why() -> str:
+    return f"must be one of {(*DATASETS, *DATASET_READERS, *_COMPOSED)}"
+
+
+def composed_reader_missing(name: str) -> str:
+    """Why dataset ``name`` (composed in from outside the core, e.g. "ls-export") cannot be read here."""
+    return f"dataset {name!r} has no reader in this process; it is available through {_COMPOSED[name]}"
 
 
 @dataclass(frozen=True)
@@ -24,7 +47,8 @@ class SimConfig:
     dataset:          "synthetic" (rendered scenes, no files), "nyud" or "pascal" (``path`` = dataset root;
                       the pool comes from split ``train_split``, the held-out set from ``val_split``), "camvid" /
                       "camvid-2tag" (``path`` = a SegNet-layout CamVid; pool = train, held-out = val) or
-                      "pennfudan" (``path`` = Penn-Fudan; held-out = ``val_images`` images drawn with ``data_seed``).
+                      "pennfudan" (``path`` = Penn-Fudan; held-out = ``val_images`` images drawn with ``data_seed``),
+                      or a name in ``DATASET_READERS`` (``register_dataset``), e.g. "ls-export" under ``mtal``.
     modalities:       modality names to learn (a subset of what the dataset offers); empty = all.
     image_size:       every image is resized to image_size x image_size (synthetic: rendered at that size).
                       With ``image_width`` > 0 (photographs) images fit an image_size (high) x image_width canvas,
@@ -120,8 +144,8 @@ class SimConfig:
                 raise ValueError(f"SimConfig.{name} must be a list, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         checks = [
-            ("dataset", self.dataset in DATASETS, f"must be one of {DATASETS}"),
-            ("path", self.dataset in ("synthetic", *PHOTO_DATASETS) or bool(self.path),
+            ("dataset", self.dataset in (*DATASETS, *DATASET_READERS, *_COMPOSED), _dataset_why()),
+            ("path", self.dataset in ("synthetic", *PHOTO_DATASETS, *DATASET_READERS, *_COMPOSED) or bool(self.path),
              f"is required for dataset {self.dataset!r}"),  # photographs: checked when read (presets have none)
             ("image_size", self.image_size >= 16, "must be >= 16"),
             ("image_width", self.image_width == 0 or (self.image_width >= 16 and self.dataset in PHOTO_DATASETS),
@@ -238,6 +262,13 @@ PRESETS: dict[str, SimConfig] = {
         dataset="pennfudan", modalities=("boxes", "mask"), image_size=256, image_width=256, n_images=120,
         val_images=50, initial=12, rounds=4, budget=24, seeds=(0, 1, 2), steps_per_round=150, full_steps=150,
         retrain=True, lr=5e-3, batch_size=8, strategies=("random", "boxmask", "coreset", "partal_image"),
+    ),
+    # A user's own Label Studio project (``mtal simulate --config ls-export --data-dir EXPORT``, README): every
+    # modality of its labeling config, a small pool; lower val_images / initial / budget for a small export.
+    "ls-export": SimConfig(
+        dataset="ls-export", modalities=(), image_size=128, n_images=0, val_images=20, initial=8, rounds=4,
+        budget=8, seeds=(0, 1, 2), steps_per_round=200, full_steps=200, retrain=True, lr=5e-3, batch_size=8,
+        step_budget="labels", strategies=("random", "coreset", "partal", "partal_image"),
     ),
 }  # fmt: skip
 
