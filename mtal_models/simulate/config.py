@@ -260,10 +260,11 @@ PRESETS: dict[str, SimConfig] = {
         retrain=True, lr=5e-3, batch_size=8, step_budget="labels",
         strategies=("random", "partal", "partal_image", "coreset"),
     ),
+    # Penn-Fudan on the shared CPU: 144 x 144 (aspect kept), 150 steps, 12 initial images + 2 rounds of 24 labels.
     "pennfudan": SimConfig(
-        dataset="pennfudan", modalities=("boxes", "mask"), image_size=256, image_width=256, n_images=120,
-        val_images=50, initial=12, rounds=4, budget=24, seeds=(0, 1, 2), steps_per_round=150, full_steps=150,
-        retrain=True, lr=5e-3, batch_size=8, strategies=("random", "boxmask", "coreset", "partal_image"),
+        dataset="pennfudan", modalities=("boxes", "mask"), image_size=144, image_width=144, n_images=120,
+        val_images=50, initial=12, rounds=2, budget=24, seeds=(0, 1, 2), steps_per_round=150, full_steps=150,
+        retrain=True, lr=5e-3, batch_size=8, mc_samples=4, strategies=("random", "boxmask", "coreset", "partal_image"),
     ),
     # A user's own Label Studio project (``mtal simulate --config ls-export --data-dir EXPORT``, README): every
     # modality of its labeling config, a small pool; lower val_images / initial / budget for a small export.
