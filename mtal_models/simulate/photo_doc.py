@@ -52,7 +52,7 @@ def rare_class_table(rows: Sequence[Row], references: Sequence[Mapping[str, Any]
     for name in dict.fromkeys(r["strategy"] for r in rows):
         for rnd in sorted({int(r["round"]) for r in rows if r["strategy"] == name}):
             at = [r for r in rows if r["strategy"] == name and int(r["round"]) == rnd]
-            cells = [_mean_std([float(r.get(f"{m}_iou_{k}", math.nan)) for r in at]) for m, _, k in cols]
+            cells = [_mean_std([r.get(f"{m}_iou_{k}") for r in at]) for m, _, k in cols]
             labels = np.mean([float(r["labels"]) for r in at])
             lines.append(f"| {name} | {rnd} | {labels:.0f} | " + " | ".join(cells) + " |")
     ref = [_mean_std([(x["metrics"][m].get("class_iou") or [None] * (k + 1))[k] for x in references])

@@ -52,9 +52,9 @@ def task_scores(
     return out
 
 
-def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySpec]) -> dict[str, float]:
+def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySpec]) -> dict[str, float | None]:
     """``{"<modality>_<headline metric>": value, "<modality>_<edit cost>": value, "<modality>_iou_<class id>":
-    value (segmentation; NaN for a class seen nowhere), "multi_task_loss": value,
+    value (segmentation; None for a class seen nowhere), "multi_task_loss": value,
     "total_loss": value}`` for CSV rows (the papers' final-stage loss, and the training objective with
     PAD-Net's initial heads; edit-cost keys: :data:`EDIT_COST`, where the modality has them)."""
     row = {f"{n}_{headline(s)}": _value(metrics, s) for n, s in modalities.items()}
@@ -62,7 +62,7 @@ def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySp
         row.update({f"{n}_{k}": float(v) for k, v in (metrics.get(n) or {}).items()
                     if k in EDIT_COST and isinstance(v, int | float)})
         per_class = (metrics.get(n) or {}).get("class_iou") or []
-        row.update({f"{n}_iou_{c}": math.nan if v is None else float(v) for c, v in enumerate(per_class)})
+        row.update({f"{n}_iou_{c}": None if v is None else float(v) for c, v in enumerate(per_class)})
     row["multi_task_loss"] = float(metrics.get("multi_task_loss", math.nan))
     row["total_loss"] = float(metrics.get("total_loss", math.nan))
     return row

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from mtal_models.simulate import PRESETS, simulate
@@ -10,13 +9,13 @@ from mtal_models.simulate.photo_doc import goals, main, rare_class_table
 from mtal_models.simulate.report import labels_table
 
 
-def _row(strategy: str, seed: int, rnd: int, labels: int, score: float, **extra: float) -> dict:
+def _row(strategy: str, seed: int, rnd: int, labels: int, score: float, **extra: float | None) -> dict:
     return {"strategy": strategy, "seed": seed, "round": rnd, "labels": labels, "mt_score": score, **extra}
 
 
 def test_rare_class_table_means_over_seeds_and_skips_unseen_classes() -> None:
     # CamVid ids: pole 2, sign_symbol 6, pedestrian 9, bicyclist 10
-    rows = [_row("random", 0, 0, 10, 0.5, semantic_iou_2=0.1, semantic_iou_6=0.2, semantic_iou_9=math.nan,
+    rows = [_row("random", 0, 0, 10, 0.5, semantic_iou_2=0.1, semantic_iou_6=0.2, semantic_iou_9=None,
                  semantic_iou_10=0.0),
             _row("random", 1, 0, 10, 0.5, semantic_iou_2=0.3, semantic_iou_6=0.2, semantic_iou_9=0.4,
                  semantic_iou_10=0.0)]
