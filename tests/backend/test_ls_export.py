@@ -149,3 +149,12 @@ def test_mtal_simulate_runs_on_an_export_and_the_core_cli_names_the_command(
     monkeypatch.delitem(DATASET_READERS, "ls-export")  # a process that only ran the core CLI
     assert core_main(args) == 2  # the core alone has no Label Studio reader, and says where it is
     assert "available through the `mtal simulate` command" in capsys.readouterr().err
+
+
+def test_the_mtal_console_script_is_the_composed_cli() -> None:
+    import importlib
+    import tomllib
+
+    target = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]["mtal"]
+    module, func = target.split(":")
+    assert getattr(importlib.import_module(module), func) is mtal_main
