@@ -103,14 +103,14 @@ def _export_file(root: Path) -> Path:
 def _check_result(result: Sequence[Mapping[str, Any]], schema: ProjectSchema, h: int, w: int, where: str) -> None:
     """Refuse regions drawn on an image of another size and label values the config does not have."""
     for i, res in enumerate(result):
-        tag = schema.tags.get(res.get("from_name"))  # type: ignore[arg-type]
-        if tag is None:
-            continue  # the choices tag, or a control the backend ignores (e.g. a TextArea)
+        tag = schema.tags.get(res.get("from_name")) if isinstance(res, Mapping) else None  # type: ignore[arg-type]
+        if tag is None or not isinstance(res.get("value"), Mapping):
+            continue  # the choices tag, a control the backend ignores (e.g. a TextArea), or junk it skips
         oh, ow = res.get("original_height"), res.get("original_width")
         if oh is not None and ow is not None and (int(oh), int(ow)) != (h, w):
             raise ExportError(f"{where}: region {i} of {tag.name!r} was drawn on a {ow}x{oh} image, "
                               f"but the image file is {w}x{h}")
-        for value in (res.get("value") or {}).get(tag.result_type) or []:
+        for value in res["value"].get(tag.result_type) or []:
             if schema.class_index(tag.modality, value) is None:
                 raise ExportError(f"{where}: region {i} of {tag.name!r} has label {value!r}, which is not in "
                                   f"the labeling config (valid: {schema.class_names(tag.modality)})")
