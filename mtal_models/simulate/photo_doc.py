@@ -161,9 +161,10 @@ held out {config['val_images']} images, {config['initial']:.0f} initial images +
 net `{config['net']}`, {config['steps_per_round']} steps per round retrained from the seed's weights
 (batch {config['batch_size']}, Adam lr {config['lr']:g}), reference {config['full_steps']} steps on every label.
 
-Compute: {train_s / 60:.1f} minutes of training and evaluation summed over rounds and references (selection
-not included); machine: {machine['cpu']}, {machine['cores']} cores, torch threads {machine['threads']},
-device {machine['device']}.
+Compute: wall time of the last `mtal simulate` invocation {data.get('seconds_this_invocation', 0) / 60:.1f}
+minutes; {train_s / 60:.1f} minutes summed over the rounds (selection + training; round 0 is trained once
+per seed and loaded by the other strategies) and the references (training + evaluation). Machine:
+{machine['cpu']}, {machine['cores']} cores, torch threads {machine['threads']}, device {machine['device']}.
 
 Full-data reference: {ref_text}.
 
