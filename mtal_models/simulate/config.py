@@ -271,7 +271,7 @@ PRESETS: dict[str, SimConfig] = {
     "ls-export": SimConfig(
         dataset="ls-export", modalities=(), image_size=128, n_images=0, val_images=20, initial=8, rounds=4,
         budget=8, seeds=(0, 1, 2), steps_per_round=200, full_steps=200, retrain=True, lr=5e-3, batch_size=8,
-        step_budget="labels", strategies=("random", "coreset", "partal", "partal_image"),
+        step_budget="labels", substitution_prob=0.2, strategies=("random", "coreset", "partal", "partal_image"),
     ),
 }  # fmt: skip
 
