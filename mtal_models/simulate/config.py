@@ -254,10 +254,11 @@ PRESETS: dict[str, SimConfig] = {
         initial=10, rounds=3, budget=10, seeds=(0, 1, 2), steps_per_round=150, full_steps=150, retrain=True,
         lr=5e-3, batch_size=8, mc_samples=4, strategies=("random", "coreset", "equal", "partal_image"),
     ),
+    # camvid-2tag as camvid, with labels counted per (image, tag): 10 initial images (20 labels) + 3 rounds of 20.
     "camvid-2tag": SimConfig(
-        dataset="camvid-2tag", modalities=("stuff", "things"), image_size=192, image_width=256, n_images=0,
-        val_images=101, initial=20, rounds=4, budget=40, seeds=(0, 1, 2), steps_per_round=400, full_steps=400,
-        retrain=True, lr=5e-3, batch_size=8, step_budget="labels",
+        dataset="camvid-2tag", modalities=("stuff", "things"), image_size=96, image_width=128, n_images=0,
+        val_images=101, initial=10, rounds=3, budget=20, seeds=(0, 1, 2), steps_per_round=150, full_steps=150,
+        retrain=True, lr=5e-3, batch_size=8, mc_samples=4, step_budget="labels", substitution_prob=0.2,
         strategies=("random", "partal", "partal_image", "coreset"),
     ),
     # Penn-Fudan on the shared CPU: 144 x 144 (aspect kept), 150 steps, 12 initial images + 2 rounds of 24 labels.

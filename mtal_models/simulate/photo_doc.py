@@ -55,9 +55,12 @@ def rare_class_table(rows: Sequence[Row], references: Sequence[Mapping[str, Any]
             cells = [_mean_std([r.get(f"{m}_iou_{k}") for r in at]) for m, _, k in cols]
             labels = np.mean([float(r["labels"]) for r in at])
             lines.append(f"| {name} | {rnd} | {labels:.0f} | " + " | ".join(cells) + " |")
-    ref = [_mean_std([(x["metrics"][m].get("class_iou") or [None] * (k + 1))[k] for x in references])
-           for m, _, k in cols]
-    lines.append("| full-data reference | | all | " + " | ".join(ref) + " |")
+    ref_values = [[(x["metrics"][m].get("class_iou") or [None] * (k + 1))[k] for x in references] for m, _, k in cols]
+    lines.append("| full-data reference | | all | " + " | ".join(_mean_std(v) for v in ref_values) + " |")
+    values = [r.get(f"{m}_iou_{k}") for r in rows for m, _, k in cols] + [v for vs in ref_values for v in vs]
+    if all(v is None or v == 0 or math.isnan(v) for v in values):
+        return (f"IoU 0.000 for {', '.join(c for _, c, _ in cols)} in every round, strategy and seed, and for the "
+                "full-data reference: at this training budget the network never predicts these classes.\n")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,9 @@ def test_rare_class_table_means_over_seeds_and_skips_unseen_classes() -> None:
     assert "| random | 0 | 10 | 0.200 ± 0.100 | 0.200 ± 0.000 | 0.400 ± 0.000 | 0.000 ± 0.000 |" in text
     assert "| full-data reference | | all | 0.250 ± 0.000 | 0.500 ± 0.000 | n/a | 0.100 ± 0.000 |" in text
     assert rare_class_table(rows, refs, "pennfudan") == ""
+    zero = [_row("random", 0, 0, 10, 0.5, **{f"semantic_iou_{k}": 0.0 for k in (2, 6, 9, 10)})]
+    ref0 = [{"metrics": {"semantic": {"class_iou": [0.9] * 2 + [0.0] * 9}}}]
+    assert rare_class_table(zero, ref0, "camvid").startswith("IoU 0.000 for pole, sign_symbol, pedestrian, bicyclist")
 
 
 def _curve(name: str, scores: list[float]) -> list[dict]:
