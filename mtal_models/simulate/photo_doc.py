@@ -2,7 +2,7 @@
 
     python -m mtal_models.simulate.photo_doc --run camvid=runs/camvid --run pennfudan=runs/pennfudan \\
         [--longer camvid=runs/camvid-longer] [--notes docs/results/photographs-notes.md] \\
-        --out docs/results/photographs.md --plots docs/results
+        --out docs/results/photographs.md --plots docs/results [--page docs/results.md]
 
 One block per run: its settings, compute and machine, the full-data reference (and, with ``--longer``, the
 same reference trained longer: how far it is from convergence), labels to the target per strategy with the
@@ -152,7 +152,9 @@ def render_block(preset: str, run: Path, plots: Path, doc_dir: Path, longer: Pat
         images.append(f"![{preset} {png.stem}]({target.relative_to(doc_dir).as_posix()})")
     canvas = f"{config['image_size']} x {config['image_width'] or config['image_size']}"
     absolute = "".join(f"\n{k} (absolute, mean ± std over seeds):\n\n{round_table(rows, k)}" for k in head_keys)
-    extra = "" if key == "mt_score" else f"\n{key} per round (mean ± std over seeds):\n\n{round_table(rows, key)}"
+    same = all(r.get(key) == r["mt_score"] for r in rows)  # det+seg with two modalities: mDSQ = the score
+    score_note = " (= mDSQ here)" if same and key == "mdsq" else ""
+    extra = "" if same else f"\n{key} per round (mean ± std over seeds):\n\n{round_table(rows, key)}"
     rare = rare_class_table(rows, refs, config["dataset"])
     rare_text = f"\nIoU of the rare classes per round (mean ± std over seeds):\n\n{rare}" if rare else ""
     goal_text = "\n".join(f"- {g}" for g in goals(preset, rows, table)) if preset in GOALS else ""
@@ -174,7 +176,7 @@ Full-data reference: {ref_text}.
 Labels to {config['target']:.0%} of the full-data {'score' if key == 'mt_score' else key} per strategy:
 
 {labels_markdown(table, config['target'])}
-Score relative to the seed's full-data reference, per round (mean ± std over seeds):
+Score relative to the seed's full-data reference{score_note}, per round (mean ± std over seeds):
 
 {round_table(rows)}{extra}{absolute}{rare_text}
 {chr(10).join(images)}
@@ -192,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--notes", default="docs/results/photographs-notes.md", help="hand-written, included verbatim")
     ap.add_argument("--out", default="docs/results/photographs.md")
     ap.add_argument("--plots", default="docs/results")
+    ap.add_argument("--page", default="docs/results.md", help="the page the section is appended to (image links)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     runs = dict(item.split("=", 1) for item in args.run)
@@ -200,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"photo_doc: no metrics.json in {missing}: run (or finish) the simulation first")
     notes = Path(args.notes)
-    blocks = [render_block(p, Path(f), Path(args.plots), out.parent, Path(longer[p]) if p in longer else None)
+    page_dir = Path(args.page).parent
+    blocks = [render_block(p, Path(f), Path(args.plots), page_dir, Path(longer[p]) if p in longer else None)
               for p, f in runs.items()]
     notes_md = notes.read_text().strip() + "\n\n" if notes.is_file() else ""
     out.write_text("## Real photographs\n\n" + notes_md + "\n".join(blocks))

@@ -56,8 +56,8 @@ def test_photo_doc_renders_a_finished_run(tmp_path: Path) -> None:
     notes = tmp_path / "notes.md"
     notes.write_text("Load: high.")
     assert main(["--run", f"camvid={run}", "--out", str(out), "--plots", str(tmp_path / "doc" / "img"),
-                 "--notes", str(notes)]) == 0
+                 "--notes", str(notes), "--page", str(tmp_path / "results.md")]) == 0
     text = out.read_text()
     assert text.startswith("## Real photographs\n\nLoad: high.")
-    assert "### `camvid`" in text and "| random |" in text and "(img/camvid-multi_task_score.png)" in text
+    assert "### `camvid`" in text and "| random |" in text and "(doc/img/camvid-multi_task_score.png)" in text
     assert (tmp_path / "doc" / "img" / "camvid-multi_task_score.png").is_file()
