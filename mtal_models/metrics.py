@@ -7,7 +7,8 @@ all images pooled before dividing):
 
 - segmentation ``miou``: per-class IoU from the pooled confusion matrix (torchmetrics
   ``MulticlassJaccardIndex``, ``ignore_index`` pixels dropped), averaged over the classes that occur
-  in the prediction or the target (classes seen nowhere do not count as 0). Also ``pixel_acc``.
+  in the prediction or the target (classes seen nowhere do not count as 0). Also ``pixel_acc``, and
+  ``class_iou``: the IoU of every class id (None for a class seen nowhere).
 - binary ``f1``/``iou``: logits > 0 (probability 0.5) against the {0, 1} target, 255 = ignored.
 - binary ``odsf`` (edges): optimal dataset-scale F-measure — TP/FP/FN pooled over the dataset for each
   of ``n_thresholds`` probability thresholds, F at the best one. ``tolerance`` (pixels, default 0) is a
@@ -123,14 +124,16 @@ class SegmentationMetric(ModalityMetric):
         self.spec.check_target(target, pred)
         self._jaccard.update(pred.argmax(1), target.long())
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, Any]:
         confmat = self._jaccard.confmat.double()
         if confmat.sum() == 0:
-            return {"miou": math.nan, "pixel_acc": math.nan}
+            return {"miou": math.nan, "pixel_acc": math.nan, "class_iou": [None] * self.spec.channels}
         tp = confmat.diag()
         union = confmat.sum(0) + confmat.sum(1) - tp
         seen = union > 0
-        return {"miou": float((tp[seen] / union[seen]).mean()), "pixel_acc": float(tp.sum() / confmat.sum())}
+        per_class = [float(t / u) if u > 0 else None for t, u in zip(tp.tolist(), union.tolist(), strict=True)]
+        return {"miou": float((tp[seen] / union[seen]).mean()), "pixel_acc": float(tp.sum() / confmat.sum()),
+                "class_iou": per_class}
 
 
 class BinaryMetric(ModalityMetric):

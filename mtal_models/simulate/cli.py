@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtal simulate", description="Offline multi-task active-learning simulation.")
     p.add_argument(
         "--config", default="default",
-        help="preset (tiny, default, camvid, camvid-2tag, pennfudan) or a JSON file (default: default)",
+        help="preset (tiny, default, detseg, camvid, camvid-2tag, pennfudan, ls-export) or a JSON file "
+        "(default: default)",
     )
     p.add_argument("--out", required=True, help="output folder (reused to resume)")
     p.add_argument("--strategies", type=_names, help="comma-separated registry names")
@@ -38,24 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int)
     p.add_argument("--budget", type=int, help="(image, modality) labels per round")
     p.add_argument("--n-images", dest="n_images", type=int)
+    p.add_argument("--val-images", dest="val_images", type=int, help="held-out images")
+    p.add_argument("--initial", type=float, help="initial labelled images: a count, or a fraction < 1 of the pool")
+    p.add_argument("--image-size", dest="image_size", type=int)
+    p.add_argument("--modalities", type=_names, help="comma-separated modality names (default: the config's)")
     p.add_argument("--epochs-per-round", dest="epochs_per_round", type=int)
     p.add_argument("--steps-per-round", dest="steps_per_round", type=int, help="optimizer steps per round (0 = epochs)")
     p.add_argument("--net", help="network preset: tiny, small, default")
-    p.add_argument("--dataset", help="synthetic, nyud, pascal, camvid, camvid-2tag or pennfudan")
-    p.add_argument("--path", "--data-dir", dest="path", help="dataset root (nyud, pascal, camvid, pennfudan)")
+    p.add_argument(
+        "--dataset", help="synthetic, nyud, pascal, camvid, camvid-2tag, pennfudan or ls-export (a Label Studio export)"
+    )
+    p.add_argument("--path", "--data-dir", dest="path", help="dataset folder (all but synthetic)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; ``argv`` may start with the sub-command ``simulate``."""
+def main(argv: Sequence[str] | None = None, readers: Mapping[str, Callable[[Any], Any]] | None = None) -> int:
+    """Entry point; ``argv`` may start with the sub-command ``simulate``. ``readers``: extra datasets
+    (name -> reader(config) -> SimData) registered before the config is read; the ``mtal`` command passes
+    the Label Studio export reader this way (``backend.simulate_cli``)."""
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in and args_in[0] == "simulate":
         args_in = args_in[1:]
     args = build_parser().parse_args(args_in)
-    from mtal_models.simulate.config import load_config
+    from mtal_models.simulate.config import load_config, register_dataset
     from mtal_models.simulate.report import labels_markdown
     from mtal_models.simulate.runner import simulate
 
@@ -67,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds",
             "budget",
             "n_images",
+            "val_images",
+            "initial",
+            "image_size",
+            "modalities",
             "epochs_per_round",
             "steps_per_round",
             "net",
@@ -77,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     }
     try:
+        for name, reader in (readers or {}).items():
+            register_dataset(name, reader)
         config = load_config(args.config, **overrides)
         result = simulate(config, args.out, progress=args.progress)
     except ValueError as e:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from mtal_models.data import LabelPool, Sample, SceneConfig, SyntheticDataset, read_nyud, read_pascal, resize
 from mtal_models.data.synth import scene_class_names
 from mtal_models.modalities import ModalitySpec
-from mtal_models.simulate.config import PHOTO_DATASETS, SimConfig
+from mtal_models.simulate.config import DATASET_READERS, DATASETS, PHOTO_DATASETS, SimConfig, composed_reader_missing
 
-__all__ = ["SimData", "load_data"]
+__all__ = ["SimData", "load_data", "restrict_labels", "select_modalities"]
 
 
 @dataclass
@@ -32,7 +32,10 @@ class SimData:
         return [s.id for s in self.pool]
 
 
-def _subset(available: dict[str, ModalitySpec], wanted: tuple[str, ...], where: str) -> dict[str, ModalitySpec]:
+def select_modalities(
+    available: dict[str, ModalitySpec], wanted: tuple[str, ...], where: str
+) -> dict[str, ModalitySpec]:
+    """The ``wanted`` modalities of ``available`` (all when empty); ValueError naming ``where`` otherwise."""
     if not wanted:
         return dict(available)
     missing = [m for m in wanted if m not in available]
@@ -41,7 +44,7 @@ def _subset(available: dict[str, ModalitySpec], wanted: tuple[str, ...], where: 
     return {m: available[m] for m in wanted}
 
 
-def _restrict(sample: Sample, names: list[str]) -> Sample:
+def restrict_labels(sample: Sample, names: list[str]) -> Sample:
     """Keep only ``names`` (LabelPool with everything labelled does exactly this)."""
     full = LabelPool(1, names)
     full.label_images([0])
@@ -51,6 +54,13 @@ def _restrict(sample: Sample, names: list[str]) -> Sample:
 def load_data(config: SimConfig) -> SimData:
     """Render or read the pool and the held-out set described by ``config``."""
     size = config.image_size
+    if config.dataset in DATASET_READERS:
+        data = DATASET_READERS[config.dataset](config)
+        if not isinstance(data, SimData):
+            raise TypeError(f"dataset reader {config.dataset!r} returned {type(data).__name__}, not SimData")
+        return data
+    if config.dataset not in DATASETS:
+        raise ValueError(composed_reader_missing(config.dataset))
     if config.dataset in PHOTO_DATASETS:
         from mtal_models.simulate.photos import load_photo_data
 
@@ -59,11 +69,11 @@ def load_data(config: SimConfig) -> SimData:
         scene = SceneConfig(height=size, width=size)
         train = SyntheticDataset(config.n_images, scene, seed=config.data_seed)
         val = SyntheticDataset(config.val_images, scene, seed=config.data_seed + 1)
-        mods = _subset(train.modalities, config.modalities, "the synthetic dataset")
+        mods = select_modalities(train.modalities, config.modalities, "the synthetic dataset")
         names = list(mods)
         return SimData(
-            [_restrict(train[i], names) for i in range(len(train))],
-            [_restrict(val[i], names) for i in range(len(val))],
+            [restrict_labels(train[i], names) for i in range(len(train))],
+            [restrict_labels(val[i], names) for i in range(len(val))],
             mods,
             {k: v for k, v in scene_class_names(scene).items() if k in mods},
         )
@@ -71,7 +81,7 @@ def load_data(config: SimConfig) -> SimData:
     wanted = list(config.modalities) or None
     train_ds = reader(config.path, config.train_split, wanted)
     val_ds = reader(config.path, config.val_split, wanted)
-    mods = _subset(train_ds.modalities, config.modalities, f"{config.dataset} at {config.path}")
+    mods = select_modalities(train_ds.modalities, config.modalities, f"{config.dataset} at {config.path}")
     names = list(mods)
     n = len(train_ds) if config.n_images == 0 else min(config.n_images, len(train_ds))
     nv = min(config.val_images, len(val_ds))
@@ -79,6 +89,6 @@ def load_data(config: SimConfig) -> SimData:
         raise ValueError(f"{config.dataset} at {config.path}: need >= 2 pool and >= 1 val images, got {n} and {nv}")
 
     def load(ds: object, i: int) -> Sample:
-        return _restrict(resize(ds[i], mods, size, size), names)  # type: ignore[index]
+        return restrict_labels(resize(ds[i], mods, size, size), names)  # type: ignore[index]
 
     return SimData([load(train_ds, i) for i in range(n)], [load(val_ds, i) for i in range(nv)], mods)

@@ -10,6 +10,10 @@ schedule per round) for ``steps_per_round`` optimizer steps (drawing images as `
 continuing from the previous round's weights, or from the seed's initial weights when ``retrain``; then
 evaluates on the fixed held-out set.
 
+Round 0 is the same training for every strategy of a seed that trains the network alone (no LL4AL module;
+committee training is keyed apart): the first such run stores it in ``round0/seed<s>[-committee].pt`` and
+the others load it instead of training it again.
+
 Resumable: after every round ``runs/<strategy>/seed<s>/state.json`` (pool, rows, strategy state, MTAL
 sample weights) and the round's checkpoint are written atomically; a rerun skips finished rounds and
 references, and a larger ``rounds`` continues from the last one.
@@ -214,6 +218,7 @@ class _Run:
     def __init__(self, config: SimConfig, data: SimData, name: str, seed: int, out: Path) -> None:
         self.config, self.data, self.name, self.seed = config, data, name, seed
         self.dir = out / "runs" / name / f"seed{seed}"
+        self.out = out
         self.names = list(data.modalities)
         self.model = _build_model(config, data.modalities, seed)
         probe_opts = _strategy_options(config, name, seed, 0, data.class_names)
@@ -284,6 +289,24 @@ class _Run:
             if old.name != name:
                 old.unlink()
 
+    def _round0_path(self) -> Path | None:
+        """Where round 0's shared training lives (None: this run's round 0 is its own, e.g. LL4AL)."""
+        if self.hook is not None:
+            return None
+        return self.out / "round0" / f"seed{self.seed}{'-committee' if self.committee else ''}.pt"
+
+    def train_round0(self) -> None:
+        """Train round 0, or load it from another strategy of the seed that trained it with these settings."""
+        path = self._round0_path()
+        if path is not None and path.is_file():
+            ck = load_checkpoint(path)
+            if ck.extra.get("settings") == settings_key(self.config):
+                self.model.load_state_dict(ck.model_state)
+                return
+        self.train(0)
+        if path is not None:
+            save_checkpoint(path, self.model, epoch=0, extra={"settings": settings_key(self.config)})
+
     # ---- one round ---------------------------------------------------------------------------
     def _strategy(self, rnd: int) -> Strategy:
         opts = _strategy_options(self.config, self.name, self.seed, rnd, self.data.class_names)
@@ -346,9 +369,11 @@ class _Run:
             start = time.perf_counter()
             if rnd == 0:
                 self.pool.label_images(initial_images(self.config, len(self.data.pool), self.seed))
-            elif self.select(rnd) == 0:
-                tick(f"{self.name} seed {self.seed}: pool fully labelled at round {rnd}")
-            self.train(rnd)
+                self.train_round0()
+            else:
+                if self.select(rnd) == 0:
+                    tick(f"{self.name} seed {self.seed}: pool fully labelled at round {rnd}")
+                self.train(rnd)
             self.rows.append(self.row(rnd, reference, time.perf_counter() - start))
             self.save(rnd)
             tick(f"{self.name} s{self.seed} r{rnd} labels={self.pool.n_labelled} score={self.rows[-1]['mt_score']:.3f}")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from mtal_models.data import Sample
 from mtal_models.data.photos import fit_canvas, pennfudan_split, read_camvid, read_pennfudan
 from mtal_models.simulate.config import SimConfig
-from mtal_models.simulate.data import SimData, _restrict, _subset
+from mtal_models.simulate.data import SimData, restrict_labels, select_modalities
 
 __all__ = ["load_photo_data"]
 
@@ -35,7 +35,7 @@ def load_photo_data(config: SimConfig) -> SimData:
         val_ds = read_camvid(config.path, config.val_split, config.dataset)
         classes = {n: list(c) for n, c in train_ds.classes.items()}
     where = f"{config.dataset} at {config.path}"
-    mods = _subset(train_ds.modalities, config.modalities, where)
+    mods = select_modalities(train_ds.modalities, config.modalities, where)
     names = list(mods)
     n = len(train_ds) if config.n_images == 0 else min(config.n_images, len(train_ds))
     nv = min(config.val_images, len(val_ds))
@@ -43,6 +43,6 @@ def load_photo_data(config: SimConfig) -> SimData:
         raise ValueError(f"{where}: need >= 2 pool and >= 1 val images, got {n} and {nv}")
 
     def load(ds: Sequence[Sample], count: int) -> list[Sample]:
-        return [_restrict(fit_canvas(ds[i], mods, height, width), names) for i in range(count)]
+        return [restrict_labels(fit_canvas(ds[i], mods, height, width), names) for i in range(count)]
 
     return SimData(load(train_ds, n), load(val_ds, nv), mods, {k: v for k, v in classes.items() if k in mods})

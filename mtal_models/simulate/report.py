@@ -39,17 +39,19 @@ def aggregate(rows: Sequence[Row], key: str) -> dict[str, dict[str, list[float]]
     return out
 
 
-def labels_table(rows: Sequence[Row], target: float, baseline: str = "random") -> list[dict[str, Any]]:
-    """Per strategy: labels needed to reach ``target`` on the seed-mean multi-task curve (None = not
-    reached), how many seeds reach it on their own curve, and the ratio to ``baseline``'s labels."""
-    agg = aggregate(rows, "mt_score")
+def labels_table(rows: Sequence[Row], target: float, baseline: str = "random", key: str = "mt_score"
+                 ) -> list[dict[str, Any]]:
+    """Per strategy: labels needed to reach ``target`` on the seed-mean curve of ``key`` (the multi-task
+    score, or e.g. ``mdsq``; None = not reached), how many seeds reach it on their own curve, and the
+    ratio to ``baseline``'s labels."""
+    agg = aggregate(rows, key)
     table = []
     for name, a in agg.items():
         seeds = sorted({r["seed"] for r in rows if r["strategy"] == name})
         reached = 0
         for s in seeds:
             mine = sorted((r for r in rows if r["strategy"] == name and r["seed"] == s), key=lambda r: r["round"])
-            reached += labels_to_target([r["labels"] for r in mine], [r["mt_score"] for r in mine], target) is not None
+            reached += labels_to_target([r["labels"] for r in mine], [r[key] for r in mine], target) is not None
         table.append({
             "strategy": name, "labels_to_target": labels_to_target(a["labels"], a["mean"], target),
             "seeds_reaching": reached, "seeds": len(seeds), "final_labels": a["labels"][-1],
@@ -84,9 +86,10 @@ def labels_markdown(table: Sequence[Mapping[str, Any]], target: float, baseline:
     return head + body
 
 
-def round_table(rows: Sequence[Row]) -> str:
-    """Markdown: multi-task score mean ± std per round (rows) and strategy (columns), with labels used."""
-    agg = aggregate(rows, "mt_score")
+def round_table(rows: Sequence[Row], key: str = "mt_score") -> str:
+    """Markdown: ``key`` (default the multi-task score) mean ± std per round (rows) and strategy (columns),
+    with labels used."""
+    agg = aggregate(rows, key)
     names = list(agg)
     rounds = sorted({rnd for a in agg.values() for rnd in a["round"]})
     lines = ["| round | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

@@ -52,14 +52,17 @@ def task_scores(
     return out
 
 
-def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySpec]) -> dict[str, float]:
-    """``{"<modality>_<headline metric>": value, "<modality>_<edit cost>": value, "multi_task_loss": value,
+def flat_metrics(metrics: Mapping[str, Any], modalities: Mapping[str, ModalitySpec]) -> dict[str, float | None]:
+    """``{"<modality>_<headline metric>": value, "<modality>_<edit cost>": value, "<modality>_iou_<class id>":
+    value (segmentation; None for a class seen nowhere), "multi_task_loss": value,
     "total_loss": value}`` for CSV rows (the papers' final-stage loss, and the training objective with
     PAD-Net's initial heads; edit-cost keys: :data:`EDIT_COST`, where the modality has them)."""
     row = {f"{n}_{headline(s)}": _value(metrics, s) for n, s in modalities.items()}
     for n in modalities:
         row.update({f"{n}_{k}": float(v) for k, v in (metrics.get(n) or {}).items()
                     if k in EDIT_COST and isinstance(v, int | float)})
+        per_class = (metrics.get(n) or {}).get("class_iou") or []
+        row.update({f"{n}_iou_{c}": None if v is None else float(v) for c, v in enumerate(per_class)})
     row["multi_task_loss"] = float(metrics.get("multi_task_loss", math.nan))
     row["total_loss"] = float(metrics.get("total_loss", math.nan))
     return row

@@ -33,6 +33,19 @@ def test_miou_two_by_two_table() -> None:
     res = m.compute()
     assert res["miou"] == pytest.approx(7 / 12)
     assert res["pixel_acc"] == pytest.approx(3 / 4)
+    assert res["class_iou"] == pytest.approx([0.5, 2 / 3])
+
+
+def test_class_iou_is_none_for_a_class_seen_nowhere() -> None:
+    target = torch.tensor([[[0, 0], [2, 2]]])
+    pred = _logits_from_classes(torch.tensor([[[0, 0], [2, 0]]]), 3)
+    m = build_metric(ModalitySpec("seg3", "segmentation", 3))
+    m.update(pred, target, torch.tensor([True]))
+    res = m.compute()
+    # class 0: tp 2, union 3; class 1 nowhere; class 2: tp 1, union 2
+    assert res["class_iou"][0] == pytest.approx(2 / 3) and res["class_iou"][1] is None
+    assert res["class_iou"][2] == pytest.approx(0.5)
+    assert res["miou"] == pytest.approx((2 / 3 + 0.5) / 2)
 
 
 def test_miou_ignores_ignore_index_and_absent_samples() -> None:

@@ -52,5 +52,5 @@ def test_presets_are_the_documented_ones() -> None:
         p = PRESETS[name]
         assert p.dataset == name and len(p.strategies) >= 4 and strategies in p.strategies
         assert len(p.seeds) == 3 and p.retrain and p.steps_per_round == p.full_steps
-    assert (PRESETS["camvid"].image_size, PRESETS["camvid"].image_width) == (192, 256)
+    assert (PRESETS["camvid"].image_size, PRESETS["camvid"].image_width) == (96, 128)  # 360 x 480 / 3.75
     assert (PRESETS["pennfudan"].n_images, PRESETS["pennfudan"].val_images) == (120, 50)

@@ -84,3 +84,21 @@ def test_substitution_prob_reaches_training(tmp_path: Path, monkeypatch: pytest.
 def test_bad_schedule_values_raise(changes: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         TINY.replace(**changes)
+
+
+def test_round0_is_trained_once_per_seed_and_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_fit(monkeypatch)
+    config = TINY.replace(strategies=("random", "coreset", "ll4al"), rounds=1, steps_per_round=3, full_steps=2)
+    result = simulate(config, tmp_path, progress=False)
+    # reference, shared round 0, random r1, coreset r1, LL4AL's own r0 (its loss module trains too) and r1
+    assert len(calls) == 6
+    r0 = {r["strategy"]: r for r in result.rows if r["round"] == 0}
+    assert r0["random"]["mt_score"] == r0["coreset"]["mt_score"]
+    assert (tmp_path / "round0" / "seed0.pt").is_file()
+    # a stored round 0 of other settings is not reused
+    other = tmp_path / "other"
+    other.mkdir()
+    (tmp_path / "round0").rename(other / "round0")
+    calls.clear()
+    simulate(config.replace(strategies=("random",), rounds=0, steps_per_round=5), other, progress=False)
+    assert [c["steps"] for c in calls] == [2, 5]  # reference and round 0 train
