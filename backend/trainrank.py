@@ -6,6 +6,7 @@ steps can be driven directly by tests and benchmarks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import shutil
@@ -28,6 +29,7 @@ from backend.store import ModelStore, version_number
 from mtal_models.data.sample import Sample, collate
 from mtal_models.metrics import mdsq_score
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
+from mtal_models.strategies.collect import crop_outputs
 from mtal_models.strategies.mtc import det_to_seg_by_name
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
@@ -218,20 +220,30 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
     parts, pooled = [], []
     for start in range(0, len(tasks), _CHUNK):
         prepared = prepare_tasks(ctx, tasks[start:start + _CHUNK], schema, size)
-        # inputs of one shape batched together (portrait and landscape photos would pad each other)
-        prepared.sort(key=lambda tp: tp[1].sample.image.shape[:2])
-        for b in range(0, len(prepared), settings.predict_batch_size):
-            group = prepared[b:b + settings.predict_batch_size]
-            batch = collate([p.sample for _, p in group], schema.modalities).to(device)
-            given = batch.labels if strategy.needs.conditioned else None
-            out = batch_outputs(model, batch.images, given, strategy.needs)
-            parts.append(strategy.score_batch(out))
-            pooled.append(out.pooled.detach().cpu())
-            for i, (task, p) in enumerate(group):
-                key = None if task["id"] in labelled_ids else spool.add(
-                    _results(out.final, i, model, schema, p, prefill))
-                rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled, "size": (p.height, p.width)})
+        # inputs of one shape and one image size inside it batched together (portrait and landscape photos
+        # would pad each other), so that the strategy scores each batch without its padding
+        prepared.sort(key=lambda tp: _shape_key(tp[1]))
+        n = settings.predict_batch_size
+        for (shape, inside), same in itertools.groupby(prepared, key=lambda tp: _shape_key(tp[1])):
+            same = list(same)
+            for group in (same[b:b + n] for b in range(0, len(same), n)):
+                batch = collate([p.sample for _, p in group], schema.modalities).to(device)
+                given = batch.labels if strategy.needs.conditioned else None
+                out = batch_outputs(model, batch.images, given, strategy.needs)
+                parts.append(strategy.score_batch(out if inside == shape else crop_outputs(out, *inside)))
+                pooled.append(out.pooled.detach().cpu())
+                for i, (task, p) in enumerate(group):
+                    key = None if task["id"] in labelled_ids else spool.add(
+                        _results(out.final, i, model, schema, p, prefill))
+                    rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled,
+                                 "size": (p.height, p.width)})
     return rows, parts, pooled
+
+
+def _shape_key(p: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(input shape, the image's own size inside it) of a prepared task (no fit: the whole input)."""
+    shape = tuple(p.sample.image.shape[:2])
+    return shape, tuple(p.fit.resized) if p.fit is not None else shape
 
 
 def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,

@@ -16,6 +16,7 @@ strategy's per-batch reduction, and concatenate. It collects exactly what ``stra
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -26,7 +27,7 @@ from mtal_models.nets.base import Labels, MultiTaskNet
 from mtal_models.strategies.base import BatchOutputs, Needs, PoolScores, Strategy, concat_pool
 from mtal_models.strategies.consistency import unflip
 
-__all__ = ["batch_outputs", "collect_pool_outputs"]
+__all__ = ["batch_outputs", "collect_pool_outputs", "crop_outputs"]
 
 
 @torch.no_grad()
@@ -57,6 +58,22 @@ def batch_outputs(model: MultiTaskNet, images: Tensor, given: Labels | None, nee
     finally:
         model.train(was_training)
     return res
+
+
+def crop_outputs(out: BatchOutputs, height: int, width: int) -> BatchOutputs:
+    """``out`` with every dense output (final, initial, refined, mc, flipped: [..., H, W]) cut to its
+    top-left ``height`` x ``width``: the images' own pixels when a batch of equal-size images was padded
+    bottom/right to the network's stride, so that scores leave the padding out. Detections, pooled and
+    head features and crops are kept as they are."""
+    dense = {k for k, spec in out.modalities.items() if spec.dense}
+
+    def cut(d: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v[..., :height, :width] if k in dense else v for k, v in d.items()}
+
+    refined = {k: {j: t[..., :height, :width] for j, t in v.items()} if k in dense else v
+               for k, v in out.refined.items()}  # refined[k][j]: modality k's output refined by j
+    return replace(out, final=cut(out.final), initial=cut(out.initial), mc=cut(out.mc), flipped=cut(out.flipped),
+                   refined=refined)
 
 
 def _crops(model: MultiTaskNet, images: Tensor, final: dict[str, Tensor], needs: Needs) -> list[Tensor]:

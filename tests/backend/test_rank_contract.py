@@ -249,3 +249,21 @@ def test_boxmask_picks_the_segmentation_tag_that_shares_the_box_labels() -> None
     det, seg, mapping = strategy.mapping(schema.modalities)
     assert (det, seg) == ("boxes", "things")
     assert mapping.tolist() == [1, 2]  # "car" -> "Car" (case-insensitive), "person" -> "person"; 0 = background
+
+
+def test_strategy_scores_leave_the_padding_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Photos of 32 x 72 at MTAL_IMAGE_SIZE=32 are a 32 x 72 image inside a 32 x 96 input: the strategy
+    must score the 32 x 72 (the padding's predictions used to count in every image's mean)."""
+    ctx, schema, tasks, labelled, version = _setup(tmp_path, "partal_image", "dense")
+    for url, image in ctx.fetcher.images.items():
+        ctx.fetcher.images[url] = np.ascontiguousarray(np.tile(image, (1, 3, 1))[:, :72])
+    strategy = strategy_for(ctx.settings, schema)
+    real, seen = type(strategy).score_batch, []
+
+    def spy(self: Any, out: BatchOutputs) -> Any:
+        seen.append({k: tuple(v.shape[-2:]) for k, v in [*out.final.items(), *out.mc.items()]})
+        return real(self, out)
+
+    monkeypatch.setattr(type(strategy), "score_batch", spy)
+    _check_ranking(ctx, schema, tasks, labelled, version, "partal_image")
+    assert seen and all(s == {"semantic": (32, 72), "parts": (32, 72)} for s in seen), seen
