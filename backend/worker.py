@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from typing import Any
 
+import redis.exceptions
 from rq import SimpleWorker
 
 from backend.coordinator import Coordinator
@@ -20,7 +23,7 @@ from backend.netguard import redact
 from backend.queueing import QUEUE_NAME, lower_priority, open_queue
 from backend.settings import Settings, SettingsError
 
-__all__ = ["main"]
+__all__ = ["main", "serve"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +52,29 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(__name__).warning("restarted the dead runs of projects %s", recovered)
     except Exception as e:  # noqa: BLE001 - recovery must not keep the worker from serving
         logging.getLogger(__name__).error("dead-run recovery failed: %s", redact(str(e)))
-    # SimpleWorker: jobs run in this process, so a CUDA context and the image cache stay warm between jobs.
-    SimpleWorker([handle.queue], connection=handle.connection, name=args.name).work(burst=args.burst)
+    serve(handle, args.name, args.burst)
     return 0
+
+
+def serve(handle: Any, name: str | None, burst: bool, max_wait_s: float = 30.0) -> None:
+    """Work the queue until done (``burst``) or stopped. A lost Redis (restart, network blip) makes RQ's
+    loop raise, even from its own teardown: the worker then waits, doubling up to ``max_wait_s``, and
+    serves again on the same connection pool (which reconnects) instead of exiting. A run it was doing
+    when Redis went away has finished or failed by then; the lease (``backend.coordinator``) restarts
+    runs whose state was lost."""
+    log = logging.getLogger(__name__)
+    wait, attempt = 1.0, 0
+    while True:
+        # SimpleWorker: jobs run in this process, so a CUDA context and the image cache stay warm between jobs.
+        worker_name = name if name is None or attempt == 0 else f"{name}-{attempt}"  # the old one may be registered
+        try:
+            SimpleWorker([handle.queue], connection=handle.connection, name=worker_name).work(burst=burst)
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            attempt += 1
+            log.warning("Redis unreachable (%s); serving again in %.0f s", redact(str(e)), wait)
+            time.sleep(wait)
+            wait = min(wait * 2, max_wait_s)
 
 
 if __name__ == "__main__":
