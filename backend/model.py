@@ -33,7 +33,7 @@ from backend.predict import predict_tasks
 from backend.prefill import Prefill
 from backend.settings import Settings
 from backend.store import ModelStore, StoreError
-from backend.trainrank import strategy_for
+from backend.strategy_choice import strategy_for
 
 __all__ = ["ConfigConflict", "MTALModel", "ModelSetupError", "Trainer", "load_schema", "schema_compatible"]
 

@@ -26,11 +26,11 @@ from backend.ranking import kmeans_clusters, ls_scores, requested_modalities
 from backend.settings import Settings
 from backend.spool import ResultSpool
 from backend.store import ModelStore, version_number
+from backend.strategy_choice import boxmask_modalities, strategy_for
 from mtal_models.data.sample import Sample, collate
 from mtal_models.metrics import mdsq_score
-from mtal_models.strategies import Strategy, batch_outputs, concat_pool, get_strategy
+from mtal_models.strategies import Strategy, batch_outputs, concat_pool
 from mtal_models.strategies.collect import crop_outputs
-from mtal_models.strategies.mtc import det_to_seg_by_name
 from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, make_loader, save_checkpoint
 
 __all__ = ["NothingFetched", "RankContext", "boxmask_modalities", "loss_weights", "prepare_tasks", "prune_predictions",
@@ -44,45 +44,6 @@ _VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", 
 
 class NothingFetched(ValueError):
     """Not one task image of a ranking could be fetched (Label Studio or the image store is down)."""
-
-
-def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
-    """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score without
-    its eq. 5 loss weights (``mtal_unweighted``, the best measured in the default simulation) for dense
-    projects (PAD-Net) and MTC BoxMask, with boxes matched to segmentation classes by name, for projects
-    with boxes. A config with a single modality has no task pairs, so no MTAL committee: "auto" is then
-    PartAL's image-level MC-dropout entropy (``partal_image``). Raises ValueError for a strategy the
-    config cannot run."""
-    name = settings.strategy
-    single = len(schema.modalities) < 2
-    if name == "auto":
-        name = "boxmask" if schema.network == "detseg" else "partal_image" if single else "mtal_unweighted"
-    if name == "ll4al":
-        raise ValueError("strategy 'll4al' needs its loss-prediction module trained with the network; "
-                         "use it in the simulator (mtal simulate), not in the backend")
-    if name == "boxmask" and schema.network != "detseg":
-        raise ValueError("strategy 'boxmask' needs boxes and masks (a RectangleLabels tag and a segmentation tag)")
-    if name.startswith("mtal") and name != "mtal_diversity" and schema.network != "padnet":
-        raise ValueError(f"strategy {name!r} needs PAD-Net's committee (dense-only labeling configs)")
-    if name.startswith("mtal") and name != "mtal_diversity" and single:
-        raise ValueError(f"strategy {name!r} needs a committee of task pairs, so at least two modalities; this "
-                         "config has one (use auto, partal_image, coreset or random)")
-    if name == "boxmask":  # boxes are checked against the segmentation class of the same label name
-        det, seg = boxmask_modalities(schema)
-        return get_strategy(name, det=det, seg=seg, class_names={m: schema.class_names(m) for m in (det, seg)})
-    return get_strategy(name)
-
-
-def boxmask_modalities(schema: ProjectSchema) -> tuple[str, str]:
-    """(detection, segmentation) modality BoxMask compares: the config's detection tag, and of its
-    segmentation tags the one sharing the most label names with it (the first in config order on a tie)."""
-    dets = [m for m, s in schema.modalities.items() if s.kind == "detection"]
-    segs = [m for m, s in schema.modalities.items() if s.kind == "segmentation"]
-    if len(dets) != 1 or not segs:
-        raise ValueError(f"strategy 'boxmask' needs one detection and a segmentation tag; have {dets} and {segs}")
-    boxes = schema.class_names(dets[0])
-    shared = {m: int((det_to_seg_by_name(boxes, schema.class_names(m)) >= 0).sum()) for m in segs}
-    return dets[0], max(segs, key=lambda m: (shared[m], -segs.index(m)))
 
 
 def train_version(
