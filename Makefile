@@ -19,7 +19,7 @@ venv: $(BIN)/.installed
 
 # The backend on $(PORT): gunicorn, 1 process (the embedded queue lives in it when REDIS_URL is unset).
 run: venv
-	PORT=$(PORT) $(BIN)/gunicorn -c backend/gunicorn.conf.py backend.wsgi:app
+	PORT=$(PORT) $(BIN)/gunicorn -c backend/web/gunicorn.conf.py backend.web.wsgi:app
 
 lint: venv
 	$(BIN)/ruff check .

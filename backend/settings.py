@@ -11,12 +11,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mtal_models.nets.config import NetConfig
 
 __all__ = ["Settings", "SettingsError"]
 
 _DEVICES = ("auto", "cpu", "cuda")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PRETRAINED_HEADS = ("coco",)  # MTAL_PRETRAINED_HEADS values
 
 
 def _strategy_names() -> list[str]:
@@ -46,7 +50,7 @@ class Settings:
         "auto" (ImageNet weights for a standard trunk, else random; random with a warning when they
         cannot be had), "imagenet", a torchvision enum name ("ResNet50_Weights.IMAGENET1K_V2"), a local
         state-dict file, or "none". pretrained_heads [MTAL_PRETRAINED_HEADS]: "coco" = det+seg boxes start
-        from torchvision's COCO FCOS for labels matching COCO categories; unset = none. See backend/weights.py.
+        from torchvision's COCO FCOS for labels matching COCO categories; unset = none. See backend/serving/initial.py.
     strategy [MTAL_STRATEGY]: selection strategy of the active-learning loop: a name of
         mtal_models.strategies.STRATEGIES, or "auto" (default: "mtal_unweighted" for dense-only configs,
         "partal_image" for a single modality, "boxmask" for configs with boxes).
@@ -81,18 +85,18 @@ class Settings:
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
     max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks per /predict request (more: 413).
-    Fixed limits: 40 M pixels per image or region raster (``backend.geometry.MAX_PIXELS``), 2000 results
-    per annotation (``backend.convert.MAX_REGIONS``), 32 control tags and 1000 labels per labeling config,
-    1 M characters per config, no DOCTYPE (``backend.labeling``), 10000 annotations/ids/results per
-    webhook event (``backend.events.MAX_EVENT_ITEMS``).
-    Prefill (what Label Studio shows, see backend/prefill.py): prefill_per_class
+    Fixed limits: 40 M pixels per image or region raster (``backend.labelstudio.regions.MAX_PIXELS``), 2000 results
+    per annotation (``backend.labelstudio.convert.MAX_REGIONS``), 32 control tags and 1000 labels per labeling config,
+    1 M characters per config, no DOCTYPE (``backend.labelstudio.label_config``), 10000 annotations/ids/results per
+    webhook event (``backend.loop.events.MAX_EVENT_ITEMS``).
+    Prefill (what Label Studio shows, see backend/serving/prefill.py): prefill_per_class
     [MTAL_PREFILL_PER_CLASS] (false: one box per object across classes; true: the detector's
     per-class boxes), prefill_min_area [MTAL_PREFILL_MIN_AREA] (0.002: mask components under this
     share of the image's pixels take the surrounding class; 0 = keep all), prefill_polygon_tolerance
     [MTAL_PREFILL_POLYGON_TOLERANCE] (1.0: predicted polygons are simplified so that no vertex moves more
     than this many pixels of the original image, ``cv2.approxPolyDP``; 0 = one vertex per boundary pixel).
     worker_nice [MTAL_WORKER_NICE] (10, 0..19): how much lower the CPU priority of the thread that runs
-    the jobs is (the embedded worker thread, or ``python -m backend.worker``; Linux), so a training run
+    the jobs is (the embedded worker thread, or ``python -m backend.loop.worker``; Linux), so a training run
     on the same machine cannot slow the answers to Label Studio's webhooks and predictions; 0 = as the
     server.
     lease_s [MTAL_RUN_LEASE_S] (60 s, > 0): a run's lease in Redis, renewed every quarter of it; a run
@@ -202,11 +206,46 @@ class Settings:
 
         if self.net_config not in CONFIGS:
             raise SettingsError(f"MTAL_NET_CONFIG must be one of {sorted(CONFIGS)}, got {self.net_config!r}")
-        from backend.weights import check_weight_settings
-
-        problem = check_weight_settings(self)
+        problem = self.weights_problem()
         if problem:
             raise SettingsError(problem)
+
+    def weights_problem(self) -> str | None:
+        """The reason MTAL_BACKBONE, MTAL_BACKBONE_WEIGHTS and MTAL_PRETRAINED_HEADS cannot work together
+        (None = fine); :meth:`__post_init__` raises it. The core's pretrained table is imported here, lazily."""
+        from mtal_models.nets.pretrained import STANDARD_LAYERS, is_standard, with_weights
+
+        if self.backbone is not None and self.backbone not in STANDARD_LAYERS:
+            return f"MTAL_BACKBONE must be one of {sorted(STANDARD_LAYERS)}, got {self.backbone!r}"
+        if self.pretrained_heads is not None and self.pretrained_heads not in PRETRAINED_HEADS:
+            return f"MTAL_PRETRAINED_HEADS must be one of {list(PRETRAINED_HEADS)} or unset, got {self.pretrained_heads!r}"
+        if self.pretrained_heads == "coco":
+            if self.backbone not in (None, "resnet50"):
+                return f"MTAL_PRETRAINED_HEADS=coco loads torchvision's ResNet-50 detector: MTAL_BACKBONE must be " \
+                       f"resnet50 or unset, got {self.backbone!r}"
+            if self.backbone_weights != "auto":
+                return "MTAL_PRETRAINED_HEADS=coco takes the trunk from the COCO detector: leave MTAL_BACKBONE_WEIGHTS=auto"
+        if self.backbone_weights == "auto":
+            return None
+        trunk = self.trunk_config()
+        try:
+            with_weights(trunk, self.backbone_weights)
+        except ValueError as e:
+            if not is_standard(trunk):
+                return f"MTAL_BACKBONE_WEIGHTS={self.backbone_weights}: {e}. Set MTAL_BACKBONE (resnet18, " \
+                       f"resnet34, resnet50) for torchvision's standard trunk; MTAL_NET_CONFIG then sizes the heads"
+            return f"MTAL_BACKBONE_WEIGHTS={self.backbone_weights}: {e}"
+        return None
+
+    def trunk_config(self) -> NetConfig:
+        """MTAL_NET_CONFIG's preset with torchvision's standard trunk when MTAL_BACKBONE names one
+        (``coco`` heads imply resnet50)."""
+        from mtal_models.nets.config import get_config
+        from mtal_models.nets.pretrained import standard_trunk
+
+        base = get_config(self.net_config)
+        name = self.backbone or ("resnet50" if self.pretrained_heads == "coco" else None)
+        return standard_trunk(base, name) if name else base
 
     @property
     def auth_enabled(self) -> bool:
@@ -323,15 +362,10 @@ class Settings:
         )
 
     def configure_logging(self) -> None:
-        """Set the root log level (handlers are left to gunicorn / the caller)."""
-        from backend.netguard import RedactingFilter
+        """Set the root log level (handlers are left to gunicorn / the caller), secrets redacted."""
+        from backend.logs import configure_logging
 
-        logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        root = logging.getLogger()
-        root.setLevel(self.log_level)
-        for handler in root.handlers:  # no REDIS_URL passwords, tokens or presigned URLs in the logs
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter())
+        configure_logging(self.log_level)
 
 
 def _off_is_none(raw: str | None) -> str | None:

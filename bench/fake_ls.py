@@ -1,5 +1,5 @@
-"""A local, in-memory fake of the Label Studio 1.23 REST endpoints that :mod:`backend.ls_api` and
-:class:`backend.images.ImageFetcher` use. For benchmarks only (``bench.loop``); not a test double of
+"""A local, in-memory fake of the Label Studio 1.23 REST endpoints that :mod:`backend.labelstudio.client` and
+:class:`backend.labelstudio.images.ImageFetcher` use. For benchmarks only (``bench.loop``); not a test double of
 LS's validation (it accepts any prediction ``result``).
 
 Endpoints (shapes as recorded in docs/label-studio.md):

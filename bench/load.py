@@ -2,7 +2,7 @@
 
     python -m bench.load [--n 100] [--rounds 2] [--net small] [--image-size 256] [--threads 4]
 
-The backend runs as in production (``gunicorn -c backend/gunicorn.conf.py``, one process, ``MTAL_THREADS``
+The backend runs as in production (``gunicorn -c backend/web/gunicorn.conf.py``, one process, ``MTAL_THREADS``
 threads; embedded queue) against the fake Label Studio of :mod:`bench.fake_ls` serving 480 x 640 PNG
 tasks (image cache off, so every request fetches and decodes its image). Each round sends ``n`` requests
 of one distinct task at once (``n`` client threads); the RSS of the gunicorn process tree (master + worker)

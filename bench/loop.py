@@ -6,8 +6,8 @@
 Prints:
 
 - ``METRIC webhook_p99_ms`` (target <= 50): the production topology, all started for the run: the
-  server (gunicorn with ``backend/gunicorn.conf.py`` serving ``backend.wsgi:app``), a real
-  ``redis-server``, and a separate ``python -m backend.worker`` at the default ``MTAL_WORKER_NICE``
+  server (gunicorn with ``backend/web/gunicorn.conf.py`` serving ``backend.web.wsgi:app``), a real
+  ``redis-server``, and a separate ``python -m backend.loop.worker`` at the default ``MTAL_WORKER_NICE``
   running a training job that takes every core (:func:`busy_train_job`: the coordinator's real state
   transitions around Adam steps of a conv net, until the benchmark stops it, at most ``--sleep`` s);
   ``--bursts`` bursts of 50 simultaneous ``ANNOTATION_CREATED`` POSTs, each on a fresh connection as
@@ -18,7 +18,7 @@ Prints:
 - ``METRIC webhook_nice0_p99_ms``: the MTAL bursts again with the worker at the server's own priority
   (``MTAL_WORKER_NICE=0``), what the default priority buys.
 - ``METRIC rank_1k_s`` / ``METRIC rank_10k_s`` / ``METRIC rank_10k_over_1k`` (linear = ~10):
-  :func:`backend.trainrank.rank_tasks` on synthetic tasks served by :mod:`bench.fake_ls` (scoring with
+  :func:`backend.loop.rank_pass.rank_tasks` on synthetic tasks served by :mod:`bench.fake_ls` (scoring with
   the "tiny" net at ``--image-size`` px, pre-annotations, clusters, pushing every prediction, PATCH of
   the project), with the default settings: clusters on, so with <= MTAL_CLUSTER_PUSH_LIMIT candidates
   every prediction is POSTed alone to /api/predictions/. Then the same with ``clusters=0`` (one bulk
@@ -65,7 +65,7 @@ JOBS = {"train_job": "bench.loop.busy_train_job", "rank_job": "bench.loop.quick_
 def _coordinator() -> Any:
     from rq import get_current_job
 
-    from backend.coordinator import Coordinator
+    from backend.loop.coordinator import Coordinator
 
     return Coordinator.on_connection(get_current_job().connection, **JOBS)
 
@@ -73,7 +73,7 @@ def _coordinator() -> Any:
 def busy_train_job(project: str) -> str:
     """A train job that holds the CPU as a real one does: Adam steps of a small conv net on random images
     on every torch thread, reporting progress each step, until the benchmark sets ``bench:stop:<project>``
-    (or ``bench:sleep`` seconds pass). Runs in ``python -m backend.worker``, so at its production priority."""
+    (or ``bench:sleep`` seconds pass). Runs in ``python -m backend.loop.worker``, so at its production priority."""
     import torch
     from torch import nn
 
@@ -149,10 +149,10 @@ def _burst(base: str, events: list[dict[str, Any]]) -> list[float]:
 
 def _phase(conn: Any, worker_env: dict[str, str], tmp: Path, project: int, urls: tuple[str, str], bursts: int,
            nice: int) -> tuple[list[float], list[float]]:
-    """One measurement: a ``python -m backend.worker`` at ``MTAL_WORKER_NICE=nice`` runs
+    """One measurement: a ``python -m backend.loop.worker`` at ``MTAL_WORKER_NICE=nice`` runs
     :func:`busy_train_job` for ``project``; meanwhile ``bursts`` x (a no-op burst, then an MTAL burst).
     Returns (MTAL latencies, no-op latencies) in ms, after checking the counts and the one follow-up."""
-    from backend.coordinator import Coordinator
+    from backend.loop.coordinator import Coordinator
     from tests.support.mtal_processes import start_worker
 
     backend_url, noop_url = urls
@@ -208,7 +208,7 @@ def bench_webhook(tmp: Path, sleep_s: float, bursts: int) -> dict[str, float]:
                "LOG_LEVEL": "warning"}
         backend = stack.enter_context(start_backend(env, tmp))
         noop = stack.enter_context(start_backend(env, tmp, app="bench.noop_wsgi:app"))
-        print(f"[bench.loop] webhook: gunicorn (backend/gunicorn.conf.py) at {backend.url}, no-op app at "
+        print(f"[bench.loop] webhook: gunicorn (backend/web/gunicorn.conf.py) at {backend.url}, no-op app at "
               f"{noop.url}, queue on redis-server port {server.port}", file=sys.stderr)
         conn.set("bench:sleep", sleep_s)
         for base in (backend.url, noop.url):  # warm-up: label config parse cache, Lua script load
@@ -236,12 +236,12 @@ class _RankContext:
 
 def bench_rank(tmp: Path, n_tasks: int, image_size: int, clusters: bool) -> tuple[float, dict[str, Any]]:
     """Seconds of one rank_tasks pass over ``n_tasks`` unlabelled tasks (cold image cache)."""
-    from backend.images import ImageFetcher
-    from backend.ls_api import LabelStudioAPI
-    from backend.model import MTALModel, load_schema
+    from backend.labelstudio.images import ImageFetcher
+    from backend.labelstudio.client import LabelStudioAPI
+    from backend.serving.model import MTALModel, load_schema
     from backend.settings import Settings
-    from backend.store import ModelStore
-    from backend.trainrank import rank_tasks
+    from backend.serving.store import ModelStore
+    from backend.loop.rank_pass import rank_tasks
     from bench.fake_ls import FakeLabelStudio
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"rank{n_tasks}-", dir=tmp))

@@ -1,5 +1,5 @@
 """The floor of ``bench.loop``'s webhook latency: a WSGI app that reads the body and answers ``{"status":
-"UP"}`` at once, served by the same gunicorn settings (``backend/gunicorn.conf.py``) and hit by the same
+"UP"}`` at once, served by the same gunicorn settings (``backend/web/gunicorn.conf.py``) and hit by the same
 client, so what the MTAL webhook adds on top of HTTP, gunicorn and the client is measured side by side."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Synthetic scenes (semantic + object boxes, det+seg network) are trained for ``--
 ``--train`` scenes; the display threshold is chosen on a validation split and the figures are
 measured on a separate test split. "before" = what Label Studio got until now (the detector's
 per-class boxes, a fixed 0.3 threshold, no speckle removal); "after" = cross-class suppression, the
-threshold chosen on validation, speckle removal (:mod:`mtal_models.prefill`). Both are measured on the
+threshold chosen on validation, speckle removal (:mod:`mtal_models.postprocess`). Both are measured on the
 same trained network, side by side. Prints ``METRIC prefill_mask_edit_share``,
 ``prefill_box_precision``, ``prefill_box_recall``, ``prefill_duplicates_per_object`` (after) and the
 same with ``_before``; with Penn-Fudan under ``--data-dir`` (default ``../shared/datasets`` when it
@@ -32,7 +32,7 @@ from mtal_models.data.sample import Sample
 from mtal_models.data.synth import scene_modalities
 from mtal_models.modalities import ModalitySpec, build_modalities
 from mtal_models.nets import build_network
-from mtal_models.prefill import PrefillConfig
+from mtal_models.postprocess import PrefillConfig
 from mtal_models.training import TrainConfig, evaluate, fit, make_loader
 
 __all__ = ["BEFORE", "main", "measure", "pennfudan_samples", "synthetic_samples"]

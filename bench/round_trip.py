@@ -4,10 +4,10 @@ Studio result, on the product's path.
     python -m bench.round_trip [--data-dir ../shared/datasets] [--size 384] [--max-size 1024] [--limit 0]
 
 A Label Studio annotation (brush RLE, polygons or rectangles) is read by
-:func:`backend.convert.annotation_to_labels` at the original size, mapped to the network input by
+:func:`backend.labelstudio.convert.annotation_to_labels` at the original size, mapped to the network input by
 :class:`mtal_models.data.geometry.Fit` (what training and GT substitution see), turned into a perfect
 prediction there (one-hot probabilities, boxes with score 1) and converted back to Label Studio results
-by :meth:`backend.prefill.Prefill.results` with the task's Fit (bilinear upsampling before the argmax,
+by :meth:`backend.serving.prefill.Prefill.results` with the task's Fit (bilinear upsampling before the argmax,
 boxes mapped back), then read again. Speckle removal is off (it changes content on purpose; this
 measures the geometry). mIoU = mean over classes of the IoU pooled over all images (CamVid's
 "Unlabelled" pixels left out).
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.convert import annotation_to_labels, mask_to_polygons, mask_to_rle
-from backend.labeling import ProjectSchema, parse_label_config
-from backend.prefill import Prefill
+from backend.labelstudio.convert import annotation_to_labels, mask_to_polygons, mask_to_rle
+from backend.labelstudio.label_config import ProjectSchema, parse_label_config
+from backend.serving.prefill import Prefill
 from mtal_models.data.geometry import DEFAULT_MAX_SIZE, DEFAULT_SIZE, Fit
-from mtal_models.prefill import PrefillConfig
+from mtal_models.postprocess import PrefillConfig
 
 __all__ = ["POLYGON_BAR", "box_iou_min", "generated_labels", "label_config", "miou", "regions", "round_trip"]
 

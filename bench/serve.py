@@ -39,8 +39,8 @@ import torch
 from PIL import Image
 from werkzeug.serving import make_server
 
-from backend.app import create_app
-from backend.predict import INFERENCE
+from backend.web.app import create_app
+from backend.serving.predict import INFERENCE
 from backend.settings import Settings
 
 CONFIG = """<View>

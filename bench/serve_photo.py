@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 from werkzeug.serving import make_server
 
-from backend.app import create_app
-from backend.predict import INFERENCE
+from backend.web.app import create_app
+from backend.serving.predict import INFERENCE
 from backend.settings import Settings
 from bench.serve import CONFIG, _FileServer, _Quiet, _serve
 

@@ -21,7 +21,7 @@ all images pooled before dividing):
 - detection ``map``: torchmetrics ``MeanAveragePrecision`` (bbox, COCO 0.5:0.95); also ``map_50``,
   and ``degenerate_share``: the share of predicted boxes narrower or lower than 1 px (a collapsed box
   regression gives boxes of zero size, and mAP 0, with high scores; see :func:`box_collapse`).
-- edit cost of the prefill, next to these (:mod:`mtal_models.prefill`): segmentation
+- edit cost of the prefill, next to these (:mod:`mtal_models.edit_cost`): segmentation
   ``mask_edit_share``; detection ``box_precision``, ``box_recall``, ``box_f1``,
   ``duplicates_per_object``, ``boxes_to_delete_per_image``, ``boxes_to_draw_per_image`` and the
   ``display_threshold`` they were measured at.
@@ -42,7 +42,8 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
 from mtal_models.modalities import ModalitySpec, unpack_detections
-from mtal_models.prefill import PrefillConfig, build_prefill_metric
+from mtal_models.edit_cost import build_prefill_metric
+from mtal_models.postprocess import PrefillConfig
 
 __all__ = [
     "BinaryMetric",
@@ -288,8 +289,8 @@ class MetricSet:
     ``update(final, labels_values, labels_present, loss=None, n=B, total_loss=None)``; ``compute()`` gives
     ``{modality: {metric: value}, "multi_task_loss": mean loss per sample}`` plus ``"total_loss"`` (mean
     per sample) when any batch gave one (the training objective, e.g. with PAD-Net's initial heads). Segmentation and
-    detection modalities also get the edit cost of their prefill (:mod:`mtal_models.prefill`, post-
-    processed as ``prefill`` says, default :class:`~mtal_models.prefill.PrefillConfig`).
+    detection modalities also get the edit cost of their prefill (:mod:`mtal_models.edit_cost`, post-
+    processed as ``prefill`` says, default :class:`~mtal_models.postprocess.PrefillConfig`).
     """
 
     def __init__(self, modalities: Mapping[str, ModalitySpec], prefill: PrefillConfig | None = None,

@@ -6,7 +6,7 @@
 ``--task``: a Label Studio task as exported (JSON): the left panel draws its first prediction's
 ``result``, the right panel its latest annotation's (or an empty panel). Brush and polygon regions are
 filled in a fixed colour per label with their outline, rectangles outlined; every region is read by the
-backend's own converter (:func:`backend.convert.annotation_to_labels`) at the photo's displayed size
+backend's own converter (:func:`backend.labelstudio.convert.annotation_to_labels`) at the photo's displayed size
 (EXIF applied), so the picture shows what Label Studio shows.
 
 ``--camvid``: a CamVid val image (``--name``, default the first): the ground truth is its label map as
@@ -30,9 +30,9 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.convert import annotation_to_labels  # noqa: E402
-from backend.labeling import ProjectSchema, parse_label_config  # noqa: E402
-from backend.predict import latest_annotation  # noqa: E402
+from backend.labelstudio.convert import annotation_to_labels  # noqa: E402
+from backend.labelstudio.label_config import ProjectSchema, parse_label_config  # noqa: E402
+from backend.labelstudio.tasks import latest_annotation  # noqa: E402
 
 _RNG = np.random.default_rng(7)
 PALETTE = _RNG.integers(40, 256, (256, 3)).astype(np.uint8)
@@ -86,10 +86,10 @@ def from_task(args: argparse.Namespace) -> tuple[np.ndarray, ProjectSchema, list
 
 
 def from_camvid(args: argparse.Namespace) -> tuple[np.ndarray, ProjectSchema, list[Any], list[Any] | None]:
-    from backend.prefill import Prefill
+    from backend.serving.prefill import Prefill
     from bench.round_trip import label_config, regions
     from mtal_models.data.geometry import Fit
-    from mtal_models.prefill import PrefillConfig
+    from mtal_models.postprocess import PrefillConfig
 
     root = Path(args.camvid)
     names = sorted(p.stem for p in (root / "val").glob("*.png"))

@@ -1,5 +1,5 @@
 """Image geometry: how a photograph of any size maps to the network input and back (one module for
-predict, training, ranking and the simulator). Not to be confused with :mod:`backend.geometry`, which
+predict, training, ranking and the simulator). Not to be confused with :mod:`backend.labelstudio.regions`, which
 converts Label Studio regions (RLE, polygons, rectangles) to and from numpy masks.
 
 :class:`Fit` is the transform of one image of ``height`` x ``width`` pixels:

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, readers: Mapping[str, Callable[[Any], Any]] | None = None) -> int:
     """Entry point; ``argv`` may start with the sub-command ``simulate``. ``readers``: extra datasets
     (name -> reader(config) -> SimData) registered before the config is read; the ``mtal`` command passes
-    the Label Studio export reader this way (``backend.simulate_cli``)."""
+    the Label Studio export reader this way (``backend.cli``)."""
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in and args_in[0] == "simulate":
         args_in = args_in[1:]

@@ -17,10 +17,10 @@ __all__ = ["DATASET_READERS", "PRESETS", "SimConfig", "load_config", "register_d
 DATASETS = ("synthetic", "nyud", "pascal", "camvid", "camvid-2tag", "pennfudan")
 PHOTO_DATASETS = ("camvid", "camvid-2tag", "pennfudan")  # real photographs: mtal_models.simulate.photos
 # Readers added from outside the core (name -> reader(config) -> SimData, read from ``config.path``), e.g.
-# "ls-export", which the ``mtal`` command registers from the backend (``backend.simulate_cli``): the core
+# "ls-export", which the ``mtal`` command registers from the backend (``backend.cli``): the core
 # never imports Label Studio code, so a reader that needs it is composed in, not imported.
 DATASET_READERS: dict[str, Callable[[SimConfig], Any]] = {}
-_COMPOSED = {"ls-export": "the `mtal simulate` command (backend.simulate_cli), which registers it"}
+_COMPOSED = {"ls-export": "the `mtal simulate` command (backend.cli), which registers it"}
 
 
 def register_dataset(name: str, reader: Callable[[SimConfig], Any]) -> None:

@@ -1,4 +1,5 @@
-"""The simulator's data: a pool with oracle labels and a fixed held-out set, held in memory.
+"""Loading the simulator's data (:class:`~mtal_models.simulate.sim_data.SimData`): a pool with oracle labels and
+a fixed held-out set, held in memory.
 
 Synthetic scenes are rendered once at ``image_size`` (pool from ``data_seed``, held-out set from
 ``data_seed + 1``); NYUD_MT / PASCAL_MT samples are read from disk and resized to ``image_size``.
@@ -6,49 +7,13 @@ Synthetic scenes are rendered once at ``image_size`` (pool from ``data_seed``, h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from mtal_models.data import LabelPool, Sample, SceneConfig, SyntheticDataset, read_nyud, read_pascal, resize
+from mtal_models.data import Sample, SceneConfig, SyntheticDataset, read_nyud, read_pascal, resize
 from mtal_models.data.synth import scene_class_names
-from mtal_models.modalities import ModalitySpec
 from mtal_models.simulate.config import DATASET_READERS, DATASETS, PHOTO_DATASETS, SimConfig, composed_reader_missing
+from mtal_models.simulate.photos import load_photo_data
+from mtal_models.simulate.sim_data import SimData, restrict_labels, select_modalities
 
-__all__ = ["SimData", "load_data", "restrict_labels", "select_modalities"]
-
-
-@dataclass
-class SimData:
-    """pool: N samples with every oracle label; val: the held-out samples; modalities: name -> spec;
-    class_names: categorical modality -> class names by id, where the dataset names them (BoxMask
-    matches detection to segmentation classes by name)."""
-
-    pool: list[Sample]
-    val: list[Sample]
-    modalities: dict[str, ModalitySpec]
-    class_names: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def ids(self) -> list[str]:
-        return [s.id for s in self.pool]
-
-
-def select_modalities(
-    available: dict[str, ModalitySpec], wanted: tuple[str, ...], where: str
-) -> dict[str, ModalitySpec]:
-    """The ``wanted`` modalities of ``available`` (all when empty); ValueError naming ``where`` otherwise."""
-    if not wanted:
-        return dict(available)
-    missing = [m for m in wanted if m not in available]
-    if missing:
-        raise ValueError(f"SimConfig.modalities: {missing} not offered by {where}; available: {sorted(available)}")
-    return {m: available[m] for m in wanted}
-
-
-def restrict_labels(sample: Sample, names: list[str]) -> Sample:
-    """Keep only ``names`` (LabelPool with everything labelled does exactly this)."""
-    full = LabelPool(1, names)
-    full.label_images([0])
-    return full.apply(sample, 0)
+__all__ = ["load_data"]
 
 
 def load_data(config: SimConfig) -> SimData:
@@ -62,8 +27,6 @@ def load_data(config: SimConfig) -> SimData:
     if config.dataset not in DATASETS:
         raise ValueError(composed_reader_missing(config.dataset))
     if config.dataset in PHOTO_DATASETS:
-        from mtal_models.simulate.photos import load_photo_data
-
         return load_photo_data(config)
     if config.dataset == "synthetic":
         scene = SceneConfig(height=size, width=size)

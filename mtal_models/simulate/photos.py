@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from mtal_models.data import Sample
 from mtal_models.data.photos import fit_canvas, pennfudan_split, read_camvid, read_pennfudan
 from mtal_models.simulate.config import SimConfig
-from mtal_models.simulate.data import SimData, restrict_labels, select_modalities
+from mtal_models.simulate.sim_data import SimData, restrict_labels, select_modalities
 
 __all__ = ["load_photo_data"]
 

@@ -14,7 +14,7 @@ import torch
 
 from mtal_models.simulate.config import SimConfig
 from mtal_models.simulate.data import load_data
-from mtal_models.simulate.loop import run_reference, run_strategy
+from mtal_models.simulate.rounds import run_reference, run_strategy
 from mtal_models.simulate.report import labels_table, write_outputs
 from mtal_models.training import resolve_device
 
@@ -57,7 +57,7 @@ def _bar(total: int, enabled: bool) -> Any:
 
 
 def simulate(config: SimConfig, out: str | Path, progress: bool = True) -> SimResult:
-    """Run (or resume) the whole experiment in ``out``; see :mod:`mtal_models.simulate.loop`."""
+    """Run (or resume) the whole experiment in ``out``; see :mod:`mtal_models.simulate.rounds`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:

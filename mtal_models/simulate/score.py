@@ -19,7 +19,7 @@ from mtal_models.modalities import ModalitySpec
 __all__ = ["HIGHER_IS_BETTER", "flat_metrics", "headline", "labels_to_target", "mdsq_score", "task_scores"]
 
 HIGHER_IS_BETTER = {"miou": True, "f1": True, "odsf": True, "map": True, "rmse": False, "mean_angle": False}
-# the edit cost of the prefill (mtal_models.prefill), reported next to the headline metrics
+# the edit cost of the prefill (mtal_models.edit_cost), reported next to the headline metrics
 EDIT_COST = ("mask_edit_share", "box_precision", "box_recall", "duplicates_per_object", "display_threshold")
 
 

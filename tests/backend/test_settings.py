@@ -104,8 +104,8 @@ AUTO_DENSE = "mtal_unweighted"  # the best measured in docs/results.md (README, 
 
 
 def test_backend_auto_strategy_per_network() -> None:
-    from backend.model import load_schema
-    from backend.trainrank import strategy_for
+    from backend.serving.model import load_schema
+    from backend.serving.strategy import strategy_for
 
     dense = load_schema('<View><Image name="image" value="$image"/><BrushLabels name="sem" toName="image">'
                         '<Label value="a"/></BrushLabels></View>')

@@ -69,15 +69,15 @@ def test_compose_wiring() -> None:
 
 
 @pytest.mark.parametrize(("name", "command"), [
-    ("Dockerfile.backend", '["gunicorn", "-c", "backend/gunicorn.conf.py", "backend.wsgi:app"]'),
-    ("Dockerfile.worker", '["python", "-m", "backend.worker"]'),
+    ("Dockerfile.backend", '["gunicorn", "-c", "backend/web/gunicorn.conf.py", "backend.web.wsgi:app"]'),
+    ("Dockerfile.worker", '["python", "-m", "backend.loop.worker"]'),
 ])
 def test_dockerfiles_run_as_non_root(name: str, command: str) -> None:
     lines = [ln.strip() for ln in (ROOT / "docker" / name).read_text().splitlines()]
     users = [ln for ln in lines if ln.startswith("USER ")]
     assert users and users[-1] != "USER root"
     assert lines[[i for i, ln in enumerate(lines) if ln.startswith("CMD ")][-1]] == f"CMD {command}"
-    for path in ("backend/gunicorn.conf.py", "backend/wsgi.py", "backend/worker.py"):
+    for path in ("backend/web/gunicorn.conf.py", "backend/web/wsgi.py", "backend/loop/worker.py"):
         assert (ROOT / path).is_file(), path
 
 

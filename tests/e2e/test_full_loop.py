@@ -1,7 +1,7 @@
 """The whole loop in the production topology against a real Label Studio 1.23 (GitHub issue 7).
 
 Processes: Label Studio (``label_studio`` fixture), redis-server (``redis_url``), the backend under
-gunicorn (``backend/gunicorn.conf.py``) and a separate ``python -m backend.worker`` on that Redis.
+gunicorn (``backend/web/gunicorn.conf.py``) and a separate ``python -m backend.loop.worker`` on that Redis.
 Everything else goes through the REST APIs, as a user's Label Studio would:
 
 1. create a det+seg project (semantic BrushLabels + objects RectangleLabels + the ``mtal_labelled``
@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.ls_api import UNCERTAINTY_SAMPLING
+from backend.labelstudio.client import UNCERTAINTY_SAMPLING
 from tests.support.label_studio import LabelStudioServer
 from tests.support.mtal_processes import ManagedProcess, backend_env, start_backend, start_worker
 from tests.support.scene_project import CHOICES_TAG, SceneProject, annotate, create_scene_project

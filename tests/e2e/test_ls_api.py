@@ -1,4 +1,4 @@
-"""backend.ls_api against a real Label Studio 1.23 (fixture ``label_studio`` from tests/conftest.py).
+"""backend.labelstudio.client against a real Label Studio 1.23 (fixture ``label_studio`` from tests/conftest.py).
 
 Each test builds its own project, so they are independent. Expected outcomes come from the data the
 test itself pushes (e.g. the task with the lowest pushed score must be served first).
@@ -20,7 +20,7 @@ import requests
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
-from backend.ls_api import UNCERTAINTY_SAMPLING, LabelStudioAPI, LabelStudioAPIError
+from backend.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI, LabelStudioAPIError
 from tests.support.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.e2e
@@ -230,7 +230,7 @@ def test_ml_backend_connect_and_train_flow(api: LabelStudioAPI, label_studio: La
 
 
 def test_model_versions_listed_and_older_ones_deleted(api: LabelStudioAPI, label_studio: LabelStudioServer) -> None:
-    from backend.trainrank import prune_predictions
+    from backend.loop.rank_pass import prune_predictions
 
     pid, ids = _make_project(api, label_studio, "prune", 2)
     names = [f"mtal-{pid}-v{n}-0000000{n}" for n in (1, 2, 3)]
@@ -252,7 +252,7 @@ def test_old_versions_show_in_the_task_view_until_pruned(api: LabelStudioAPI, la
     Data Manager (``GET /api/tasks/{id}/``, what the editor loads) gives every version's prediction, so
     the editor lists both. Hence MTAL_KEEP_PREDICTION_VERSIONS=1: older versions are deleted once the
     new ranking is pushed."""
-    from backend.trainrank import prune_predictions
+    from backend.loop.rank_pass import prune_predictions
 
     pid, ids = _make_project(api, label_studio, "versions", 1)
     old, new = f"mtal-{pid}-v1-00000001", f"mtal-{pid}-v2-00000002"

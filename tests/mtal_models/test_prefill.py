@@ -10,14 +10,8 @@ import torch
 
 from mtal_models.metrics import MetricSet
 from mtal_models.modalities import ModalitySpec
-from mtal_models.prefill import (
-    BoxPrefillMetric,
-    PrefillConfig,
-    choose_threshold,
-    count_box_edits,
-    remove_speckle,
-    suppress_duplicates,
-)
+from mtal_models.edit_cost import BoxPrefillMetric, choose_threshold, count_box_edits
+from mtal_models.postprocess import PrefillConfig, remove_speckle, suppress_duplicates
 
 DET = ModalitySpec("objects", "detection", 3)
 SEG = ModalitySpec("semantic", "segmentation", 3)

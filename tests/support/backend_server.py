@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from werkzeug.serving import make_server
 
-from backend.app import create_app
+from backend.web.app import create_app
 from backend.settings import Settings
 
 __all__ = ["serve_backend"]

@@ -1,5 +1,5 @@
 """Real processes for the fault tests and the load benchmark: a redis-server of its own (restartable on
-its port), the backend under gunicorn, ``python -m backend.worker`` processes, and the in-memory fake of
+its port), the backend under gunicorn, ``python -m backend.loop.worker`` processes, and the in-memory fake of
 Label Studio's REST API (:mod:`bench.fake_ls`, stoppable and restartable on its port) serving a project
 of 64 px image tasks, some with semantic brush annotations.
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from backend.convert import mask_to_rle
+from backend.labelstudio.convert import mask_to_rle
 from bench.fake_ls import FakeLabelStudio
 from tests.support.mtal_processes import ManagedProcess, backend_env, start_backend, start_worker
 from tests.support.redis_server import RedisServer
@@ -87,7 +87,7 @@ class FaultRig:
 
     # ---- processes ---------------------------------------------------------------------------------
     def worker(self, prefix: list[str] | None = None, **extra: str) -> ManagedProcess:
-        """Start one more ``python -m backend.worker`` (``extra`` overrides the environment); stopped with
+        """Start one more ``python -m backend.loop.worker`` (``extra`` overrides the environment); stopped with
         the rig. ``prefix``: a command to run it under (e.g. ``prlimit --fsize=N --``)."""
         self._workers += 1
         name = f"fault-worker-{self._workers}"

@@ -1,4 +1,4 @@
-"""The production topology as real processes: the backend under gunicorn and ``python -m backend.worker``.
+"""The production topology as real processes: the backend under gunicorn and ``python -m backend.loop.worker``.
 
 Used by the end-to-end suite (``tests/e2e/test_full_loop.py``) and the demo (``scripts/demo.py``).
 Each process runs in its own session (process group) with its output in a log file, so ``stop()``
@@ -107,16 +107,16 @@ def _bin(name: str) -> str:
 
 
 def start_backend(env: Mapping[str, str], workdir: Path, port: int | None = None,
-                  timeout: float = 120.0, app: str = "backend.wsgi:app") -> ManagedProcess:
-    """``gunicorn -c backend/gunicorn.conf.py <app>`` on ``port`` (free one by default); returns once
+                  timeout: float = 120.0, app: str = "backend.web.wsgi:app") -> ManagedProcess:
+    """``gunicorn -c backend/web/gunicorn.conf.py <app>`` on ``port`` (free one by default); returns once
     ``GET /health`` answers ``{"status": "UP"}``. ``app`` other than the backend: benchmarks' baselines.
 
     Raises:
         ProcessStartError: gunicorn exited or /health did not answer within ``timeout`` s.
     """
     port = port or free_port()
-    args = [_bin("gunicorn"), "-c", "backend/gunicorn.conf.py", app]
-    name = "backend" if app == "backend.wsgi:app" else app.split(":")[0].rsplit(".", 1)[-1]
+    args = [_bin("gunicorn"), "-c", "backend/web/gunicorn.conf.py", app]
+    name = "backend" if app == "backend.web.wsgi:app" else app.split(":")[0].rsplit(".", 1)[-1]
     proc = ManagedProcess.spawn(name, args, {**env, "PORT": str(port)}, Path(workdir) / f"{name}.log")
     proc.url = f"http://127.0.0.1:{port}"
 
@@ -132,7 +132,7 @@ def start_backend(env: Mapping[str, str], workdir: Path, port: int | None = None
 
 def start_worker(env: Mapping[str, str], workdir: Path, name: str = "mtal-e2e-worker",
                  timeout: float = 60.0, prefix: list[str] | None = None) -> ManagedProcess:
-    """``python -m backend.worker --name <name>`` on ``env["REDIS_URL"]``; returns once the worker has
+    """``python -m backend.loop.worker --name <name>`` on ``env["REDIS_URL"]``; returns once the worker has
     registered itself in Redis (so a job enqueued now will be picked up). ``prefix``: a command that runs
     it (``prlimit --fsize=N --``).
 
@@ -145,7 +145,7 @@ def start_worker(env: Mapping[str, str], workdir: Path, name: str = "mtal-e2e-wo
 
     if not env.get("REDIS_URL"):
         raise ValueError("env: REDIS_URL is required for a separate worker")
-    args = [*(prefix or []), sys.executable, "-m", "backend.worker", "--name", name]
+    args = [*(prefix or []), sys.executable, "-m", "backend.loop.worker", "--name", name]
     proc = ManagedProcess.spawn("worker", args, env, Path(workdir) / f"{name}.log")
     conn = redis.Redis.from_url(env["REDIS_URL"])
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.convert import mask_to_rle
+from backend.labelstudio.convert import mask_to_rle
 from mtal_models.data.photos import read_camvid
 from mtal_models.data.sample import Sample
 from tests.support.scene_project import CHOICES_TAG, create_local_files_project

@@ -2,8 +2,8 @@
 
 Reads the predictions of one model version back from Label Studio, as the editor gets them, turns
 them and the scenes' exact annotations into labels with the backend's own conversion
-(:func:`backend.convert.annotation_to_labels`), and measures what an annotator would fix with
-:mod:`mtal_models.prefill`'s definitions: the share of pixels to repaint, boxes to delete and draw,
+(:func:`backend.labelstudio.convert.annotation_to_labels`), and measures what an annotator would fix with
+:mod:`mtal_models.edit_cost`'s definitions: the share of pixels to repaint, boxes to delete and draw,
 duplicates per object. Used by the demo (before / after training) and the end-to-end suite.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import requests
 import torch
 
-from backend.convert import annotation_to_labels
-from backend.labeling import parse_label_config
-from mtal_models.prefill import BoxCounts, count_box_edits
+from backend.labelstudio.convert import annotation_to_labels
+from backend.labelstudio.label_config import parse_label_config
+from mtal_models.edit_cost import BoxCounts, count_box_edits
 from tests.support.photo_project import PhotoProject
 from tests.support.scene_project import CHOICES_TAG, SceneProject
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from backend.convert import annotation_to_labels
-from backend.labeling import ProjectSchema, parse_label_config
+from backend.labelstudio.convert import annotation_to_labels
+from backend.labelstudio.label_config import ProjectSchema, parse_label_config
 from tests.support.photo_project import PhotoProject
 from tests.support.scene_project import CHOICES_TAG, SceneProject
 

@@ -2,7 +2,7 @@
 
 Used by the end-to-end suites and the demo: images are rendered by :mod:`mtal_models.data`, written
 under LS's local-files root and imported as ``/data/local-files/?d=...`` tasks; annotations are
-built from the scenes' ground truth with :mod:`backend.convert`, so tests know what a perfect
+built from the scenes' ground truth with :mod:`backend.labelstudio.convert`, so tests know what a perfect
 annotator would have drawn.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from backend.convert import box_to_rect, mask_to_rle
-from backend.labeling import parse_label_config
+from backend.labelstudio.convert import box_to_rect, mask_to_rle
+from backend.labelstudio.label_config import parse_label_config
 from mtal_models.data import SceneConfig, SyntheticDataset
 from mtal_models.data.sample import Sample
 from mtal_models.data.synth import STUFF_CLASSES
@@ -154,14 +154,14 @@ def annotate(url: str, headers: dict[str, str], project: SceneProject | PhotoPro
 
 
 def scene_model(tmp: Path, boxes: bool, n: int = 6, **settings: Any) -> tuple[Any, Any, Any, list[Sample]]:
-    """A project "7" set up in a :class:`backend.store.ModelStore` at ``tmp`` (tiny net, 64 px scenes,
+    """A project "7" set up in a :class:`backend.serving.store.ModelStore` at ``tmp`` (tiny net, 64 px scenes,
     one training epoch; ``settings`` override), and ``n`` scenes labelled for its modalities only.
     Returns (store, model, settings, samples)."""
     import torch
 
-    from backend.model import MTALModel
+    from backend.serving.model import MTALModel
     from backend.settings import Settings
-    from backend.store import ModelStore
+    from backend.serving.store import ModelStore
 
     torch.manual_seed(0)
     scene = SceneConfig(height=64, width=64)

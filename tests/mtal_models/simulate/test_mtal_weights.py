@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from mtal_models.simulate import PRESETS, initial_images, simulate
-from mtal_models.simulate.loop import merge_weights
+from mtal_models.simulate.rounds import merge_weights
 
 
 def test_merge_keeps_earlier_weights_and_adds_only_the_chosen() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtal_models.simulate.loop as loop
+import mtal_models.simulate.rounds as rounds
 from mtal_models.simulate import PRESETS, simulate
 
 TINY = PRESETS["tiny"]
@@ -17,13 +17,13 @@ TINY = PRESETS["tiny"]
 
 def test_pseudo_label_weight_reaches_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[float, float, float]] = []
-    real = loop.fit
+    real = rounds.fit
 
     def recording(model, loader, config, **kwargs):  # type: ignore[no-untyped-def]
         seen.append((config.pseudo_label_weight, config.pseudo_label_confidence, config.mtpsl_weight))
         return real(model, loader, config, **kwargs)
 
-    monkeypatch.setattr(loop, "fit", recording)
+    monkeypatch.setattr(rounds, "fit", recording)
     config = TINY.replace(strategies=("partal",), rounds=1, steps_per_round=2, full_steps=2,
                           substitution_prob=0.2, pseudo_label_weight=0.5, pseudo_label_confidence=0.7,
                           mtpsl_weight=0.1)
@@ -32,18 +32,18 @@ def test_pseudo_label_weight_reaches_fit(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_pseudo_label_weight_is_a_result_field_that_keeps_older_runs_valid() -> None:
-    old = loop.settings_key(TINY)  # stored runs trained without guesses or MTPSL
+    old = rounds.settings_key(TINY)  # stored runs trained without guesses or MTPSL
     assert not {"pseudo_label_weight", "pseudo_label_confidence", "mtpsl_weight"} & set(old)
     on = TINY.replace(substitution_prob=0.2, pseudo_label_weight=1.0)
-    assert loop.settings_key(on)["pseudo_label_weight"] == 1.0
-    assert loop.settings_key(TINY.replace(mtpsl_weight=0.1))["mtpsl_weight"] == 0.1
+    assert rounds.settings_key(on)["pseudo_label_weight"] == 1.0
+    assert rounds.settings_key(TINY.replace(mtpsl_weight=0.1))["mtpsl_weight"] == 0.1
     with pytest.raises(ValueError, match="substitution_prob"):
         TINY.replace(substitution_prob=0.0, pseudo_label_weight=1.0)
 
 
 def test_previous_teacher_is_the_last_rounds_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     teachers: list[object] = []
-    real = loop.fit
+    real = rounds.fit
 
     def recording(model, loader, config, teacher=None, **kwargs):  # type: ignore[no-untyped-def]
         teachers.append(None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()})
@@ -52,7 +52,7 @@ def test_previous_teacher_is_the_last_rounds_network(tmp_path: Path, monkeypatch
         return result
 
     trained: list[dict] = []
-    monkeypatch.setattr(loop, "fit", recording)
+    monkeypatch.setattr(rounds, "fit", recording)
     config = TINY.replace(strategies=("partal",), rounds=2, steps_per_round=2, full_steps=2,
                           substitution_prob=0.2, pseudo_label_weight=1.0, pseudo_label_teacher="previous")
     simulate(config, tmp_path, progress=False)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-import mtal_models.simulate.loop as loop
+import mtal_models.simulate.rounds as rounds
 from mtal_models.data import LabelPool, Sample
 from mtal_models.simulate import PRESETS, simulate
-from mtal_models.simulate.data import SimData, load_data
+from mtal_models.simulate.data import load_data
+from mtal_models.simulate.sim_data import SimData
 from mtal_models.training.data import SAMPLINGS, draw_probabilities
 
 TINY = PRESETS["tiny"]
@@ -68,7 +69,7 @@ def test_unknown_sampling_raises(data: SimData) -> None:
 @pytest.mark.parametrize("sampling", ["label", "modality"])
 def test_step_loader_draws_follow_the_probabilities(data: SimData, sampling: str) -> None:
     samples = _labelled(data, full=2, semantic_only=4)
-    loader = loop._train_loader(samples, data.modalities, batch_size=8, seed=0, steps=500, sampling=sampling)
+    loader = rounds._train_loader(samples, data.modalities, batch_size=8, seed=0, steps=500, sampling=sampling)
     assert isinstance(loader.sampler, WeightedRandomSampler)
     batches = list(loader)
     assert len(batches) == 500 and all(len(b.ids) == 8 for b in batches)
@@ -82,7 +83,7 @@ def test_step_loader_is_unchanged_on_fully_labelled_sets(data: SimData) -> None:
     reference draw exactly the same batches as before ``sampling`` existed."""
     orders = {}
     for sampling in SAMPLINGS:
-        loader = loop._train_loader(data.pool[:10], data.modalities, batch_size=4, seed=3, steps=6, sampling=sampling)
+        loader = rounds._train_loader(data.pool[:10], data.modalities, batch_size=4, seed=3, steps=6, sampling=sampling)
         assert isinstance(loader.sampler, RandomSampler)
         orders[sampling] = [i for b in loader for i in b.ids]
     assert orders["modality"] == orders["label"] == orders["image"]
@@ -92,46 +93,46 @@ def test_config_sampling_reaches_the_loader_and_the_settings_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[str] = []
-    real = loop._train_loader
+    real = rounds._train_loader
 
     def recording(*args: object, **kwargs: object) -> object:
         seen.append(str(args[5] if len(args) > 5 else kwargs["sampling"]))
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loop, "_train_loader", recording)
+    monkeypatch.setattr(rounds, "_train_loader", recording)
     config = TINY.replace(strategies=("random",), rounds=1, steps_per_round=2, full_steps=2, sampling="label")
     simulate(config, tmp_path, progress=False)
     assert seen == ["label"] * 3  # reference, rounds 0 and 1
-    assert loop.settings_key(config)["sampling"] == "label"
+    assert rounds.settings_key(config)["sampling"] == "label"
     assert TINY.sampling == PRESETS["default"].sampling == "modality"
 
 
 def test_label_steps_present_as_many_labels_as_full_image_steps(data: SimData) -> None:
-    assert loop.label_steps(data.pool[:5], NAMES, "modality", 200) == 200  # fully labelled: unchanged
+    assert rounds.label_steps(data.pool[:5], NAMES, "modality", 200) == 200  # fully labelled: unchanged
     samples = _labelled(data, full=2, semantic_only=4)
     # modality draws: p = 7/18 for each full image, 1/18 for each semantic-only one -> 46/18 labels a draw
-    assert loop.label_steps(samples, NAMES, "modality", 200) == int(np.ceil(200 * 3 / (46 / 18)))  # 235
+    assert rounds.label_steps(samples, NAMES, "modality", 200) == int(np.ceil(200 * 3 / (46 / 18)))  # 235
     # uniform draws: 10 labels over 6 images
-    assert loop.label_steps(samples, NAMES, "image", 200) == 360
+    assert rounds.label_steps(samples, NAMES, "image", 200) == 360
 
 
 def test_step_budget_is_a_result_field_that_keeps_older_runs_valid() -> None:
-    base = loop.settings_key(TINY)
+    base = rounds.settings_key(TINY)
     assert "step_budget" not in base  # runs stored before the field existed had "steps"
-    assert loop.settings_key(TINY.replace(step_budget="labels"))["step_budget"] == "labels"
+    assert rounds.settings_key(TINY.replace(step_budget="labels"))["step_budget"] == "labels"
     with pytest.raises(ValueError, match="step_budget"):
         TINY.replace(step_budget="epochs")
 
 
 def test_step_budget_labels_gives_pair_rounds_more_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    real = loop._train_loader
+    real = rounds._train_loader
 
     def recording(*args: object, **kwargs: object) -> object:
         seen.append(int(args[4]))  # steps
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loop, "_train_loader", recording)
+    monkeypatch.setattr(rounds, "_train_loader", recording)
     config = TINY.replace(strategies=("partal",), rounds=1, steps_per_round=2, full_steps=2, step_budget="labels")
     simulate(config, tmp_path, progress=False)
     # reference and round 0 (full images): 2 steps; round 1 adds 6 single-modality pairs: more

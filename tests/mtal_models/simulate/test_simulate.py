@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtal_models.simulate.loop as loop
+import mtal_models.simulate.rounds as rounds
 from mtal_models.modalities import ModalitySpec
 from mtal_models.simulate import PRESETS, SimConfig, initial_images, labels_to_target, load_config, simulate
 from mtal_models.simulate.cli import main
@@ -95,13 +95,13 @@ def test_same_seed_same_initial_set_for_every_strategy(tiny_run: tuple[Path, obj
 
 def test_resume_does_not_recompute_finished_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real_fit = loop.fit
+    real_fit = rounds.fit
 
     def counting_fit(*args: object, **kwargs: object) -> object:
         calls.append(1)
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "fit", counting_fit)
+    monkeypatch.setattr(rounds, "fit", counting_fit)
     config = TINY.replace(strategies=("random",), rounds=1)
     first = simulate(config, tmp_path, progress=False)
     assert len(calls) == 1 + 2  # reference + rounds 0 and 1
@@ -258,6 +258,6 @@ def test_detseg_run_reports_mdsq_and_boxmask_matches_classes_by_name(tmp_path: P
     assert {r["strategy"] for r in result.rows} == {"random", "boxmask"}
     assert all("mdsq" in r for r in result.rows) and "mdsq" in _csv(tmp_path / "metrics.csv")[0]
     data = load_data(config)
-    strategy = loop.get_strategy("boxmask", **loop._strategy_options(config, "boxmask", 0, 1, data.class_names))
+    strategy = rounds.get_strategy("boxmask", **rounds._strategy_options(config, "boxmask", 0, 1, data.class_names))
     _, _, mapping = strategy.mapping(data.modalities)
     assert mapping is not None and mapping.tolist() == list(range(3, 3 + data.modalities["objects"].channels))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtal_models.simulate.loop as loop
+import mtal_models.simulate.rounds as rounds
 from mtal_models.simulate import PRESETS, simulate
 from mtal_models.simulate.data import load_data
 
@@ -20,7 +20,7 @@ TINY = PRESETS["tiny"]
 def test_step_loader_gives_exactly_the_steps_and_covers_every_sample(n_samples: int) -> None:
     data = load_data(TINY.replace(n_images=max(n_samples, 2)))
     samples = data.pool[:n_samples]
-    loader = loop._train_loader(samples, data.modalities, batch_size=4, seed=0, steps=7)
+    loader = rounds._train_loader(samples, data.modalities, batch_size=4, seed=0, steps=7)
     batches = list(loader)
     assert len(loader) == len(batches) == 7
     assert all(len(b.ids) == 4 for b in batches)
@@ -33,21 +33,21 @@ def test_step_loader_gives_exactly_the_steps_and_covers_every_sample(n_samples: 
 
 def test_epoch_loader_is_unchanged_without_steps() -> None:
     data = load_data(TINY)
-    loader = loop._train_loader(data.pool[:10], data.modalities, batch_size=4, seed=0)
+    loader = rounds._train_loader(data.pool[:10], data.modalities, batch_size=4, seed=0)
     assert len(loader) == 3  # ceil(10 / 4); a last batch of one would be dropped
 
 
 def _record_fit(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """Replace loop.fit by a recorder of (first parameter at the call, loader length, TrainConfig)."""
+    """Replace rounds.fit by a recorder of (first parameter at the call, loader length, TrainConfig)."""
     calls: list[dict] = []
-    real_fit = loop.fit
+    real_fit = rounds.fit
 
     def recording_fit(model: torch.nn.Module, loader: object, config: object, **kwargs: object) -> object:
         first = next(model.parameters()).detach().clone()
         calls.append({"param": first, "steps": len(loader), "config": config})  # type: ignore[arg-type]
         return real_fit(model, loader, config, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loop, "fit", recording_fit)
+    monkeypatch.setattr(rounds, "fit", recording_fit)
     return calls
 
 

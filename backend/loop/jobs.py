@@ -1,0 +1,229 @@
+"""The RQ jobs: train on every annotation in Label Studio, then rank the project's tasks.
+
+Top-level functions taking plain ids (RQ imports them by path); the only place that joins Label
+Studio (:mod:`backend.labelstudio.client`), the model core (:mod:`mtal_models`) and the model store.
+
+train_job(project)
+    Reads ALL labelled tasks from Label Studio (the source of truth: a lost webhook loses nothing),
+    builds the partial-label dataset (image cache reused), continues from the current version's
+    weights, holds out a validation split, trains with the strategy's training options (MTAL sample
+    weights, committee, MTPSL term), publishes a new version with its metrics (atomic), then enqueues
+    the rank job. A failure is recorded in the coordinator and never touches the current version.
+rank_job(project)
+    Scores every task with the project's strategy in one pass that also produces the
+    pre-annotations, pushes one prediction per unlabelled task (score: low = label first, cluster,
+    the new model version, the requested modalities ticked in the choices tag), sets the project's
+    ``model_version`` and ``sampling = "Uncertainty sampling"`` so ``/next`` serves that order, and
+    stores the ranking for ``/predict``.
+
+Both run under the run's lease (:meth:`Coordinator.hold`) and as its owner (their RQ job id): a job whose
+run was taken over stops with LeaseLost before it writes anything. Label Studio unreachable while
+reading annotations or ranking: retried with backoff (``MTAL_LS_RETRIES``, ``MTAL_LS_BACKOFF_S``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import get_current_job
+
+from backend.loop.coordinator import Coordinator, LeaseLost
+from backend.labelstudio.images import ImageFetcher
+from backend.labelstudio.label_config import ProjectSchema
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAPIError
+from backend.serving.model import MTALModel, load_schema
+from backend.logs import redact
+from backend.loop.queue import open_queue
+from backend.settings import Settings
+from backend.serving.store import ModelStore
+from backend.labelstudio.tasks import prepare_tasks
+from backend.loop.rank_pass import NothingFetched, rank_tasks
+from backend.loop.train_round import train_version
+
+__all__ = ["JobContext", "configure", "ls_unreachable", "rank_job", "train_job"]
+
+log = logging.getLogger(__name__)
+_configured: Settings | None = None
+
+
+def configure(settings: Settings | None) -> None:
+    """Jobs running inside the server (embedded queue) use the server's settings, not the environment."""
+    global _configured
+    _configured = settings
+
+
+@dataclass
+class JobContext:
+    """Everything a job needs, built once per job from the settings."""
+
+    settings: Settings
+    store: ModelStore
+    coordinator: Coordinator
+    ls: LabelStudioAPI
+    fetcher: ImageFetcher
+    owner: str | None = None  # the RQ job id that owns the run (None outside RQ: unchecked)
+
+    def check_owner(self, project: str) -> None:
+        """LeaseLost when this job's run was taken over (called before every write that outlives it)."""
+        self.coordinator.check_owner(project, self.owner)
+
+    @classmethod
+    def create(cls) -> JobContext:
+        settings = _configured or Settings.from_env()
+        if not settings.label_studio_url or not settings.label_studio_api_key:
+            raise RuntimeError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read annotations")
+        return cls(
+            settings=settings,
+            store=ModelStore(settings.model_dir, device=settings.torch_device()),
+            coordinator=Coordinator(open_queue(settings.redis_url, start_worker=False), lease_s=settings.lease_s),
+            ls=LabelStudioAPI(settings.label_studio_url, settings.label_studio_api_key),
+            fetcher=ImageFetcher(
+                settings.label_studio_url,
+                settings.label_studio_api_key,
+                allow_hosts=settings.allow_hosts,
+                cache_dir=settings.cache_dir,
+            ),
+        )
+
+    def schema(self, project: str) -> ProjectSchema:
+        """The project's schema from its current labeling config in Label Studio; makes sure the store
+        has a version matching it (a fresh initial one if the config changed its modalities)."""
+        config = self.ls.get_project(int(project))["label_config"]
+        MTALModel(project, config, self.settings, self.store).setup()
+        return load_schema(config, self.settings.dense_fields)
+
+
+def _run(stage: str, project: Any, body: Any) -> Any:
+    """Run ``body(ctx, project)``; on failure record the error (the state machine gives the label
+    counts back and honours follow-ups) and re-raise so RQ keeps the traceback too."""
+    project = str(project)
+    if not re.fullmatch(r"[0-9]{1,20}", project):  # a Label Studio project id; never "7\n" (int() accepts it)
+        raise ValueError(f"{stage}: {project[:40]!r} is not a Label Studio project id")
+    job = get_current_job()
+    owner = job.id if job is not None else None
+    ctx = None
+    try:
+        ctx = JobContext.create()
+        ctx.owner = owner
+        with ctx.coordinator.hold(project, owner):  # the lease: a killed job's run is taken over when it expires
+            return body(ctx, project)
+    except LeaseLost as e:  # another run owns the project now: leave its state, versions and ranking alone
+        log.warning("%s job of project %s stopped: %s", stage, project, e)
+        raise
+    except Exception as e:
+        if ctx is not None:
+            coordinator = ctx.coordinator
+        else:
+            coordinator = Coordinator(open_queue((_configured or Settings.from_env()).redis_url, start_worker=False))
+        try:
+            coordinator.fail(project, f"{stage}: {type(e).__name__}: {e}", owner=owner)
+        except LeaseLost:
+            log.warning("%s job of project %s failed after its run was taken over: %s", stage, project, e)
+        raise
+
+
+def train_job(project: Any) -> str:
+    """Train a new version of ``project`` on all its annotations; enqueues ranking. Returns the version."""
+
+    def body(ctx: JobContext, project: str) -> str:
+        ctx.coordinator.begin(project, ctx.owner)
+        ctx.store.remove_leftovers(project)  # a killed run's temporary checkpoints
+        started = time.time()
+        schema, tasks = _retry_ls(ctx, project, "reading annotations",
+                                  lambda: (ctx.schema(project), list(ctx.ls.iter_labelled_tasks(int(project)))))
+        samples = [p.sample for _, p in prepare_tasks(ctx, tasks, schema, ctx.settings.image_size) if p.labelled]
+        if not samples:
+            raise ValueError(f"project {project} has no usable labelled task yet ({len(tasks)} annotated)")
+        val_fraction = ctx.settings.val_fraction if len(samples) >= 10 else 0.0
+        val = [s for s in samples if _in_val(s.id, val_fraction)]
+        train = [s for s in samples if not _in_val(s.id, val_fraction)]
+        if not train:  # every task hashed into validation: train on all, validate on none
+            train, val = samples, []
+        ranking = ctx.store.ranking(project)
+        last_throttle = [0.0]
+
+        def progress(epoch: int, step: int, loss: float) -> None:
+            if time.time() - last_throttle[0] >= 1.0:
+                last_throttle[0] = time.time()
+                try:
+                    ctx.coordinator.progress(project, ctx.owner, epoch=epoch, step=step, loss=round(float(loss), 6))
+                except RedisError as e:  # Redis restarting: keep training (LeaseLost still stops the run)
+                    log.warning("project %s: progress not recorded: %s", project, redact(str(e)))
+
+        version, metrics = train_version(
+            ctx.store, project, schema, ctx.settings, train, val, progress, ranking.get("weights") or {},
+            guard=lambda: ctx.check_owner(project),
+        )
+        metrics["train_seconds"] = round(time.time() - started, 3)
+        log.info("project %s: trained %s on %d tasks (%d val): %s", project, version, len(train), len(val), metrics)
+        ctx.coordinator.trained(project, version, metrics, owner=ctx.owner)
+        return version
+
+    return _run("train", project, body)
+
+
+def rank_job(project: Any) -> dict[str, Any]:
+    """Rank every task of ``project`` with the current version and push predictions to Label Studio;
+    Label Studio unreachable: the ranking is retried (see :func:`_retry_ls`)."""
+
+    def rank(ctx: JobContext, project: str) -> dict[str, Any]:
+        schema = ctx.schema(project)
+        version = ctx.store.current(project)
+        labelled = {t["id"]: t for t in ctx.ls.iter_labelled_tasks(int(project))}
+        tasks = list(labelled.values()) + [
+            t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in labelled
+        ]
+        return rank_tasks(ctx, project, schema, version, tasks, set(labelled), guard=lambda: ctx.check_owner(project))
+
+    def body(ctx: JobContext, project: str) -> dict[str, Any]:
+        ctx.coordinator.progress(project, ctx.owner, state="ranking")
+        summary = _retry_ls(ctx, project, "ranking", lambda: rank(ctx, project))
+        ctx.coordinator.finish(project, ctx.owner)
+        return summary
+
+    return _run("rank", project, body)
+
+
+def ls_unreachable(e: BaseException) -> bool:
+    """Label Studio did not answer, or answered that it is down or overloaded (no response, 408, 429, 5xx),
+    or not one task image could be fetched: worth another try later."""
+    if isinstance(e, LabelStudioAPIError):
+        return e.status is None or e.status in (408, 429) or e.status >= 500
+    return isinstance(e, NothingFetched)
+
+
+def _retry_ls(ctx: JobContext, project: str, what: str, step: Any) -> Any:
+    """``step()``, tried again while Label Studio is unreachable: ``ls_retries`` more times after waits of
+    ``ls_backoff_s`` doubling up to 60 s (the lease is renewed meanwhile); each wait is shown in /status as
+    the ``error``, cleared on success. The last failure is raised (the run fails, the project goes back to
+    idle with its counts)."""
+    settings, attempt = ctx.settings, 0
+    while True:
+        try:
+            result = step()
+        except Exception as e:
+            if not ls_unreachable(e) or attempt == settings.ls_retries:
+                raise
+            wait = min(60.0, settings.ls_backoff_s * 2**attempt)
+            attempt += 1
+            message = (f"{what}: Label Studio unreachable (try {attempt} of {settings.ls_retries + 1}, "
+                       f"next in {wait:g} s): {e}")
+            log.warning("project %s: %s", project, message)
+            ctx.coordinator.progress(project, ctx.owner, error=message[:2000], ls_retries=attempt)
+            time.sleep(wait)
+            continue
+        if attempt:
+            ctx.coordinator.progress(project, ctx.owner, error="", ls_retries=attempt)
+        return result
+
+
+def _in_val(sample_id: str, fraction: float) -> bool:
+    """Deterministic hold-out by task id: the same tasks stay in validation across runs."""
+    return fraction > 0 and (zlib.crc32(str(sample_id).encode()) % 1000) < fraction * 1000
+

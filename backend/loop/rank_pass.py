@@ -1,0 +1,207 @@
+"""One ranking pass over a project's tasks: score every task with the project's strategy, select, push one
+prediction per unlabelled task to Label Studio, store the ranking (and prune older versions' predictions).
+
+Driven by the rank job (:mod:`backend.loop.jobs`, which owns the Label Studio / coordinator plumbing)
+and directly by tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from backend.labelstudio.convert import predictions_to_results
+from backend.labelstudio.label_config import ProjectSchema
+from backend.labelstudio.tasks import prepare_tasks
+from backend.loop.rank_fields import kmeans_clusters, ls_scores, requested_modalities
+from backend.loop.result_spool import ResultSpool
+from backend.serving.prefill import Prefill
+from backend.serving.store import ModelStore, version_number
+from backend.serving.strategy import boxmask_modalities, strategy_for
+from backend.settings import Settings
+from mtal_models.data.sample import collate
+from mtal_models.strategies import Strategy, batch_outputs, concat_pool
+from mtal_models.strategies.collect import crop_outputs
+from mtal_models.training import load_checkpoint
+
+__all__ = ["NothingFetched", "RankContext", "loss_weights", "prune_predictions", "rank_tasks"]
+
+log = logging.getLogger(__name__)
+_CHUNK = 64  # tasks fetched and held in memory at once while ranking
+_PUSH_CHUNK = 500  # predictions built and sent to Label Studio at once
+
+
+class NothingFetched(ValueError):
+    """Not one task image of a ranking could be fetched (Label Studio or the image store is down)."""
+
+
+class RankContext(Protocol):
+    """What :func:`rank_tasks` needs of a job context."""
+
+    settings: Settings
+    store: ModelStore
+    ls: Any
+    fetcher: Any
+
+
+def rank_tasks(
+    ctx: RankContext,
+    project: str,
+    schema: ProjectSchema,
+    version: str,
+    tasks: Sequence[Mapping[str, Any]],
+    labelled_ids: set[Any],
+    guard: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy, push one
+    prediction per unlabelled task, point the project at ``version``, store the ranking. ``guard()`` runs
+    before every write to Label Studio or the store and may raise to stop them (a run that lost its lease)."""
+    settings, store = ctx.settings, ctx.store
+    device = settings.torch_device()
+    model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model.to(device).eval()
+    strategy = strategy_for(settings, schema)
+    previous = store.ranking(project)
+    strategy.load_state((previous.get("strategy_state") or {}).get(strategy.name, {}))
+    prefill = Prefill.for_version(settings, store.metadata(project, version))
+    with ResultSpool(store.tmp_dir(project)) as spool:
+        rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill)
+        if not rows:
+            raise NothingFetched(f"project {project}: no task image could be fetched; nothing to rank")
+        return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool,
+                                guard or (lambda: None))
+
+
+def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
+                 tasks: Sequence[Mapping[str, Any]], labelled_ids: set[Any],
+                 spool: ResultSpool, prefill: Prefill | None = None,
+                 ) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
+    """One pass over ``tasks`` in chunks: per-batch strategy scores, pooled features [B, D] (CPU), and
+    per fetched task a row {id, labelled modalities, size, "spooled": spool key of its pre-annotations, None
+    for labelled tasks}."""
+    prefill = prefill or Prefill()
+    settings, size, device = ctx.settings, ctx.settings.image_size, ctx.settings.torch_device()
+    rows: list[dict[str, Any]] = []
+    parts, pooled = [], []
+    for start in range(0, len(tasks), _CHUNK):
+        prepared = prepare_tasks(ctx, tasks[start:start + _CHUNK], schema, size)
+        # inputs of one shape and one image size inside it batched together (portrait and landscape photos
+        # would pad each other), so that the strategy scores each batch without its padding
+        prepared.sort(key=lambda tp: _shape_key(tp[1]))
+        n = settings.predict_batch_size
+        for (shape, inside), same in itertools.groupby(prepared, key=lambda tp: _shape_key(tp[1])):
+            same = list(same)
+            for group in (same[b:b + n] for b in range(0, len(same), n)):
+                batch = collate([p.sample for _, p in group], schema.modalities).to(device)
+                given = batch.labels if strategy.needs.conditioned else None
+                out = batch_outputs(model, batch.images, given, strategy.needs)
+                parts.append(strategy.score_batch(out if inside == shape else crop_outputs(out, *inside)))
+                pooled.append(out.pooled.detach().cpu())
+                for i, (task, p) in enumerate(group):
+                    key = None if task["id"] in labelled_ids else spool.add(
+                        _results(out.final, i, model, schema, p, prefill))
+                    rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled,
+                                 "size": (p.height, p.width)})
+    return rows, parts, pooled
+
+
+def _shape_key(p: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(input shape, the image's own size inside it) of a prepared task (no fit: the whole input)."""
+    shape = tuple(p.sample.image.shape[:2])
+    return shape, tuple(p.fit.resized) if p.fit is not None else shape
+
+
+def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,
+                     previous: Mapping[str, Any], rows: list[dict[str, Any]], parts: list[Any],
+                     pooled: list[torch.Tensor], spool: ResultSpool, guard: Callable[[], None]) -> dict[str, Any]:
+    """Select over the scored pool, push one prediction per candidate in chunks of 500 (pre-annotations
+    read back from ``spool``), point the project at ``version``, store the ranking."""
+    settings, store = ctx.settings, ctx.store
+
+    n = len(rows)
+    sensor = [m for m in schema.modalities if m not in schema.annotatable]  # depth/normals: not requestable
+    labelled = {m: torch.tensor([m in r["labelled"] or m in sensor for r in rows]) for m in schema.modalities}
+    candidates = [i for i, r in enumerate(rows) if r["spooled"] is not None]  # the unlabelled tasks
+    selection = strategy.select(concat_pool(parts), labelled, budget=max(1, len(candidates)))
+    scores = ls_scores(selection.scores, candidates)
+    requested = requested_modalities(selection, strategy.unit, labelled, candidates, schema.annotatable)
+    push_clusters = settings.clusters > 0 and len(candidates) <= settings.cluster_push_limit
+    clusters = kmeans_clusters(torch.cat(pooled), k=min(settings.clusters, n)) if push_clusters else None
+
+    def prediction(i: int) -> dict[str, Any]:
+        choices = predictions_to_results({}, schema, *rows[i]["size"], requested=requested.get(i) or None)
+        pred = {"task": int(rows[i]["id"]), "result": spool.get(rows[i]["spooled"]) + choices, "score": scores[i],
+                "model_version": version}
+        if clusters is not None:
+            pred["cluster"] = int(clusters[i])
+        return pred
+
+    pushed = 0
+    for b in range(0, len(candidates), _PUSH_CHUNK):
+        guard()
+        pushed += ctx.ls.create_predictions_bulk(int(project), [prediction(i) for i in candidates[b:b + _PUSH_CHUNK]])
+    guard()
+    if settings.set_sampling and candidates:
+        ctx.ls.set_project_ranking(int(project), version)
+    prune_predictions(ctx.ls, project, version, settings.keep_prediction_versions)
+    ids = [str(r["id"]) for r in rows]
+    guard()
+    store.save_ranking(project, {
+        "model_version": version,
+        "strategy": strategy.name,
+        "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, [])} for i in candidates},
+        "weights": loss_weights(previous.get("weights") or {}, selection.sample_weights(ids), ids,
+                                [ids[i] for i in candidates]),
+        "strategy_state": {**(previous.get("strategy_state") or {}), strategy.name: strategy.state()},
+    })
+    log.info("project %s: ranked %d tasks (%d candidates) with %s, pushed %d predictions",
+             project, n, len(candidates), strategy.name, pushed)
+    return {"version": version, "strategy": strategy.name, "tasks": n, "candidates": len(candidates),
+            "pushed": pushed}
+
+
+def loss_weights(previous: Mapping[str, Mapping[str, float]], fresh: Mapping[str, Mapping[str, float]],
+                 ids: Sequence[str], candidates: Sequence[str]) -> dict[str, dict[str, float]]:
+    """MTAL's per-sample loss weights (s_k(x), eq. 5) to store with a ranking of tasks ``ids``: every
+    unlabelled task (``candidates``) takes this ranking's weight, and a labelled task keeps the weight it
+    had in the last ranking before it was labelled (tasks labelled before any ranking have none: weight 1).
+    Rescoring labelled tasks with the current model would give the ones it already fits weights near 0
+    and drop them from training."""
+    labelled = set(ids) - set(candidates)
+    kept = {t: dict(w) for t, w in previous.items() if t in labelled}
+    return {**kept, **{t: dict(fresh[t]) for t in candidates if t in fresh}}
+
+
+def prune_predictions(ls: Any, project: str, current: str, keep: int) -> list[str]:
+    """Delete from Label Studio the predictions of MTAL's older versions of ``project``: every
+    ``mtal-<project>-v<N>-*`` version except ``current`` and the ``keep - 1`` newest others (``keep`` 0:
+    nothing). Versions of other backends or imports are never touched. Returns the deleted versions; a
+    failure is logged, never raised (the ranking is already pushed)."""
+    if keep <= 0:
+        return []
+    try:
+        ours = {v: n for v in ls.model_versions(int(project)) if (n := version_number(v, project)) is not None}
+        others = sorted((v for v in ours if v != current), key=lambda v: ours[v], reverse=True)
+        stale = others[keep - 1:]
+        for v in stale:
+            ls.delete_predictions(int(project), v)
+    except Exception as e:  # pruning is housekeeping: the new ranking is in place either way
+        log.warning("project %s: could not delete the predictions of older versions: %s", project, e)
+        return []
+    if stale:
+        log.info("project %s: deleted the predictions of %d older version(s): %s", project, len(stale), stale)
+    return stale
+
+
+def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: ProjectSchema, p: Any,
+             prefill: Prefill) -> list[dict[str, Any]]:
+    """Pre-annotations of image ``i`` of the batch at its original size through its Fit (no choices item)."""
+    preds = {}
+    for name, value in final.items():
+        spec = model.modalities[name]
+        preds[name] = (spec.activate(value[i : i + 1])[0] if spec.dense else value[i]).float().cpu().numpy()
+    return prefill.results(preds, schema, p.height, p.width, requested=None, fit=p.fit)

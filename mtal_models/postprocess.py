@@ -1,0 +1,98 @@
+"""What an annotator gets as a prefill: post-processing of one image's predictions before they become
+pre-annotations. What it costs them to fix the result is measured in :mod:`mtal_models.edit_cost`.
+Definitions (docs/models.md, "Edit cost"):
+
+- **Cross-class duplicate suppression** (:func:`suppress_duplicates`): the detector's own NMS is per
+  class, so one object can carry a box of every class. Boxes are suppressed across classes with
+  ``torchvision.ops.nms`` at IoU ``nms_iou`` (0.5): one box per object, the best-scoring class.
+  ``per_class=True`` keeps the detector's per-class boxes (``batched_nms``).
+- **Display threshold**: the score above which boxes are shown, chosen on validation images
+  (:func:`mtal_models.edit_cost.choose_threshold`); :data:`DEFAULT_THRESHOLD` (0.3) when there is
+  nothing to choose on.
+- **Speckle removal** (:func:`remove_speckle`): every 8-connected component of a class (background
+  included) smaller than ``min_area`` of the image's pixels is repainted with the class of the
+  nearest pixel outside the small components.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, nms
+
+from mtal_models.modalities import ModalitySpec
+
+__all__ = ["DEFAULT_THRESHOLD", "PrefillConfig", "remove_speckle", "suppress_duplicates"]
+
+DEFAULT_THRESHOLD = 0.3
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """How predictions become a prefill.
+
+    per_class: keep the detector's per-class boxes (no cross-class suppression).
+    nms_iou: IoU above which a lower-scoring box of any class is suppressed.
+    threshold: display score threshold of boxes; None = chosen on the evaluated images (max F1).
+    min_area: speckle size, a share of the image's pixels (0 = keep every component).
+    match_iou: IoU at which a prefilled box counts as the annotator's box.
+    """
+
+    per_class: bool = False
+    nms_iou: float = 0.5
+    threshold: float | None = None
+    min_area: float = 0.002
+    match_iou: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.nms_iou <= 1 or not 0 < self.match_iou <= 1:
+            raise ValueError(f"nms_iou and match_iou must be in (0, 1], got {self.nms_iou}, {self.match_iou}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1] or None, got {self.threshold}")
+        if not 0 <= self.min_area < 1:
+            raise ValueError(f"min_area must be in [0, 1), got {self.min_area}")
+
+
+def suppress_duplicates(rows: Tensor, iou: float = 0.5, per_class: bool = False) -> Tensor:
+    """One image's detections [K, 6 + C] (``x1, y1, x2, y2, score, class, probs...``; class < 0 =
+    padding) -> the kept rows [K', 6 + C], highest score first. Across classes (``nms``) unless
+    ``per_class`` (``batched_nms`` by class, what the detector already did)."""
+    if rows.dim() != 2 or rows.shape[1] < 6:
+        raise ValueError(f"detections must be [K, 6 + C], got {tuple(rows.shape)}")
+    rows = rows[rows[:, 5] >= 0]
+    if rows.shape[0] == 0:
+        return rows
+    boxes, scores = rows[:, :4].float(), rows[:, 4].float()
+    keep = batched_nms(boxes, scores, rows[:, 5].long(), iou) if per_class else nms(boxes, scores, iou)
+    return rows[keep]
+
+
+def remove_speckle(classes: np.ndarray, min_area: float) -> np.ndarray:
+    """int [H, W] class map -> the same map with every 8-connected component (of any class) smaller
+    than ``min_area * H * W`` pixels repainted with the class of the nearest pixel outside such small
+    components (``cv2.distanceTransformWithLabels``). Unchanged when nothing is small, or everything."""
+    cls = np.asarray(classes)
+    if cls.ndim != 2 or cls.size == 0:
+        raise ValueError(f"class map must be a non-empty [H, W] array, got shape {cls.shape}")
+    min_px = math.ceil(min_area * cls.size)
+    if min_px <= 1:
+        return cls
+    small = np.zeros(cls.shape, bool)
+    for c in np.unique(cls):
+        n, comp, stats, _ = cv2.connectedComponentsWithStats((cls == c).astype(np.uint8), connectivity=8)
+        tiny = stats[:, cv2.CC_STAT_AREA] < min_px
+        tiny[0] = False  # label 0: the pixels of other classes
+        if tiny.any():
+            small |= tiny[comp]
+    if not small.any() or small.all():
+        return cls
+    _, nearest = cv2.distanceTransformWithLabels(small.astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    lut = np.zeros(int(nearest.max()) + 1, cls.dtype)
+    lut[nearest[~small]] = cls[~small]
+    return lut[nearest]
