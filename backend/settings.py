@@ -6,7 +6,6 @@ value cannot be used. See ``docs/backend.md`` for the reference table.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -218,13 +217,15 @@ class Settings:
         if self.backbone is not None and self.backbone not in STANDARD_LAYERS:
             return f"MTAL_BACKBONE must be one of {sorted(STANDARD_LAYERS)}, got {self.backbone!r}"
         if self.pretrained_heads is not None and self.pretrained_heads not in PRETRAINED_HEADS:
-            return f"MTAL_PRETRAINED_HEADS must be one of {list(PRETRAINED_HEADS)} or unset, got {self.pretrained_heads!r}"
+            return (f"MTAL_PRETRAINED_HEADS must be one of {list(PRETRAINED_HEADS)} or unset, "
+                    f"got {self.pretrained_heads!r}")
         if self.pretrained_heads == "coco":
             if self.backbone not in (None, "resnet50"):
                 return f"MTAL_PRETRAINED_HEADS=coco loads torchvision's ResNet-50 detector: MTAL_BACKBONE must be " \
                        f"resnet50 or unset, got {self.backbone!r}"
             if self.backbone_weights != "auto":
-                return "MTAL_PRETRAINED_HEADS=coco takes the trunk from the COCO detector: leave MTAL_BACKBONE_WEIGHTS=auto"
+                return ("MTAL_PRETRAINED_HEADS=coco takes the trunk from the COCO detector: "
+                        "leave MTAL_BACKBONE_WEIGHTS=auto")
         if self.backbone_weights == "auto":
             return None
         trunk = self.trunk_config()

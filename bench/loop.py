@@ -236,12 +236,12 @@ class _RankContext:
 
 def bench_rank(tmp: Path, n_tasks: int, image_size: int, clusters: bool) -> tuple[float, dict[str, Any]]:
     """Seconds of one rank_tasks pass over ``n_tasks`` unlabelled tasks (cold image cache)."""
-    from backend.labelstudio.images import ImageFetcher
     from backend.labelstudio.client import LabelStudioAPI
-    from backend.serving.model import MTALModel, load_schema
-    from backend.settings import Settings
-    from backend.serving.store import ModelStore
+    from backend.labelstudio.images import ImageFetcher
     from backend.loop.rank_pass import rank_tasks
+    from backend.serving.model import MTALModel, load_schema
+    from backend.serving.store import ModelStore
+    from backend.settings import Settings
     from bench.fake_ls import FakeLabelStudio
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"rank{n_tasks}-", dir=tmp))

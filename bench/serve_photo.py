@@ -35,9 +35,9 @@ import torch
 from PIL import Image
 from werkzeug.serving import make_server
 
-from backend.web.app import create_app
 from backend.serving.predict import INFERENCE
 from backend.settings import Settings
+from backend.web.app import create_app
 from bench.serve import CONFIG, _FileServer, _Quiet, _serve
 
 N_TASKS = 16

@@ -41,8 +41,8 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
-from mtal_models.modalities import ModalitySpec, unpack_detections
 from mtal_models.edit_cost import build_prefill_metric
+from mtal_models.modalities import ModalitySpec, unpack_detections
 from mtal_models.postprocess import PrefillConfig
 
 __all__ = [

@@ -21,11 +21,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
-
-from mtal_models.modalities import ModalitySpec
 
 __all__ = ["DEFAULT_THRESHOLD", "PrefillConfig", "remove_speckle", "suppress_duplicates"]
 

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from backend.labelstudio.label_config import ProjectSchema, TagInfo
 from backend.labelstudio.regions import (
     box_to_rect,
     check_size,
@@ -25,7 +26,6 @@ from backend.labelstudio.regions import (
     rect_to_box,
     rle_to_mask,
 )
-from backend.labelstudio.label_config import ProjectSchema, TagInfo
 from mtal_models.data.sample import empty_label
 
 __all__ = [

@@ -61,8 +61,8 @@ import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from backend.labelstudio.decode import decode_fitted
 from backend.labelstudio.auth import ImageError, LSAuth, jwt_claims
+from backend.labelstudio.decode import decode_fitted
 from backend.labelstudio.netguard import UnsafeURL, is_public, parse_http_url, public_only_session
 from mtal_models.data.geometry import Fit
 
@@ -150,7 +150,8 @@ class ImageFetcher:
     def fetch_fitted(self, url: str, task_id: int | None, fit_for: Callable[[int, int], Fit]) -> tuple[np.ndarray, Fit]:
         """Image at ``url`` decoded straight to the network input: (uint8 [H, W, 3] padded, its
         :class:`~mtal_models.data.geometry.Fit`), ``fit_for(height, width)`` of the displayed image
-        (:func:`backend.labelstudio.decode.decode_fitted`: JPEG drafts, EXIF orientation, one full-size copy at most)."""
+        (:func:`backend.labelstudio.decode.decode_fitted`: JPEG drafts, EXIF orientation, one full-size copy at
+        most)."""
         return decode_fitted(self.fetch_bytes(url, task_id), url, fit_for, self.max_pixels)
 
     def fetch_array(self, url: str, task_id: int | None = None) -> np.ndarray:

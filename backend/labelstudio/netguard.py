@@ -21,7 +21,6 @@ IPv4-compatible, 6to4, Teredo, NAT64 ``64:ff9b::/96``) public too.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 import socket
 from dataclasses import dataclass

@@ -165,10 +165,10 @@ def prepare_task(task: Mapping[str, Any], schema: ProjectSchema, fetcher: Fetche
 
 def prepare_tasks(ctx: Any, tasks: Sequence[Mapping[str, Any]], schema: ProjectSchema, size: int) -> list:
     """[(task, PreparedTask)] for every task whose image could be fetched, in order (``ctx``: a job
-    context: its ``fetcher`` fetches, its ``settings.image_max_size``, when it has one, caps the longer side); images fetched by a
-    thread pool (and kept in the on-disk cache for the next run) and decoded to the network input
-    through the image geometry (shorter side ``size``, longer side at most ``image_max_size``); a bad
-    image is logged and skipped."""
+    context: its ``fetcher`` fetches, its ``settings.image_max_size``, when it has one, caps the longer
+    side); images fetched by a thread pool (and kept in the on-disk cache for the next run) and decoded
+    to the network input through the image geometry (shorter side ``size``, longer side at most
+    ``image_max_size``); a bad image is logged and skipped."""
     cap = getattr(getattr(ctx, "settings", None), "image_max_size", None)
     max_size = None if cap is None else max(size, cap)  # None: prepare_task's default, max(1024, size)
 

@@ -42,6 +42,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from backend.logs import redact
 from backend.loop.coordinator_scripts import (
     BEGIN,
     ENQUEUE,
@@ -53,7 +54,6 @@ from backend.loop.coordinator_scripts import (
     REQUEST,
     TAKE_OVER,
 )
-from backend.logs import redact
 from backend.loop.queue import QUEUE_NAME, QueueHandle
 
 __all__ = ["Coordinator", "LeaseLost"]

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from backend.loop.coordinator import Coordinator
 from backend.labelstudio.label_config import LabelConfigError, ProjectSchema, parse_label_config
+from backend.loop.coordinator import Coordinator
 
 __all__ = ["EventError", "WebhookResult", "handle_webhook", "labelled_modalities"]
 

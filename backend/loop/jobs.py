@@ -33,18 +33,18 @@ from typing import Any
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from backend.loop.coordinator import Coordinator, LeaseLost
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAPIError
 from backend.labelstudio.images import ImageFetcher
 from backend.labelstudio.label_config import ProjectSchema
-from backend.labelstudio.client import LabelStudioAPI, LabelStudioAPIError
-from backend.serving.model import MTALModel, load_schema
-from backend.logs import redact
-from backend.loop.queue import open_queue
-from backend.settings import Settings
-from backend.serving.store import ModelStore
 from backend.labelstudio.tasks import prepare_tasks
+from backend.logs import redact
+from backend.loop.coordinator import Coordinator, LeaseLost
+from backend.loop.queue import open_queue
 from backend.loop.rank_pass import NothingFetched, rank_tasks
 from backend.loop.train_round import train_version
+from backend.serving.model import MTALModel, load_schema
+from backend.serving.store import ModelStore
+from backend.settings import Settings
 
 __all__ = ["JobContext", "configure", "ls_unreachable", "rank_job", "train_job"]
 

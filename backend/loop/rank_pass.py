@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from backend.labelstudio.convert import predictions_to_results
@@ -22,7 +21,7 @@ from backend.loop.rank_fields import kmeans_clusters, ls_scores, requested_modal
 from backend.loop.result_spool import ResultSpool
 from backend.serving.prefill import Prefill
 from backend.serving.store import ModelStore, version_number
-from backend.serving.strategy import boxmask_modalities, strategy_for
+from backend.serving.strategy import strategy_for
 from backend.settings import Settings
 from mtal_models.data.sample import collate
 from mtal_models.strategies import Strategy, batch_outputs, concat_pool

@@ -13,8 +13,8 @@ from typing import Any
 from backend.loop.coordinator import Coordinator
 from backend.loop.events import handle_webhook
 from backend.loop.queue import QueueHandle, open_queue
-from backend.settings import Settings
 from backend.serving.store import ModelStore
+from backend.settings import Settings
 
 __all__ = ["QueueTrainer"]
 

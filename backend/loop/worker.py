@@ -18,8 +18,8 @@ from typing import Any
 import redis.exceptions
 from rq import SimpleWorker
 
-from backend.loop.coordinator import Coordinator
 from backend.logs import redact
+from backend.loop.coordinator import Coordinator
 from backend.loop.queue import QUEUE_NAME, lower_priority, open_queue
 from backend.settings import Settings, SettingsError
 

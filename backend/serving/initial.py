@@ -33,10 +33,8 @@ from mtal_models.nets import get_config
 from mtal_models.nets.coco import COCO_WEIGHTS, coco_config, describe_matches, load_coco_detector
 from mtal_models.nets.config import NetConfig
 from mtal_models.nets.pretrained import (
-    STANDARD_LAYERS,
     WeightsError,
     is_standard,
-    standard_trunk,
     weights_name,
     with_weights,
 )

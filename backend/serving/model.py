@@ -31,9 +31,9 @@ import torch
 from backend.labelstudio.label_config import ProjectSchema, parse_label_config
 from backend.serving.predict import predict_tasks
 from backend.serving.prefill import Prefill
-from backend.settings import Settings
 from backend.serving.store import ModelStore, StoreError
 from backend.serving.strategy import strategy_for
+from backend.settings import Settings
 
 __all__ = ["ConfigConflict", "MTALModel", "ModelSetupError", "Trainer", "load_schema", "schema_compatible"]
 

@@ -26,18 +26,15 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from backend.labelstudio.label_config import ProjectSchema
-from backend.labelstudio.tasks import Fetcher, PreparedTask, latest_annotation, prepare_task
+from backend.labelstudio.tasks import Fetcher, PreparedTask, prepare_task
 from backend.serving.prefill import Prefill
-from mtal_models.data.geometry import DEFAULT_MAX_SIZE, Fit
-from mtal_models.data.sample import Sample, collate, empty_label
+from mtal_models.data.sample import collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels
 

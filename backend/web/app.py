@@ -24,16 +24,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
 
-from backend.web.request import ApiError, field, json_body, parse_project_id
 from backend.labelstudio.images import ImageFetcher
 from backend.labelstudio.label_config import LabelConfigError
-from backend.loop.trainer import QueueTrainer
-from backend.serving.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
 from backend.labelstudio.netguard import UnsafeURL, parse_http_url
-from backend.settings import Settings
-from backend.serving.store import ModelStore, StoreError
-from backend.web.guard import RequestGuard, internal_error
+from backend.loop.trainer import QueueTrainer
 from backend.serving.initial import last_start, start_of, weights_fields
+from backend.serving.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
+from backend.serving.store import ModelStore, StoreError
+from backend.settings import Settings
+from backend.web.guard import RequestGuard, internal_error
+from backend.web.request import ApiError, field, json_body, parse_project_id
 
 __all__ = ["ApiError", "create_app", "parse_project_id"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gc
 
-from backend.web.app import create_app
 from backend.settings import Settings
+from backend.web.app import create_app
 
 __all__ = ["app"]
 

@@ -9,11 +9,11 @@ See docs/simulate.md.
 
 from mtal_models.simulate.config import PRESETS, SimConfig, load_config
 from mtal_models.simulate.data import load_data
-from mtal_models.simulate.sim_data import SimData
-from mtal_models.simulate.rounds import initial_images, run_reference, run_strategy
 from mtal_models.simulate.report import labels_table, write_outputs
+from mtal_models.simulate.rounds import initial_images, run_reference, run_strategy
 from mtal_models.simulate.runner import SimResult, machine_info, simulate
 from mtal_models.simulate.score import labels_to_target, task_scores
+from mtal_models.simulate.sim_data import SimData
 
 __all__ = [
     "PRESETS",

@@ -41,8 +41,8 @@ from mtal_models.modalities import ModalitySpec
 from mtal_models.nets import build_network, choose_network
 from mtal_models.nets.base import MultiTaskNet
 from mtal_models.simulate.config import SimConfig
-from mtal_models.simulate.sim_data import SimData
 from mtal_models.simulate.score import flat_metrics, mdsq_score, task_scores
+from mtal_models.simulate.sim_data import SimData
 from mtal_models.strategies import (
     STRATEGIES,
     LossPredictionModule,

@@ -14,8 +14,8 @@ import torch
 
 from mtal_models.simulate.config import SimConfig
 from mtal_models.simulate.data import load_data
-from mtal_models.simulate.rounds import run_reference, run_strategy
 from mtal_models.simulate.report import labels_table, write_outputs
+from mtal_models.simulate.rounds import run_reference, run_strategy
 from mtal_models.training import resolve_device
 
 __all__ = ["SimResult", "machine_info", "simulate"]

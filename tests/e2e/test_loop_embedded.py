@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from backend.loop import queue as queueing
 from backend.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI
-from backend.settings import Settings
+from backend.loop import queue as queueing
 from backend.serving.store import ModelStore
+from backend.settings import Settings
 from tests.support.backend_server import serve_backend
 from tests.support.label_studio import LabelStudioServer
 from tests.support.scene_project import SceneProject, annotate, create_scene_project

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import requests
 
+from backend.labelstudio.client import LabelStudioAPI
 from backend.labelstudio.convert import annotation_to_labels
 from backend.labelstudio.label_config import parse_label_config
-from backend.labelstudio.client import LabelStudioAPI
 from backend.settings import Settings
 from tests.support.backend_server import serve_backend
 from tests.support.label_studio import LabelStudioServer

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from mtal_models.edit_cost import BoxPrefillMetric, choose_threshold, count_box_edits
 from mtal_models.metrics import MetricSet
 from mtal_models.modalities import ModalitySpec
-from mtal_models.edit_cost import BoxPrefillMetric, choose_threshold, count_box_edits
 from mtal_models.postprocess import PrefillConfig, remove_speckle, suppress_duplicates
 
 DET = ModalitySpec("objects", "detection", 3)

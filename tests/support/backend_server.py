@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 from werkzeug.serving import make_server
 
-from backend.web.app import create_app
 from backend.settings import Settings
+from backend.web.app import create_app
 
 __all__ = ["serve_backend"]
 

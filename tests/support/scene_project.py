@@ -160,8 +160,8 @@ def scene_model(tmp: Path, boxes: bool, n: int = 6, **settings: Any) -> tuple[An
     import torch
 
     from backend.serving.model import MTALModel
-    from backend.settings import Settings
     from backend.serving.store import ModelStore
+    from backend.settings import Settings
 
     torch.manual_seed(0)
     scene = SceneConfig(height=64, width=64)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.labelstudio.auth import ImageError
 from backend.labelstudio.decode import decode_fitted
 from backend.labelstudio.label_config import parse_label_config
-from backend.labelstudio.auth import ImageError
 from backend.serving.predict import predict_tasks
 from mtal_models.data.geometry import Fit
 from tests.backend.serving.test_predict import CONFIG, FakeNet

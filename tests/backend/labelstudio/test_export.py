@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.cli import main as mtal_main
 from backend.labelstudio.export import ExportError, read_ls_export
 from backend.labelstudio.synthetic_export import write_example_export
-from backend.cli import main as mtal_main
 from mtal_models.data import SceneConfig, SyntheticDataset
 from mtal_models.simulate.cli import main as core_main
 from mtal_models.simulate.config import DATASET_READERS

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from backend.labelstudio.convert import annotation_to_labels
-from backend.labelstudio.regions import rect_to_box
 from backend.labelstudio.label_config import parse_label_config
+from backend.labelstudio.regions import rect_to_box
 
 DET = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="det" toName="image"><Label value="car"/></RectangleLabels>

@@ -6,9 +6,9 @@ import fakeredis
 import pytest
 from rq import Queue
 
+from backend.labelstudio.label_config import parse_label_config
 from backend.loop.coordinator import Coordinator
 from backend.loop.events import EventError, handle_webhook, labelled_modalities
-from backend.labelstudio.label_config import parse_label_config
 from backend.loop.queue import QUEUE_NAME, QueueHandle
 
 CONFIG = """<View>

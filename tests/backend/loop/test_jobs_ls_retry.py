@@ -10,12 +10,12 @@ import fakeredis
 import pytest
 from rq import Queue
 
+from backend.labelstudio.client import LabelStudioAPIError
 from backend.loop import jobs
 from backend.loop.coordinator import Coordinator
-from backend.labelstudio.client import LabelStudioAPIError
 from backend.loop.queue import QUEUE_NAME, QueueHandle
-from backend.settings import Settings
 from backend.loop.rank_pass import NothingFetched
+from backend.settings import Settings
 
 
 class DownLS:

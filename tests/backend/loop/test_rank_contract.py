@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from backend.labelstudio.label_config import ProjectSchema
-from backend.serving.model import ModelSetupError, MTALModel, load_schema
-from backend.settings import Settings
-from backend.loop.result_spool import ResultSpool
-from backend.serving.store import ModelStore
 from backend.labelstudio.tasks import prepare_tasks
 from backend.loop.rank_pass import _score_tasks, rank_tasks
+from backend.loop.result_spool import ResultSpool
 from backend.loop.train_round import train_version
+from backend.serving.model import ModelSetupError, MTALModel, load_schema
+from backend.serving.store import ModelStore
 from backend.serving.strategy import strategy_for
+from backend.settings import Settings
 from mtal_models.data import SceneConfig, SyntheticDataset
 from mtal_models.strategies import STRATEGIES
 from mtal_models.strategies.base import BatchOutputs

@@ -11,11 +11,11 @@ import pytest
 from rq import Queue
 
 from backend.loop.coordinator import Coordinator
-from backend.serving.model import MTALModel
 from backend.loop.queue import QUEUE_NAME, QueueHandle
-from backend.settings import Settings
-from backend.serving.store import ModelStore
 from backend.loop.train_round import quality_gate, train_version
+from backend.serving.model import MTALModel
+from backend.serving.store import ModelStore
+from backend.settings import Settings
 from tests.support.scene_project import scene_model
 
 

@@ -19,11 +19,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue
 
-from backend.web.app import create_app
-from backend.loop.trainer import QueueTrainer
 from backend.loop.queue import QUEUE_NAME, QueueHandle, ThreadWorker
-from backend.settings import Settings
+from backend.loop.trainer import QueueTrainer
 from backend.serving.store import ModelStore
+from backend.settings import Settings
+from backend.web.app import create_app
 from tests.backend.loop import fake_jobs
 
 pytestmark = pytest.mark.redis

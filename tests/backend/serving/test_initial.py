@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.models import ResNet18_Weights, resnet18
 
-from backend.settings import Settings, SettingsError
 from backend.serving.store import ModelStore
+from backend.settings import Settings, SettingsError
 from mtal_models.nets.coco import COCO_WEIGHTS
 from mtal_models.nets.pretrained import cache_file
 from tests.backend.web import test_app

@@ -13,8 +13,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from backend.serving.store import ModelStore
-from tests.backend.web.test_app_hardening import _app, _settings
 from tests.backend.labelstudio.test_images import Server, _png
+from tests.backend.web.test_app_hardening import _app, _settings
 
 A = """<View><Image name="image" value="$image"/>
 <BrushLabels name="semantic" toName="image"><Label value="road"/></BrushLabels></View>"""

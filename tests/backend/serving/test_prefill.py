@@ -12,10 +12,10 @@ from torch import Tensor
 
 from backend.labelstudio.convert import rle_to_mask
 from backend.labelstudio.label_config import parse_label_config
+from backend.loop.train_round import train_version
 from backend.serving.predict import predict_tasks
 from backend.serving.prefill import Prefill, config_from
 from backend.settings import Settings
-from backend.loop.train_round import train_version
 from mtal_models.nets.base import Labels, MultiTaskOutput
 from mtal_models.postprocess import PrefillConfig
 from tests.backend.serving.test_predict import CONFIG, DictFetcher, FakeNet

@@ -23,8 +23,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.backend.system import hostile_cases
 from tests.backend.labelstudio.test_images import Server
+from tests.backend.system import hostile_cases
 from tests.support.mtal_processes import backend_env, start_backend
 
 pytestmark = pytest.mark.slow

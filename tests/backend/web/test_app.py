@@ -20,12 +20,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from backend.web.app import create_app, parse_project_id
 from backend.labelstudio.convert import rle_to_mask
 from backend.labelstudio.label_config import parse_label_config
 from backend.serving.model import schema_compatible
-from backend.settings import Settings
 from backend.serving.store import ModelStore
+from backend.settings import Settings
+from backend.web.app import create_app, parse_project_id
 from tests.backend.serving.test_predict import CONFIG as MIXED_CONFIG
 from tests.backend.serving.test_predict import FakeNet
 

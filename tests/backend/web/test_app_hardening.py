@@ -21,11 +21,11 @@ import pytest
 from flask import Flask
 from rq import Queue
 
-from backend.web.app import ApiError, create_app, parse_project_id
-from backend.loop.trainer import QueueTrainer
 from backend.loop.queue import QUEUE_NAME, QueueHandle
-from backend.settings import Settings
+from backend.loop.trainer import QueueTrainer
 from backend.serving.store import ModelStore, StoreError
+from backend.settings import Settings
+from backend.web.app import ApiError, create_app, parse_project_id
 from tests.backend.labelstudio.test_images import Server, _png
 from tests.backend.loop.test_trainer import annotation_event
 

@@ -12,9 +12,9 @@ import pytest
 from flask import request
 from flask.testing import FlaskClient
 
-from backend.web.app import create_app
-from backend.settings import Settings
 from backend.serving.store import ModelStore
+from backend.settings import Settings
+from backend.web.app import create_app
 
 START = {"action": "START_TRAINING", "project": {"id": 7, "title": "p"}}
 
