@@ -76,7 +76,7 @@ def _settings(tmp_path: Path, ls_url: str, **kw: Any) -> Settings:
 
 class RecordingTrainer:
     """Test double of the training queue: records the events it is given (the queue itself is
-    tested in test_loop.py), so no background job runs during these tests."""
+    tested in loop/test_trainer.py), so no background job runs during these tests."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
