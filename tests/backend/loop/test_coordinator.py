@@ -105,3 +105,19 @@ def test_lost_job_is_recovered_only_when_stale(coord: Coordinator) -> None:
     coord.redis.hset("mtal:project:5", "updated", time.time() - 60)
     assert coord.request_training("5") == "enqueued"
     assert coord.handle.queue.count == 1
+
+
+def test_job_paths_of_an_older_server_still_resolve() -> None:
+    """RQ stores a job's function as a path: jobs enqueued before the regrouping of backend/ name
+    ``backend.jobs.*`` and must still run on a new worker; new jobs name ``backend.loop.jobs``."""
+    import inspect
+
+    from rq.utils import import_attribute
+
+    from backend.loop import jobs
+
+    assert import_attribute("backend.jobs.train_job") is jobs.train_job
+    assert import_attribute("backend.jobs.rank_job") is jobs.rank_job
+    defaults = inspect.signature(Coordinator).parameters
+    assert import_attribute(defaults["train_job"].default) is jobs.train_job
+    assert import_attribute(defaults["rank_job"].default) is jobs.rank_job
