@@ -6,16 +6,31 @@ BIN := $(VENV)/bin
 PORT ?= 9090
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv run test lint bench demo simulate results clean services ls-venv redis
+.PHONY: venv lock run test lint bench demo simulate results clean services ls-venv redis
 
+# The backend's venv holds exactly the dev lock (runtime + test tools, every package pinned with hashes);
+# pip-sync removes what an older lock installed. `make lock` refreshes the locks from the *.in files.
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements-dev.txt 2> >(grep -v "is ignored" >&2)
-	$(BIN)/pip install -q --no-deps -e . 2> >(grep -v "is ignored" >&2)
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements-dev.txt 2> >(grep -v "is ignored" >&2)
+	$(BIN)/pip-sync -q requirements-dev.txt 2> >(grep -v "is ignored" >&2)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored" >&2)
+	$(BIN)/pip check
 	$(BIN)/python -c "import torch, torchvision; torchvision.ops.nms"
 	touch $@
 
 venv: $(BIN)/.installed
+
+# Refresh the three locks from the hand-kept pins (*.in) with pip-tools (pip's own resolver, so the
+# machine's pip configuration applies); UPGRADE=1 also moves every unpinned package to its newest release.
+LOCK_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	$(if $(UPGRADE),--upgrade)
+lock: venv
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) -o requirements.txt requirements.in
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) -o requirements-dev.txt requirements-dev.in
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) -o requirements-labelstudio.txt \
+		requirements-labelstudio.in
+	$(BIN)/python -m pytest -q tests/test_locks.py
 
 # The backend on $(PORT): gunicorn, 1 process (the embedded queue lives in it when REDIS_URL is unset).
 run: venv
@@ -25,7 +40,8 @@ lint: venv
 	$(BIN)/ruff check .
 
 # Real services for the integration and end-to-end suites: redis-server (Debian package) and
-# Label Studio 1.23.2 in its own cached virtualenv (~/.cache/mtal/ls-venv; its pins conflict with ours).
+# Label Studio 1.23.2 in its own cached virtualenv (~/.cache/mtal/ls-venv, from requirements-labelstudio.txt;
+# its pins conflict with ours; a changed lock rebuilds it).
 ls-venv:
 	scripts/ls_venv.sh >/dev/null
 
