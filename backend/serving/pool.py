@@ -31,6 +31,8 @@ prunes entries outside its selection that were not used for ``prune_grace_s`` (a
 still read them), then, while the pool is over ``max_bytes``, outside entries oldest first; it stops
 storing new images at ``max_bytes`` (the rest are counted as ``over_bound``). Failures (no image URL,
 download, refused URL, decode, too large) are skipped, logged with the task id and counted by reason.
+
+Reading (the streaming :class:`PoolDataset`, one entry, ``/status``): :mod:`backend.serving.pool_dataset`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import contextlib
 import fcntl
 import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -56,15 +57,14 @@ import numpy as np
 
 from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import latest_annotation
+from backend.serving.pool_dataset import FIT_FIELDS, PROJECT_RE, PoolDataset, entry_readable, load_entry, pool_status
 from backend.serving.store import atomic_write_json
 from mtal_models.atomic import atomic_write
 from mtal_models.data.geometry import Fit
-from mtal_models.data.sample import Sample
 
 __all__ = ["PoolCache", "PoolDataset", "PoolFill", "pool_status", "pool_tasks"]
 
 log = logging.getLogger(__name__)
-_PROJECT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENTRY_RE = re.compile(r"t(?P<task>[0-9]+)-[0-9a-f]{16}-[0-9]+x[0-9]+\.npz")
 _EXAMPLES = 10  # failed tasks listed by id in status.json
 
@@ -139,7 +139,7 @@ class PoolCache:
                  image_max_size: int = 1024, max_images: int = 2000, max_bytes: int = 2048 * 1024**2,
                  prune_grace_s: float = 3600.0, lock_timeout_s: float = 900.0, threads: int = 8) -> None:
         project = str(project)
-        if not _PROJECT_RE.fullmatch(project):
+        if not PROJECT_RE.fullmatch(project):
             raise ValueError(f"project id must be 1-64 letters, digits, '_' or '-', got {project!r}")
         if image_size < 1 or max_images < 0 or max_bytes < 1 or threads < 1:
             raise ValueError(f"need image_size >= 1, max_images >= 0, max_bytes >= 1, threads >= 1; got "
@@ -200,7 +200,7 @@ class PoolCache:
             budget = _Budget(self.max_bytes, used)
             todo = []
             for path, (task_id, url) in wanted.items():
-                if _readable(path):
+                if entry_readable(path):
                     with contextlib.suppress(OSError):
                         os.utime(path)  # in use: not pruned by another fill within the grace
                     stats.cached += 1
@@ -251,7 +251,7 @@ class PoolCache:
         except Exception as e:  # one bad image never stops the fill
             return _reason(e), f"{type(e).__name__}: {e}"
         buf = io.BytesIO()
-        np.savez(buf, image=image, fit=np.array([getattr(fit, f) for f in _FIT_FIELDS], np.int64))
+        np.savez(buf, image=image, fit=np.array([getattr(fit, f) for f in FIT_FIELDS], np.int64))
         del image
         data = buf.getbuffer()
         if not budget.take(len(data)):
@@ -331,80 +331,6 @@ class PoolCache:
         """(uint8 [H, W, 3] network input, padded; its Fit) of ``task_id`` with image ``url`` when the pool
         holds it at this cache's size; None otherwise (the caller fetches it as usual)."""
         return load_entry(self.path(task_id, url))
-
-
-_FIT_FIELDS = ("height", "width", "resized_height", "resized_width", "padded_height", "padded_width")
-
-
-def load_entry(path: Path) -> tuple[np.ndarray, Fit] | None:
-    """(padded uint8 [H, W, 3], Fit) of one entry; None when missing or unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            image, fields = z["image"], z["fit"]
-        fit = Fit(*(int(v) for v in fields))
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != fit.resized:
-            raise ValueError(f"image {image.dtype} {image.shape} does not match its fit {fit.resized}")
-        return fit.pad(image, 0), fit
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # a torn or foreign file: treated as missing (fetched again by the next fill)
-        log.warning("pool entry %s unreadable: %s", path, e)
-        return None
-
-
-def _readable(path: Path) -> bool:
-    """The entry exists and its zip directory and Fit read (cheap: the image itself is not read)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return "image" in z.files and len(z["fit"]) == len(_FIT_FIELDS)
-    except Exception:  # missing, torn or foreign: fetched again
-        return False
-
-
-class PoolDataset(Sequence[Sample]):
-    """The pool's images, read from disk per item (never all in memory): ``dataset[i]`` is a
-    :class:`Sample` with ``id`` = the task id, ``image`` uint8 [H, W, 3] (the training's geometry, padded to
-    a multiple of 32; sizes differ between images as for labelled samples), no labels and ``present``
-    False for every modality. An entry that vanished or broke since the fill (another job pruned it) is
-    replaced by the next readable one, with a warning; ``task_ids`` lists the entries in order.
-    Picklable (DataLoader workers)."""
-
-    def __init__(self, entries: Sequence[tuple[int, Path]], modalities: Sequence[str] = ()) -> None:
-        self._entries = list(entries)
-        self._modalities = tuple(modalities)
-
-    @property
-    def task_ids(self) -> list[int]:
-        return [t for t, _ in self._entries]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
-        n = len(self._entries)
-        if not -n <= index < n:
-            raise IndexError(f"pool index {index} out of range for {n} images")
-        for k in range(n):
-            task_id, path = self._entries[(index + k) % n]
-            got = load_entry(path)
-            if got is not None:
-                if k:
-                    log.warning("pool image of task %s unreadable; task %s used instead",
-                                self._entries[index % n][0], task_id)
-                return Sample(id=str(task_id), image=got[0], labels={},
-                              present=dict.fromkeys(self._modalities, False))
-        raise FileNotFoundError(f"no pool image is readable any more ({n} entries under "
-                                f"{self._entries[0][1].parent if n else '?'})")
-
-
-def pool_status(root: Path | str, project: str) -> dict[str, Any] | None:
-    """The last fill's counts of ``project`` (``status.json``), or None before the first fill."""
-    if not _PROJECT_RE.fullmatch(str(project)):
-        return None
-    try:
-        return json.loads((Path(root) / str(project) / "pool" / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 class _Budget:
