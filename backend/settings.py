@@ -105,6 +105,10 @@ class Settings:
     candidate: it is stored and listed, but the current version keeps serving and ranking.
     ls_retries [MTAL_LS_RETRIES] (4, >= 0): attempts after the first when Label Studio is unreachable
     during a run, with exponential backoff from ls_backoff_s [MTAL_LS_BACKOFF_S] (2 s, doubling, capped at 60 s).
+    Unlabelled pool (backend/serving/pool.py: the images semi-supervised training, the cold-start pretrain
+    and ranking share): pool_max_images [MTAL_POOL_MAX_IMAGES] (2000, >= 0; 0 = no pool): tasks without a
+    label cached at the network's input size, a seeded random subset when there are more;
+    pool_max_mb [MTAL_POOL_MAX_MB] (2048, >= 1): disk bound of one project's pool in MiB.
     """
 
     label_studio_url: str | None = None
@@ -150,6 +154,8 @@ class Settings:
     quality_gate: float = 0.5
     ls_retries: int = 4
     ls_backoff_s: float = 2.0
+    pool_max_images: int = 2000
+    pool_max_mb: int = 2048
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -193,6 +199,10 @@ class Settings:
             raise SettingsError("MTAL_RUN_LEASE_S must be > 0 and MTAL_QUALITY_GATE in [0, 1]")
         if self.ls_retries < 0 or self.ls_backoff_s < 0:
             raise SettingsError("MTAL_LS_RETRIES and MTAL_LS_BACKOFF_S must be >= 0")
+        if self.pool_max_images < 0:
+            raise SettingsError(f"MTAL_POOL_MAX_IMAGES must be >= 0 (0 = no pool), got {self.pool_max_images}")
+        if self.pool_max_mb < 1:
+            raise SettingsError(f"MTAL_POOL_MAX_MB must be >= 1 (MiB of disk per project), got {self.pool_max_mb}")
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -360,6 +370,8 @@ class Settings:
             quality_gate=get_float("MTAL_QUALITY_GATE", 0.5),
             ls_retries=get_int("MTAL_LS_RETRIES", 4),
             ls_backoff_s=get_float("MTAL_LS_BACKOFF_S", 2.0),
+            pool_max_images=get_int("MTAL_POOL_MAX_IMAGES", 2000),
+            pool_max_mb=get_int("MTAL_POOL_MAX_MB", 2048),
         )
 
     def configure_logging(self) -> None:

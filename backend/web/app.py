@@ -30,6 +30,7 @@ from backend.labelstudio.netguard import UnsafeURL, parse_http_url
 from backend.loop.trainer import QueueTrainer
 from backend.serving.initial import last_start, start_of, weights_fields
 from backend.serving.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
+from backend.serving.pool import pool_status
 from backend.serving.store import ModelStore, StoreError
 from backend.settings import Settings
 from backend.web.guard import RequestGuard, internal_error
@@ -278,7 +279,8 @@ def create_app(
 
     @app.get("/status")
     def status() -> Response:
-        """Per project: run state (idle/queued/training/ranking), progress, last version + metrics, error."""
+        """Per project: run state (idle/queued/training/ranking), progress, last version + metrics, error,
+        and ``pool``: the counts of the last fill of its unlabelled pool (:class:`backend.serving.pool.PoolFill`)."""
         raw = request.args.get("project")
         if not raw:
             raise ApiError(400, "query parameter 'project' is required, e.g. /status?project=3")
@@ -291,6 +293,7 @@ def create_app(
             log.warning("/status: queue unavailable: %s", e)
             raise ApiError(503, "the training queue (Redis) is unavailable; see the server log") from None
         out["current_version"] = store.current(pid)
+        out["pool"] = pool_status(store.root, pid)  # the last fill of the unlabelled pool (None before one)
         try:
             out.update(weights_fields(start_of(store.list_versions(pid), out["current_version"])))
         except StoreError as e:

@@ -119,3 +119,16 @@ def test_backend_auto_strategy_per_network() -> None:
     assert strategy_for(Settings(), dense).name == "partal_image"  # one modality: no committee of pairs
     assert strategy_for(Settings(strategy="mtal"), two).name == "mtal"
     assert strategy_for(Settings(), boxes).name == "boxmask"
+
+
+def test_pool_bounds() -> None:
+    s = Settings.from_env({})
+    assert s.pool_max_images == 2000 and s.pool_max_mb == 2048
+    s = Settings.from_env({"MTAL_POOL_MAX_IMAGES": "0", "MTAL_POOL_MAX_MB": "10"})
+    assert s.pool_max_images == 0 and s.pool_max_mb == 10
+    for env, variable in (({"MTAL_POOL_MAX_IMAGES": "-1"}, "MTAL_POOL_MAX_IMAGES"),
+                          ({"MTAL_POOL_MAX_IMAGES": "many"}, "MTAL_POOL_MAX_IMAGES"),
+                          ({"MTAL_POOL_MAX_MB": "0"}, "MTAL_POOL_MAX_MB"),
+                          ({"MTAL_POOL_MAX_MB": "1.5"}, "MTAL_POOL_MAX_MB")):
+        with pytest.raises(SettingsError, match=variable):
+            Settings.from_env(env)
