@@ -27,7 +27,7 @@ import logging
 import re
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -43,6 +43,7 @@ from backend.loop.queue import open_queue
 from backend.loop.rank_pass import NothingFetched, rank_tasks
 from backend.loop.train_round import train_version
 from backend.serving.model import MTALModel, load_schema
+from backend.serving.pool import PoolCache, PooledFetcher
 from backend.serving.store import ModelStore
 from backend.settings import Settings
 
@@ -179,7 +180,13 @@ def rank_job(project: Any) -> dict[str, Any]:
         tasks = list(labelled.values()) + [
             t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in labelled
         ]
-        return rank_tasks(ctx, project, schema, version, tasks, set(labelled), guard=lambda: ctx.check_owner(project))
+        # Images the train job's pool fill decoded are read from the pool, not fetched and decoded again.
+        fetcher = PooledFetcher(PoolCache.from_settings(ctx.settings, project, None), ctx.fetcher)
+        summary = rank_tasks(replace(ctx, fetcher=fetcher), project, schema, version, tasks, set(labelled),
+                             guard=lambda: ctx.check_owner(project))
+        log.info("project %s: ranking read %d images from the pool, fetched %d", project, fetcher.hits,
+                 fetcher.misses)
+        return summary
 
     def body(ctx: JobContext, project: str) -> dict[str, Any]:
         ctx.coordinator.progress(project, ctx.owner, state="ranking")

@@ -57,12 +57,20 @@ import numpy as np
 
 from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import latest_annotation
-from backend.serving.pool_dataset import FIT_FIELDS, PROJECT_RE, PoolDataset, entry_readable, load_entry, pool_status
+from backend.serving.pool_dataset import (
+    FIT_FIELDS,
+    PROJECT_RE,
+    PoolDataset,
+    PooledFetcher,
+    entry_readable,
+    load_entry,
+    pool_status,
+)
 from backend.serving.store import atomic_write_json
 from mtal_models.atomic import atomic_write
 from mtal_models.data.geometry import Fit
 
-__all__ = ["PoolCache", "PoolDataset", "PoolFill", "pool_status", "pool_tasks"]
+__all__ = ["PoolCache", "PoolDataset", "PoolFill", "PooledFetcher", "pool_status", "pool_tasks"]
 
 log = logging.getLogger(__name__)
 _ENTRY_RE = re.compile(r"t(?P<task>[0-9]+)-[0-9a-f]{16}-[0-9]+x[0-9]+\.npz")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ import numpy as np
 from mtal_models.data.geometry import Fit
 from mtal_models.data.sample import Sample
 
-__all__ = ["FIT_FIELDS", "PROJECT_RE", "PoolDataset", "entry_readable", "load_entry", "pool_status"]
+__all__ = ["FIT_FIELDS", "PROJECT_RE", "PoolDataset", "PooledFetcher", "entry_readable", "load_entry",
+           "pool_status"]
 
 log = logging.getLogger(__name__)
 PROJECT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a project id, as the store checks it
@@ -92,3 +93,28 @@ def pool_status(root: Path | str, project: str) -> dict[str, Any] | None:
         return json.loads((Path(root) / str(project) / "pool" / "status.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+class PooledFetcher:
+    """A fetcher that answers ``fetch_fitted`` from the pool when it holds the task's image at the geometry
+    the caller asks for (the rank job reads the images the train job's pool fill decoded), and asks
+    ``fetcher`` otherwise. Every other method (``fetch_array``, ...) is ``fetcher``'s.
+
+    pool: anything with ``image(task_id, url) -> (uint8 [H, W, 3] padded, Fit) | None``
+    (:class:`backend.serving.pool.PoolCache`). ``hits`` / ``misses`` count the answers."""
+
+    def __init__(self, pool: Any, fetcher: Any) -> None:
+        self.pool, self.fetcher = pool, fetcher
+        self.hits = self.misses = 0
+
+    def fetch_fitted(self, url: str, task_id: int | None,
+                     fit_for: Callable[[int, int], Fit]) -> tuple[np.ndarray, Fit]:
+        entry = self.pool.image(task_id, url) if task_id is not None else None
+        if entry is not None and fit_for(entry[1].height, entry[1].width) == entry[1]:
+            self.hits += 1
+            return entry
+        self.misses += 1
+        return self.fetcher.fetch_fitted(url, task_id, fit_for)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fetcher, name)

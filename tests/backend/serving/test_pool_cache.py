@@ -23,7 +23,7 @@ from PIL import Image
 from backend.labelstudio.auth import ImageError
 from backend.labelstudio.images import ImageFetcher
 from backend.labelstudio.label_config import parse_label_config
-from backend.serving.pool import PoolCache, PoolDataset, pool_status, pool_tasks
+from backend.serving.pool import PoolCache, PoolDataset, PooledFetcher, pool_status, pool_tasks
 from mtal_models.data.geometry import Fit
 from mtal_models.data.sample import Sample
 
@@ -196,6 +196,23 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
 
 
 # ---- the dataset ----------------------------------------------------------------------------------
+def test_pooled_fetcher_reads_the_pool_at_the_same_geometry_and_fetches_the_rest(tmp_path: Path) -> None:
+    """The rank job's fetcher: a pooled task at the pool's size comes from disk (no fetch); a task outside
+    the pool, or a caller asking for another size, is fetched as before; other methods are the fetcher's."""
+    cache = PoolCache(tmp_path, "3", CountingFetcher(), image_size=32)
+    cache.fill([_task(1), _task(2)], SCHEMA)
+    behind = CountingFetcher()
+    pooled = PooledFetcher(PoolCache(tmp_path, "3", None, image_size=32), behind)
+    same = lambda h, w: Fit.for_size(h, w, 32, 1024)  # noqa: E731
+    image, fit = pooled.fetch_fitted("/data/upload/1/2.png", 2, same)
+    assert fit == same(30, 40) and image.shape == (32, 64, 3) and int(image[0, 0, 0]) == 2
+    assert sum(behind.calls.values()) == 0 and pooled.hits == 1
+    pooled.fetch_fitted("/data/upload/1/5.png", 5, same)  # not in the pool
+    pooled.fetch_fitted("/data/upload/1/2.png", 2, lambda h, w: Fit.for_size(h, w, 64, 1024))  # another size
+    assert behind.calls == Counter({"/data/upload/1/5.png": 1, "/data/upload/1/2.png": 1}) and pooled.misses == 2
+    assert pooled.calls is behind.calls  # anything else is the wrapped fetcher's
+
+
 def test_dataset_items_are_image_only_samples(tmp_path: Path) -> None:
     cache = PoolCache(tmp_path, "3", CountingFetcher(), image_size=32)
     cache.fill([_task(9), _task(4)], SCHEMA)
