@@ -317,13 +317,14 @@ def pretrain(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup) if config.warmup else config.lr
             loss, feature_std = _step(model, trunk, heads, images, config, step, device)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # before the update: the weights stay those of the last good step
+                raise FloatingPointError(f"pretrain: loss became {value} at step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"pretrain: loss became {losses[-1]} at step {step}")
+            losses.append(value)
             if progress is not None:
                 progress(step, losses[-1])
             if checkpoint is not None and step % config.save_every == 0:
