@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtal_models.data.augment import cutmix, hflip_maps, photometric
 from mtal_models.data.sample import Batch, Sample, collate
+from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels, MultiTaskNet
 from mtal_models.training.config import TrainConfig
 from mtal_models.training.data import make_loader
@@ -112,22 +113,28 @@ def teacher_targets(teacher: MultiTaskNet, images: Tensor, threshold: float) -> 
 
 
 def unlabelled_loader(
-    unlabelled: Unlabelled, batch_size: int, num_workers: int, generator: torch.Generator
+    unlabelled: Unlabelled,
+    modalities: Mapping[str, ModalitySpec],
+    batch_size: int,
+    num_workers: int,
+    generator: torch.Generator,
 ) -> DataLoader:
-    """A shuffling DataLoader of image-only Batches over ``unlabelled``: a list of Samples, or any
-    map-style Dataset of Samples, read lazily (e.g. :class:`mtal_models.data.unlabelled.ImageFiles`).
-    Labels on the samples are ignored. A DataLoader is returned as it is (its Batches' labels are ignored)."""
+    """A shuffling DataLoader of Batches over ``unlabelled``: a list of Samples, or any map-style Dataset
+    of Samples, read lazily (e.g. :class:`mtal_models.data.unlabelled.ImageFiles`). A DataLoader is
+    returned as it is. Only the ``present`` flags of the Batches are used (see :class:`SemiBranch`)."""
     if isinstance(unlabelled, DataLoader):
         return unlabelled
     if isinstance(unlabelled, list | tuple):
-        return make_loader(unlabelled, {}, batch_size, True, num_workers, generator)
+        return make_loader(unlabelled, modalities, batch_size, True, num_workers, generator, sampling="image")
     return DataLoader(unlabelled, batch_size=batch_size, shuffle=True, num_workers=num_workers,  # type: ignore[arg-type]
-                      collate_fn=partial(collate, modalities={}), generator=generator)
+                      collate_fn=partial(collate, modalities=dict(modalities)), generator=generator)
 
 
 class SemiBranch:
     """The unlabelled half of a training step, owned by ``fit``: the pool's loader, the EMA teacher and
-    the strong views. Per epoch, :meth:`start_epoch` re-seeds the pool's shuffling and the augmentations
+    the strong views. A pool image learns every dense modality it has no label of (``present`` False):
+    image-only samples learn them all, and a partly labelled image may sit in both ``train`` and the pool.
+    Per epoch, :meth:`start_epoch` re-seeds the pool's shuffling and the augmentations
     (so a resumed run draws what the uninterrupted one drew); per step, :meth:`loss` gives the weighted
     term to add, and :meth:`after_step` moves the teacher."""
 
@@ -135,7 +142,7 @@ class SemiBranch:
         self.config = config
         self.shuffle = torch.Generator()
         self.augment = torch.Generator()
-        self.loader = unlabelled_loader(unlabelled, config.semi_batch_size or config.batch_size,
+        self.loader = unlabelled_loader(unlabelled, student.modalities, config.semi_batch_size or config.batch_size,
                                         config.num_workers, self.shuffle)
         self.teacher = EMATeacher(student, config.ema_decay)
         self.dense = [n for n, s in student.modalities.items() if s.dense]
@@ -146,21 +153,21 @@ class SemiBranch:
         self.augment.manual_seed(self.config.seed + epoch + 104729)
         self._batches = iter(self.loader)
 
-    def _next_images(self, device: torch.device) -> Tensor:
+    def _next_batch(self) -> Batch:
         if self._batches is None:
             raise RuntimeError("SemiBranch.start_epoch was not called")
         try:
-            batch = next(self._batches)
+            return next(self._batches)
         except StopIteration:
             self._batches = iter(self.loader)
-            batch = next(self._batches)
-        return batch.images.to(device)
+            return next(self._batches)
 
     def loss(self, student: MultiTaskNet, share: float) -> Tensor:
         """semi_weight · rampup(share) · Σ_t w_t L_t(student(strong view), teacher targets): a scalar.
         ``share``: the part of the training done, in (0, 1]. Call inside the step's autocast."""
         device = next(student.parameters()).device
-        images = self._next_images(device)
+        batch = self._next_batch()
+        images = batch.images.to(device)
         targets = teacher_targets(self.teacher.model, images, self.config.semi_threshold)
         images, targets = hflip_maps(images, targets, student.modalities, self.augment)
         if self.config.semi_cutmix > 0:
@@ -172,7 +179,7 @@ class SemiBranch:
             spec = student.modalities[n]
             if spec.categorical:
                 weights[n] = (targets[n] != spec.ignore_index).flatten(1).float().mean(dim=1)
-        present = {n: torch.ones(b, dtype=torch.bool, device=device) for n in targets}
+        present = {n: ~batch.labels.is_present(n, b).to(device) for n in targets}
         losses = student.losses(student(images), Labels(targets, present), weights)
         term = sum(student.modalities[n].weight * losses[n] for n in self.dense)
         return self.config.semi_weight * rampup(share, self.config.semi_ramp) * term  # type: ignore[return-value]

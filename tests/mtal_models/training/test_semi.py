@@ -162,3 +162,15 @@ def test_step_budget_rule_and_fit_follows_it() -> None:
     assert plan_epochs(TrainConfig(epochs=3), 6, 2) == 3
     result = fit(_net(), make_samples(6), cfg)
     assert result.epochs == 4 and result.epochs_run == 4 and len(result.step_losses) == 8
+
+
+def test_pool_images_learn_only_the_modalities_they_lack() -> None:
+    """A pool image with a label of a modality gets no teacher target for it: a pool of fully labelled
+    images adds nothing (TinyNet has no BatchNorm or dropout, so the extra forward changes nothing either)."""
+    samples = make_samples(6)
+    plain, semi = _net(), _net()
+    fit(plain, samples, CFG)
+    result = fit(semi, samples, CFG, unlabelled=make_samples(8, seed=4))
+    assert result.teacher is not None and _same(_state(plain), _state(semi))
+    partly = fit(_net(), samples, CFG, unlabelled=make_samples(8, present={"sem": True}, seed=4))
+    assert partly.teacher is not None and not _same(_state(partly.teacher.model), _state(result.teacher.model))
