@@ -28,11 +28,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mtal_models.data.augment import cutmix, hflip_maps, photometric
@@ -42,7 +43,7 @@ from mtal_models.nets.base import Labels, MultiTaskNet
 from mtal_models.training.config import TrainConfig
 from mtal_models.training.data import make_loader
 
-__all__ = ["EMATeacher", "SemiBranch", "rampup", "teacher_targets", "unlabelled_loader"]
+__all__ = ["EMATeacher", "SemiBranch", "frozen_bn_stats", "rampup", "teacher_targets", "unlabelled_loader"]
 
 Unlabelled = Sequence[Sample] | Dataset | DataLoader
 """The pool ``fit`` draws unlabelled batches from (see :func:`unlabelled_loader`)."""
@@ -110,6 +111,25 @@ def teacher_targets(teacher: MultiTaskNet, images: Tensor, threshold: float) -> 
     return {
         n: s.pseudo_target(out.final[n].float(), threshold) for n, s in teacher.modalities.items() if s.dense
     }
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm normalises with the batch's statistics as usual but leaves its running statistics as they
+    were (momentum 0 for the duration; the batch counter put back): the strong views (jitter, greyscale,
+    blur) must not become the statistics the network predicts with, which they would, the unlabelled
+    forward coming last in a step. USB/TorchSSL's ``Bn_Controller`` does the same for FixMatch when the
+    labelled and unlabelled batches are not concatenated."""
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    try:
+        for m, _, _ in saved:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def unlabelled_loader(
@@ -180,7 +200,9 @@ class SemiBranch:
             if spec.categorical:
                 weights[n] = (targets[n] != spec.ignore_index).flatten(1).float().mean(dim=1)
         present = {n: ~batch.labels.is_present(n, b).to(device) for n in targets}
-        losses = student.losses(student(images), Labels(targets, present), weights)
+        with frozen_bn_stats(student):
+            out = student(images)
+        losses = student.losses(out, Labels(targets, present), weights)
         term = sum(student.modalities[n].weight * losses[n] for n in self.dense)
         return self.config.semi_weight * rampup(share, self.config.semi_ramp) * term  # type: ignore[return-value]
 

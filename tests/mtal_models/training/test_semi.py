@@ -24,6 +24,7 @@ from mtal_models.training import (
     step_budget,
 )
 from mtal_models.training.loop import _semi_branch
+from mtal_models.training.semi import frozen_bn_stats
 from tests.mtal_models.training.helpers import MODALITIES, TinyNet, build_tiny, make_samples
 
 CFG = TrainConfig(epochs=2, batch_size=2, lr=1e-2, weight_decay=0.0, device="cpu", seed=5)
@@ -174,3 +175,13 @@ def test_pool_images_learn_only_the_modalities_they_lack() -> None:
     assert result.teacher is not None and _same(_state(plain), _state(semi))
     partly = fit(_net(), samples, CFG, unlabelled=make_samples(8, present={"sem": True}, seed=4))
     assert partly.teacher is not None and not _same(_state(partly.teacher.model), _state(result.teacher.model))
+
+
+def test_unlabelled_forward_leaves_batchnorm_statistics_alone() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
+    before = _state(net)
+    with frozen_bn_stats(net):
+        out = net(torch.rand(2, 3, 5, 5) * 9)
+    assert _same(_state(net), before) and out.requires_grad
+    net(torch.rand(2, 3, 5, 5) * 9)
+    assert not torch.equal(net[1].running_mean, before["1.running_mean"])
