@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from mtal_models.data.files import save_png
 from mtal_models.data.sample import Sample
+from mtal_models.data.unlabelled import ImageFiles
 from mtal_models.modalities import build_modalities
 from mtal_models.nets import build_network
 from mtal_models.nets.config import get_config
@@ -185,3 +187,12 @@ def test_unlabelled_forward_leaves_batchnorm_statistics_alone() -> None:
     assert _same(_state(net), before) and out.requires_grad
     net(torch.rand(2, 3, 5, 5) * 9)
     assert not torch.equal(net[1].running_mean, before["1.running_mean"])
+
+
+def test_pool_streams_from_disk(tmp_path: Path) -> None:
+    paths = []
+    for s in _pool(5):
+        paths.append(tmp_path / f"{s.id}.png")
+        save_png(paths[-1], s.image)
+    result = fit(_net(), make_samples(4), CFG, unlabelled=ImageFiles(paths))
+    assert result.unlabelled == 5 and result.teacher is not None and result.teacher.updates == 4
