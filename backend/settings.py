@@ -6,6 +6,7 @@ value cannot be used. See ``docs/backend.md`` for the reference table.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,10 @@ class Settings:
     and ranking share): pool_max_images [MTAL_POOL_MAX_IMAGES] (2000, >= 0; 0 = no pool): tasks without a
     label cached at the network's input size, a seeded random subset when there are more;
     pool_max_mb [MTAL_POOL_MAX_MB] (2048, >= 1): disk bound of one project's pool in MiB.
+    semi_weight [MTAL_SEMI_WEIGHT] (0, >= 0; 0 = off): weight of the semi-supervised term of every training
+    run (mtal_models/training/semi.py: a Mean Teacher's confident pseudo-labels on strong views of the
+    pool's images); > 0 makes the train job fill the pool and learn from it. Off by default: on CamVid at
+    CPU budgets it scored below supervised training (docs/training.md).
     """
 
     label_studio_url: str | None = None
@@ -156,6 +161,7 @@ class Settings:
     ls_backoff_s: float = 2.0
     pool_max_images: int = 2000
     pool_max_mb: int = 2048
+    semi_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -203,6 +209,8 @@ class Settings:
             raise SettingsError(f"MTAL_POOL_MAX_IMAGES must be >= 0 (0 = no pool), got {self.pool_max_images}")
         if self.pool_max_mb < 1:
             raise SettingsError(f"MTAL_POOL_MAX_MB must be >= 1 (MiB of disk per project), got {self.pool_max_mb}")
+        if not math.isfinite(self.semi_weight) or self.semi_weight < 0:
+            raise SettingsError(f"MTAL_SEMI_WEIGHT must be a finite number >= 0 (0 = off), got {self.semi_weight}")
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -372,6 +380,7 @@ class Settings:
             ls_backoff_s=get_float("MTAL_LS_BACKOFF_S", 2.0),
             pool_max_images=get_int("MTAL_POOL_MAX_IMAGES", 2000),
             pool_max_mb=get_int("MTAL_POOL_MAX_MB", 2048),
+            semi_weight=get_float("MTAL_SEMI_WEIGHT", 0.0),
         )
 
     def configure_logging(self) -> None:
