@@ -27,7 +27,7 @@ def _queue_call(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except redis.RedisError as e:
-        raise QueueUnavailable(f"the training queue (Redis) is unavailable: {type(e).__name__}") from e
+        raise QueueUnavailable("the training queue (Redis) is unavailable (see the server log)") from e
 
 
 class QueueTrainer:

@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 from backend.labelstudio.images import ImageFetcher
 from backend.labelstudio.label_config import LabelConfigError
 from backend.labelstudio.netguard import UnsafeURL, parse_http_url
+from backend.logs import redact
 from backend.loop.queue import QueueUnavailable
 from backend.loop.trainer import QueueTrainer
 from backend.serving.initial import last_start, start_of, weights_fields
@@ -260,7 +261,7 @@ def create_app(
         except ValueError as e:  # the trainer's payload validation (e.g. events.EventError)
             raise ApiError(400, str(e)) from e
         except QueueUnavailable as e:
-            log.warning("POST /webhook %s for project %s: %s", action[:40], pid, e.__cause__ or e)
+            log.warning("POST /webhook %s for project %s: %s", action[:40], pid, redact(str(e.__cause__ or e)))
             raise ApiError(503, f"{e}; Label Studio may send the event again later") from None
         return {"status": "ok", "action": action, "project": pid, "result": answer}
 
@@ -285,7 +286,7 @@ def create_app(
         try:
             answer = state.model(pid, None).fit("START_TRAINING", {"action": "START_TRAINING", "project": {"id": pid}})
         except QueueUnavailable as e:
-            log.warning("POST /train for project %s: %s", pid, e.__cause__ or e)
+            log.warning("POST /train for project %s: %s", pid, redact(str(e.__cause__ or e)))
             raise ApiError(503, str(e)) from None
         return jsonify(status="ok", action="START_TRAINING", project=pid, result=answer)
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from backend.logs import redact
+
 __all__ = ["CachedProbe"]
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,8 @@ class CachedProbe:
         try:
             value = self.fn()
         except Exception as e:  # the probed service being down is an answer, not an error of ours
-            log.warning("health probe: %s unavailable: %s", self.what, e)
-            value = {"available": False, "error": f"{self.what} unavailable ({type(e).__name__}; see the server log)"}
+            log.warning("health probe: %s unavailable: %s", self.what, redact(str(e.__cause__ or e)))
+            value = {"available": False, "error": f"{self.what} unavailable (see the server log)"}
         with self._lock:
             self._value, self._at, self._running = value, time.monotonic(), None
         done.set()
