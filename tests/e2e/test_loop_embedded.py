@@ -131,6 +131,10 @@ def test_retrieve_predictions_sorts_every_unlabelled_task_before_the_labelled_on
     if not ranking or ranking.get("model_version") != version:
         pytest.fail("needs the ranking of test_start_training_trains_ranks_and_orders_label_studio (run the module)")
     labelled = set(project.task_ids[:3])
+    # right after the ranking the labelled tasks have no prediction of the version: Label Studio sorts
+    # them last (nulls last, either direction)
+    before = [t["id"] for t in _tasks_by_score(ls, project)]
+    assert set(before[-len(labelled):]) == labelled, before
     first = requests.get(f"{ls.url}/api/tasks/{project.task_ids[3]}/", headers=ls.headers, timeout=60).json()
     r = requests.post(f"{ls.url}/api/projects/{project.id}/import", params={"return_task_ids": "true"},
                       headers=ls.headers, json=[{"image": first["data"]["image"]}], timeout=60)
