@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
   4. Settings > Model > the MTAL card's menu > "Start Training" retrains on all annotations
      and re-ranks the project (watch the status URL above); then go on labelling.
   In the Data Manager you can also add the "Prediction score" column and sort by it:
-  low score = label first.
+  0 % = label first, 100 % = already labelled; Filters > Annotations = 0 shows the tasks left.
 
  Ctrl-C stops Label Studio and the backend. Data: {data_dir} (wiped at the next start)
 ==============================================================================

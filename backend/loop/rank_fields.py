@@ -4,8 +4,10 @@ Pure functions on tensors, tested without a model or a server.
 
 - **Score** (Label Studio's convention, low = label first): candidates are ordered by the strategy's
   image score (higher = more informative; ties keep pool order) and the task at rank ``r`` of ``M``
-  gets ``r / M``. Ranks, not raw scores, because raw scores of different strategies and rounds are
-  not comparable, and Label Studio only sorts.
+  gets ``r / M``, in [0, 1). Ranks, not raw scores, because raw scores of different strategies and
+  rounds are not comparable, and Label Studio only sorts. The ranking also stores each candidate's
+  raw strategy score and its certainty (``1 - u``), which /predict uses to place a task the ranking
+  does not hold on the same scale; labelled tasks score 1 (:mod:`backend.serving.task_score`).
 - **Requested modalities** (PartAL pairs): a pair strategy's chosen pairs for the task; a candidate
   with no chosen pair asks for its single best-scoring unlabelled modality, so every task says what
   is most worth labelling. Image strategies ask for every unlabelled modality.

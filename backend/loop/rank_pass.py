@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_tasks
 from backend.loop.rank_fields import kmeans_clusters, ls_scores, requested_modalities
 from backend.loop.result_spool import ResultSpool
+from backend.serving.predict import task_scores
 from backend.serving.prefill import Prefill
 from backend.serving.store import ModelStore, version_number
 from backend.serving.strategy import strategy_for
@@ -80,8 +82,9 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
                  spool: ResultSpool, prefill: Prefill | None = None,
                  ) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
     """One pass over ``tasks`` in chunks: per-batch strategy scores, pooled features [B, D] (CPU), and
-    per fetched task a row {id, labelled modalities, size, "spooled": spool key of its pre-annotations, None
-    for labelled tasks}."""
+    per fetched task a row {id, labelled modalities, size, "spooled": spool key of its pre-annotations,
+    "certainty": its ``1 - u`` as /predict computes it (:func:`backend.serving.predict.task_scores`); both
+    None for labelled tasks}."""
     prefill = prefill or Prefill()
     settings, size, device = ctx.settings, ctx.settings.image_size, ctx.settings.torch_device()
     rows: list[dict[str, Any]] = []
@@ -101,10 +104,13 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
                 parts.append(strategy.score_batch(out if inside == shape else crop_outputs(out, *inside)))
                 pooled.append(out.pooled.detach().cpu())
                 for i, (task, p) in enumerate(group):
-                    key = None if task["id"] in labelled_ids else spool.add(
-                        _results(out.final, i, model, schema, p, prefill))
+                    key, certainty = None, None
+                    if task["id"] not in labelled_ids:
+                        preds = _activated(out.final, i, model)
+                        certainty = _certainty(preds, model, p)
+                        key = spool.add(prefill.results(preds, schema, p.height, p.width, requested=None, fit=p.fit))
                     rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled,
-                                 "size": (p.height, p.width)})
+                                 "size": (p.height, p.width), "certainty": certainty})
     return rows, parts, pooled
 
 
@@ -152,7 +158,9 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
     store.save_ranking(project, {
         "model_version": version,
         "strategy": strategy.name,
-        "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, [])} for i in candidates},
+        "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, []),
+                                       "certainty": rows[i]["certainty"],
+                                       "strategy_score": _finite(selection.scores[i])} for i in candidates},
         "weights": loss_weights(previous.get("weights") or {}, selection.sample_weights(ids), ids,
                                 [ids[i] for i in candidates]),
         "strategy_state": {**(previous.get("strategy_state") or {}), strategy.name: strategy.state()},
@@ -196,11 +204,23 @@ def prune_predictions(ls: Any, project: str, current: str, keep: int) -> list[st
     return stale
 
 
-def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: ProjectSchema, p: Any,
-             prefill: Prefill) -> list[dict[str, Any]]:
-    """Pre-annotations of image ``i`` of the batch at its original size through its Fit (no choices item)."""
+def _activated(final: Mapping[str, torch.Tensor], i: int, model: Any) -> dict[str, Any]:
+    """Image ``i`` of the batch's raw outputs -> activated arrays (dense [C, H, W], detection [K, 6 + C])."""
     preds = {}
     for name, value in final.items():
         spec = model.modalities[name]
         preds[name] = (spec.activate(value[i : i + 1])[0] if spec.dense else value[i]).float().cpu().numpy()
-    return prefill.results(preds, schema, p.height, p.width, requested=None, fit=p.fit)
+    return preds
+
+
+def _certainty(preds: Mapping[str, Any], model: Any, p: Any) -> float:
+    """The image's ``1 - u`` on /predict's scale (its own pixels only), stored with the ranking so that
+    /predict can place a task the ranking does not hold (:mod:`backend.serving.task_score`)."""
+    batch = {name: torch.as_tensor(v)[None] for name, v in preds.items()}
+    size = p.fit.resized if p.fit is not None else tuple(p.sample.image.shape[:2])
+    return task_scores(batch, model.modalities, [size])[0]
+
+
+def _finite(value: Any) -> float | None:
+    v = float(value)
+    return v if math.isfinite(v) else None

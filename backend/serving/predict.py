@@ -15,10 +15,12 @@ to Label Studio results for the modalities that are not labelled yet (:class:`ba
 segmentation probabilities upsampled bilinearly to the original size before the argmax; boxes mapped
 exactly back).
 
-Task score (low = label first): the active-learning loop's stored score for the task id wins when
-the stored ranking belongs to the current model version; otherwise ``1 - u`` with ``u`` in [0, 1]
+Task score (low = label first), one scale with the rank job's (:mod:`backend.serving.task_score`):
+1 for a labelled task; the active-learning loop's stored score for a task of the current version's
+ranking; otherwise the task placed among the ranked tasks by its certainty ``1 - u`` (``u`` in [0, 1]:
 the mean normalised per-pixel Shannon entropy of the categorical outputs (entropy / log C) over the
-image's own pixels (padding excluded), or for a detection-only network ``1 - max box score``.
+image's own pixels, padding excluded, or for a detection-only network ``1 - max box score``), or
+that certainty itself when there is no ranking.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch import Tensor
 
 from backend.labelstudio.tasks import Fetcher, PreparedTask, prepare_task
 from backend.serving.prefill import Prefill
+from backend.serving.task_score import ScoreScale, is_labelled
 from mtal_models.data.sample import collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels
@@ -128,7 +131,7 @@ def predict_tasks(
     if not prepared:
         return empty
 
-    ranked = _usable_ranking(ranking, model_version)
+    scale = ScoreScale.of(ranking, model_version)
     out = empty
     modalities = schema.modalities
     for chunk in _chunks(sorted(prepared, key=_input_shape), batch_size):  # like shapes together: less padding
@@ -142,7 +145,8 @@ def predict_tasks(
         for j, (i, p) in enumerate(chunk):
             try:
                 out[i] = _one_prediction(
-                    p, {k: v[j] for k, v in preds.items()}, scores[j], schema, model_version, ranked, prefill
+                    p, {k: v[j] for k, v in preds.items()}, scale.score(p.task_id, scores[j], is_labelled(tasks[i])),
+                    schema, model_version, scale.entry(p.task_id), prefill
                 )
             except Exception:
                 log.exception("predict: task %s: converting the prediction failed", p.task_id)
@@ -217,30 +221,20 @@ def _stack_images(images: Sequence[np.ndarray]) -> Tensor:
     return torch.from_numpy(out)
 
 
-def _usable_ranking(ranking: Mapping[str, Any] | None, model_version: str) -> Mapping[str, Any]:
-    if not ranking or ranking.get("model_version") not in (None, model_version):
-        return {}
-    tasks = ranking.get("tasks")
-    return tasks if isinstance(tasks, Mapping) else {}
-
-
 def _one_prediction(
     p: PreparedTask,
     preds: dict[str, Tensor],
     score: float,
     schema: Any,
     model_version: str,
-    ranked: Mapping[str, Any],
+    entry: Mapping[str, Any],
     prefill: Prefill,
 ) -> dict[str, Any]:
+    """One task's prediction: ``score`` already on the one scale; ``entry``: its ranking entry ({} if none)."""
     modalities = schema.modalities
-    entry = ranked.get(str(p.task_id)) if p.task_id is not None else None
     requested: list[str] | None = None
-    if isinstance(entry, Mapping):
-        if isinstance(entry.get("score"), int | float):
-            score = float(entry["score"])
-        if isinstance(entry.get("requested"), list):
-            requested = [m for m in entry["requested"] if m in modalities]
+    if isinstance(entry.get("requested"), list):
+        requested = [m for m in entry["requested"] if m in modalities]
     if requested is None:
         requested = [m for m in schema.annotatable if m not in p.labelled]
     todo = {name: pred for name, pred in preds.items() if name not in p.labelled}

@@ -330,7 +330,8 @@ class ModelStore:
 
     def ranking(self, project: str) -> dict[str, Any]:
         """The loop's ranking: {"model_version": str, "tasks": {task_id: {"score": float,
-        "requested": [modality, ...]}}} ({} if none). Cached until the file changes."""
+        "requested": [modality, ...], "certainty": float, "strategy_score": float | None}}, ...} ({} if
+        none; rankings stored before issue #32 lack the last two). Cached until the file changes."""
         return self._read_json_cached(project, "ranking.json")
 
     def _read_json_cached(self, project: str, name: str) -> dict[str, Any]:

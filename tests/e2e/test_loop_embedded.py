@@ -8,6 +8,7 @@ uncertainty sampling with that version, and that Label Studio serves the task we
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -107,6 +108,56 @@ def test_start_training_trains_ranks_and_orders_label_studio(setup: tuple) -> No
     assert nxt is not None and nxt["id"] == first["task"]
     ranking = store.ranking(str(project.id))
     assert ranking["model_version"] == v2 and ranking["tasks"][str(first["task"])]["score"] == 0.0
+
+
+def _tasks_by_score(ls: LabelStudioServer, project: SceneProject, filters: dict | None = None) -> list[dict]:
+    """The project's tasks as the Data Manager lists them sorted by *Prediction score* (ascending)."""
+    query = {"ordering": ["tasks:predictions_score"], **({"filters": filters} if filters else {})}
+    r = requests.get(f"{ls.url}/api/tasks/", headers=ls.headers, timeout=60,
+                     params={"project": project.id, "page_size": 100, "fields": "all", "query": json.dumps(query)})
+    r.raise_for_status()
+    return r.json()["tasks"]
+
+
+def test_retrieve_predictions_sorts_every_unlabelled_task_before_the_labelled_ones(setup: tuple) -> None:
+    """Issue #32, after the ranking of the test above: a task imported after the ranking, then *Retrieve
+    Predictions* on the whole project (Label Studio asks /predict for every task without a prediction of
+    the current version: the labelled ones and the new one). Sorted by prediction score, every
+    unlabelled task comes before every labelled one, and the Data Manager filter "Annotations = 0"
+    leaves exactly the unlabelled tasks."""
+    ls, project, _, settings = setup
+    store = ModelStore(settings.model_dir)
+    version, ranking = store.current(str(project.id)), store.ranking(str(project.id))
+    if not ranking or ranking.get("model_version") != version:
+        pytest.fail("needs the ranking of test_start_training_trains_ranks_and_orders_label_studio (run the module)")
+    labelled = set(project.task_ids[:3])
+    # right after the ranking the labelled tasks have no prediction of the version: Label Studio sorts
+    # them last (nulls last, either direction)
+    before = [t["id"] for t in _tasks_by_score(ls, project)]
+    assert set(before[-len(labelled):]) == labelled, before
+    first = requests.get(f"{ls.url}/api/tasks/{project.task_ids[3]}/", headers=ls.headers, timeout=60).json()
+    r = requests.post(f"{ls.url}/api/projects/{project.id}/import", params={"return_task_ids": "true"},
+                      headers=ls.headers, json=[{"image": first["data"]["image"]}], timeout=60)
+    r.raise_for_status()
+    (new_task,) = r.json()["task_ids"]
+
+    r = requests.post(f"{ls.url}/api/dm/actions/", params={"id": "retrieve_tasks_predictions", "project": project.id},
+                      headers=ls.headers, json={"selectedItems": {"all": True, "excluded": []}}, timeout=300)
+    r.raise_for_status()
+    current = {p["task"]: p["score"] for p in _predictions(ls, project) if p["model_version"] == version}
+    assert set(current) == {*project.task_ids, new_task}, "every task has a prediction of the current version"
+
+    order = [t["id"] for t in _tasks_by_score(ls, project)]
+    assert sorted(order) == sorted(current)
+    last_unlabelled = max(i for i, t in enumerate(order) if t not in labelled)
+    first_labelled = min(i for i, t in enumerate(order) if t in labelled)
+    assert last_unlabelled < first_labelled, f"order by prediction score: {order}, labelled {sorted(labelled)}, " \
+                                             f"scores {current}"
+    assert all(current[t] == 1.0 for t in labelled) and all(0.0 <= s < 1.0 for t, s in current.items()
+                                                            if t not in labelled), current
+    left = {"conjunction": "and", "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal",
+                                             "type": "Number", "value": 0}]}
+    assert [t["id"] for t in _tasks_by_score(ls, project, left)] == order[:first_labelled]
 
 
 def test_status_requires_a_project(setup: tuple) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from backend.labelstudio.convert import mask_to_rle
 from mtal_models.data.photos import read_camvid
 from mtal_models.data.sample import Sample
+from tests.support import palette
 from tests.support.scene_project import CHOICES_TAG, create_local_files_project
 
 __all__ = ["PhotoProject", "create_photo_project", "photo_label_config"]
@@ -32,10 +33,13 @@ IGNORE = 255  # CamVid's Unlabelled after the reader's class lookup
 
 
 def photo_label_config(classes: Mapping[str, Sequence[str]]) -> str:
-    """Labeling config: one BrushLabels tag per modality (its classes but ``background``) + the choices tag."""
+    """Labeling config: one BrushLabels tag per modality (its classes but ``background``, each its own
+    colour: :mod:`tests.support.palette`) + the choices tag."""
+    labels = [[c for c in names if c != "background"] for names in classes.values()]
+    starts = [sum(len(x) for x in labels[:k]) for k in range(len(labels))]
     tags = [f'<BrushLabels name="{m}" toName="image">'
-            + "".join(f'<Label value="{c}"/>' for c in names if c != "background") + "</BrushLabels>"
-            for m, names in classes.items()]
+            + "".join(palette.label(c, start + i) for i, c in enumerate(names)) + "</BrushLabels>"
+            for m, names, start in zip(classes, labels, starts, strict=True)]
     choices = "".join(f'<Choice value="{m}"/>' for m in classes)
     return ('<View><Image name="image" value="$image"/>' + "".join(tags)
             + f'<Choices name="{CHOICES_TAG}" toName="image" choice="multiple">{choices}</Choices></View>')

@@ -22,6 +22,7 @@ from backend.labelstudio.label_config import parse_label_config
 from mtal_models.data import SceneConfig, SyntheticDataset
 from mtal_models.data.sample import Sample
 from mtal_models.data.synth import STUFF_CLASSES
+from tests.support import palette
 
 if TYPE_CHECKING:
     from tests.support.photo_project import PhotoProject
@@ -32,18 +33,21 @@ CHOICES_TAG = "mtal_labelled"
 
 
 def scene_label_config(config: SceneConfig, boxes: bool = False, parts: bool = True) -> str:
-    """Labeling config: semantic brush (+ parts brush) (+ object rectangles) + the modalities choices tag."""
+    """Labeling config: semantic brush (+ parts brush) (+ object rectangles) + the modalities choices tag;
+    each label its own colour (:mod:`tests.support.palette`; an object's box, its mask's colour)."""
     semantic = [*STUFF_CLASSES, *(c.name for c in config.classes)]
     tags = ['<BrushLabels name="semantic" toName="image">'
-            + "".join(f'<Label value="{n}"/>' for n in semantic) + "</BrushLabels>"]
+            + "".join(palette.label(n, i) for i, n in enumerate(semantic)) + "</BrushLabels>"]
     names = ["semantic"]
     if parts:
         tags.append('<BrushLabels name="parts" toName="image">'
-                    '<Label value="top"/><Label value="bottom"/></BrushLabels>')
+                    + palette.label("top", len(semantic)) + palette.label("bottom", len(semantic) + 1)
+                    + "</BrushLabels>")
         names.append("parts")
     if boxes:
         tags.append('<RectangleLabels name="objects" toName="image">'
-                    + "".join(f'<Label value="{c.name}"/>' for c in config.classes) + "</RectangleLabels>")
+                    + "".join(palette.label(c.name, len(STUFF_CLASSES) + i) for i, c in enumerate(config.classes))
+                    + "</RectangleLabels>")
         names.append("objects")
     choices = "".join(f'<Choice value="{n}"/>' for n in names)
     return ('<View><Image name="image" value="$image"/>' + "".join(tags)

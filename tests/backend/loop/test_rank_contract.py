@@ -139,6 +139,11 @@ def _check_ranking(ctx: Ctx, schema: ProjectSchema, tasks: list[dict[str, Any]],
     assert sorted(map(int, ranking["tasks"])) == unlabelled
     requested = {int(t): r["requested"] for t, r in ranking["tasks"].items()}
     assert all(set(r) <= set(schema.annotatable) for r in requested.values())
+    # one scale (#32): rank positions r / M in [0, 1), each with the certainty /predict places others by
+    entries = ranking["tasks"].values()
+    assert sorted(e["score"] for e in entries) == [r / len(unlabelled) for r in range(len(unlabelled))]
+    assert all(0.0 <= e["certainty"] <= 1.0 for e in entries)
+    assert all(e["strategy_score"] is None or math.isfinite(e["strategy_score"]) for e in entries)
     if strategy.unit == "pair":  # pair strategies ask for single modalities, ticked in the prediction
         assert any(requested.values())
         for p in ctx.ls.pushed:
