@@ -109,6 +109,12 @@ class Settings:
     and ranking share): pool_max_images [MTAL_POOL_MAX_IMAGES] (2000, >= 0; 0 = no pool): tasks without a
     label cached at the network's input size, a seeded random subset when there are more;
     pool_max_mb [MTAL_POOL_MAX_MB] (2048, >= 1): disk bound of one project's pool in MiB.
+    pretrain_minutes [MTAL_PRETRAIN_MINUTES] (0 = off; 0..360): cold start (backend/loop/pretrain_round.py):
+    when a project without a trained version is set up, or "Start Training" is pressed before any label,
+    a job trains the network's trunk on the project's unlabelled images (dense SimSiam) for at most this
+    many minutes in all (resumes included), publishes the result as a version marked "pretrained" and
+    ranks the tasks by TypiClust on its features. Off by default: on CamVid at 4-12 CPU minutes the
+    pretrained start scored 0.94-0.98x the random start's mIoU at 10 labels (docs/training.md).
     """
 
     label_studio_url: str | None = None
@@ -156,6 +162,7 @@ class Settings:
     ls_backoff_s: float = 2.0
     pool_max_images: int = 2000
     pool_max_mb: int = 2048
+    pretrain_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -203,6 +210,8 @@ class Settings:
             raise SettingsError(f"MTAL_POOL_MAX_IMAGES must be >= 0 (0 = no pool), got {self.pool_max_images}")
         if self.pool_max_mb < 1:
             raise SettingsError(f"MTAL_POOL_MAX_MB must be >= 1 (MiB of disk per project), got {self.pool_max_mb}")
+        if not 0 <= self.pretrain_minutes <= 360:  # also refuses NaN; 360: the jobs' 6 h RQ timeout
+            raise SettingsError(f"MTAL_PRETRAIN_MINUTES must be in [0, 360] (0 = off), got {self.pretrain_minutes}")
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -372,6 +381,7 @@ class Settings:
             ls_backoff_s=get_float("MTAL_LS_BACKOFF_S", 2.0),
             pool_max_images=get_int("MTAL_POOL_MAX_IMAGES", 2000),
             pool_max_mb=get_int("MTAL_POOL_MAX_MB", 2048),
+            pretrain_minutes=get_float("MTAL_PRETRAIN_MINUTES", 0.0),
         )
 
     def configure_logging(self) -> None:

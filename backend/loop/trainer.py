@@ -12,6 +12,7 @@ from typing import Any
 
 from backend.loop.coordinator import Coordinator
 from backend.loop.events import handle_webhook
+from backend.loop.pretrain_round import pretrain_due
 from backend.loop.queue import QueueHandle, open_queue
 from backend.serving.store import ModelStore
 from backend.settings import Settings
@@ -38,7 +39,20 @@ class QueueTrainer:
         value = self.store.project_info(project_id).get("train_threshold")
         return int(value) if isinstance(value, int) and value >= 0 else self.settings.train_threshold
 
+    def cold_start(self, project_id: str) -> str | None:
+        """After /setup: request the pretrain run (``MTAL_PRETRAIN_MINUTES`` > 0) of a project that has no
+        version trained on labels or pretrained yet. Returns the coordinator's answer ("enqueued", "queued",
+        "busy"), or None when no pretrain is due."""
+        if not self.settings.pretrain_minutes or not pretrain_due(self.store, project_id):
+            return None
+        return self.coordinator.request_pretrain(project_id)
+
     def submit(self, project_id: str, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        if event == "START_TRAINING" and not any(self.coordinator.status(project_id)["labels_since_last_run"].values()):
+            # "Start Training" before any label was counted: the cold start, when one is due
+            outcome = self.cold_start(project_id)
+            if outcome is not None:
+                return {"action": event, "project": project_id, "status": f"pretrain_{outcome}", "counted": []}
         threshold = self.threshold(project_id)
         # threshold 0: annotations are counted for /status but never trigger a run by themselves
         result = handle_webhook(dict(data), self.coordinator, lambda p: threshold or 2**31, project_id=project_id)
