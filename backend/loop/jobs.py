@@ -60,6 +60,7 @@ __all__ = ["JobContext", "configure", "ls_unreachable", "pretrain_job", "rank_jo
 
 log = logging.getLogger(__name__)
 _configured: Settings | None = None
+PROGRESS_EVERY_S = 1.0  # the pretrain's step reports to /status, at most one per this many seconds
 
 
 def configure(settings: Settings | None) -> None:
@@ -216,7 +217,7 @@ def pretrain_job(project: Any) -> dict[str, Any]:
         settings, throttle = ctx.settings, [0.0]
 
         def report(force: bool = True, **fields: Any) -> dict[str, Any]:
-            if force or time.time() - throttle[0] >= 1.0:
+            if force or time.time() - throttle[0] >= PROGRESS_EVERY_S:
                 throttle[0] = time.time()
                 try:
                     ctx.coordinator.progress(project, ctx.owner, **fields)
@@ -241,17 +242,23 @@ def pretrain_job(project: Any) -> dict[str, Any]:
             return _end_pretrain(ctx, project, report(pretrain={"state": "refused", "reason": reason, **pool}))
         budget = {"budget_s": config.budget_s, **pool}
         report(pretrain={"state": "pretraining", **budget})
-        version, summary = pretrain_version(
-            ctx.store, project, settings, PoolImages(cache.dataset(schema.modalities)), config=config,
-            progress=lambda step, loss: report(False, step=step, loss=round(float(loss), 6),
-                                               pretrain={"state": "pretraining", "step": step, **budget}),
-            should_stop=ctx.lost.is_set, guard=lambda: ctx.check_owner(project))
+        try:
+            version, summary = pretrain_version(
+                ctx.store, project, settings, PoolImages(cache.dataset(schema.modalities)), config=config,
+                progress=lambda step, loss: report(False, step=step, loss=round(float(loss), 6),
+                                                   pretrain={"state": "pretraining", "step": step, **budget}),
+                should_stop=ctx.lost.is_set, guard=lambda: ctx.check_owner(project))
+        except Exception as e:  # kept in /status "pretrain" after a follow-up training clears "error"
+            if not isinstance(e, LeaseLost):
+                report(pretrain={"state": "failed", "reason": f"{type(e).__name__}: {e}"[:2000], **budget})
+            raise
         keys = ("steps", "resumed_from", "seconds_total", "first_loss", "last_loss", "feature_std", "stopped_by")
         outcome = {"state": "done" if version else "nothing published", "version": version, **pool,
                    **{k: summary.get(k) for k in keys}}
+        last = {"step": summary["steps"], "loss": summary["last_loss"] if summary["last_loss"] is not None else ""}
         if version is None:
-            return _end_pretrain(ctx, project, report(pretrain=outcome))
-        report(pretrain=outcome)
+            return _end_pretrain(ctx, project, report(pretrain=outcome, **last))
+        report(pretrain=outcome, **last)
         ctx.coordinator.trained(project, version, {"pretrain": summary}, owner=ctx.owner)  # -> rank job (TypiClust)
         return outcome
 
