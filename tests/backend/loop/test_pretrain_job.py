@@ -11,6 +11,7 @@ after a failed pretrain) starts from the right weights and hands the ranking bac
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -96,14 +97,14 @@ def make_rig(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(jobs, "PROGRESS_EVERY_S", 0.0)
     stack: list[FakeLabelStudio] = []
 
-    def make(n_tasks: int = 12, labelled: tuple[int, ...] = (), lease_s: float = 60.0) -> Rig:
+    def make(n_tasks: int = 12, labelled: tuple[int, ...] = (), lease_s: float = 60.0, minutes: float = 5.0) -> Rig:
         ls = FakeLabelStudio.start(CONFIG, n_tasks, n_images=n_tasks, image_hw=(64, 64), project_id=int(PROJECT),
                                    labelled={t: annotation(t) for t in labelled})
         stack.append(ls)
         settings = Settings(label_studio_url=ls.url, label_studio_api_key="t", model_dir=tmp_path / "models",
                             redis_url=redis_url, net_config="tiny", image_size=64, device="cpu", cache_dir=None,
                             strategy="random", clusters=0, train_epochs=1, train_batch_size=4, val_fraction=0.0,
-                            train_threshold=2, pretrain_minutes=5.0, lease_s=lease_s, ls_retries=0)
+                            train_threshold=2, pretrain_minutes=minutes, lease_s=lease_s, ls_retries=0)
         jobs.configure(settings)
         store = ModelStore(settings.model_dir, device="cpu")
         trainer = QueueTrainer(settings, store, handle=QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), False))
@@ -314,3 +315,22 @@ def test_start_training_before_any_label_asks_for_the_pretrain(make_rig: Callabl
     answer = rig.client.post("/webhook", json=body).get_json()["result"]
     assert answer["status"] == "enqueued"
     assert rig.trainer.handle.queue.jobs[0].func_name == "backend.loop.jobs.train_job"
+
+
+def test_off_by_default_and_skipped_over_imagenet_weights(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(minutes=0.0)
+    rig.setup()
+    assert rig.trainer.handle.queue.count == 0 and rig.status()["state"] == "idle"  # MTAL_PRETRAIN_MINUTES=0
+
+    rig = make_rig()
+    (meta,) = rig.versions()
+    path = rig.store.project_dir(PROJECT) / "versions" / f"{meta['version']}.json"
+    stored = json.loads(path.read_text())
+    stored["start"]["weights"] = "ResNet18_Weights.IMAGENET1K_V1"  # as if the trunk had ImageNet weights
+    path.write_text(json.dumps(stored))
+    rig.setup()
+    rig.drain()
+    st = rig.status()
+    assert st["state"] == "idle" and st["pretrain"]["state"] == "skipped"
+    assert "IMAGENET1K_V1" in st["pretrain"]["reason"]
+    assert len(rig.versions()) == 1 and rig.ranked == []
