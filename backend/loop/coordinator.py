@@ -136,10 +136,8 @@ class Coordinator:
     def request_training(self, project: int | str) -> str:
         """Request a run now (START_TRAINING). Returns "enqueued", "queued" (one is already waiting) or
         "follow_up" (a run is in progress; exactly one more will follow it)."""
-        job_id = _new_job_id()
-        outcome = self._request(keys=self._keys(project)[:1], args=[time.time(), job_id])
+        outcome = self._ask(self._request, self.train_job, project)
         if outcome == ENQUEUE:
-            self._enqueue(self.train_job, project, job_id)
             return "enqueued"
         if outcome == FOLLOW_UP:
             return "enqueued" if self.recover_dead_run(project) else "follow_up"
@@ -148,14 +146,21 @@ class Coordinator:
     def request_pretrain(self, project: int | str) -> str:
         """Request a pretrain run (cold start) if the project is idle. Returns "enqueued", "queued" (a run is
         already waiting) or "busy" (a run is in progress; nothing is recorded). A dead run is taken over."""
-        job_id = _new_job_id()
-        outcome = self._pretrain_request(keys=self._keys(project)[:1], args=[time.time(), job_id])
+        outcome = self._ask(self._pretrain_request, self.pretrain_job, project)
         if outcome == ENQUEUE:
-            self._enqueue(self.pretrain_job, project, job_id)
             return "enqueued"
         if outcome == QUEUED:
             return "enqueued" if self._recover_lost_job(project) else "queued"
         return "enqueued" if self.recover_dead_run(project) else "busy"
+
+    def _ask(self, script: Any, func: str, project: int | str) -> int:
+        """Run a request script (KEYS: the state hash; ARGV: now, a new job id); on ENQUEUE enqueue ``func``
+        under that id. Returns the script's outcome."""
+        job_id = _new_job_id()
+        outcome = script(keys=self._keys(project)[:1], args=[time.time(), job_id])
+        if outcome == ENQUEUE:
+            self._enqueue(func, project, job_id)
+        return outcome
 
     # ---- run lifecycle (called from the jobs; ``owner``: the calling job's id, None = unchecked) ----------
     def begin(self, project: int | str, owner: str | None = None) -> None:

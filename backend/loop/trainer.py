@@ -48,7 +48,8 @@ class QueueTrainer:
         return self.coordinator.request_pretrain(project_id)
 
     def submit(self, project_id: str, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        if event == "START_TRAINING" and not any(self.coordinator.status(project_id)["labels_since_last_run"].values()):
+        if (event == "START_TRAINING" and self.settings.pretrain_minutes
+                and not any(self.coordinator.status(project_id)["labels_since_last_run"].values())):
             # "Start Training" before any label was counted: the cold start, when one is due
             outcome = self.cold_start(project_id)
             if outcome is not None:

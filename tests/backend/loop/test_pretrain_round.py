@@ -90,3 +90,22 @@ def test_a_checkpoint_of_another_version_is_not_resumed(project: tuple) -> None:
     (store.project_dir(P) / SIDECAR).write_text(json.dumps({"version": "mtal-3-v9-00000000", "seconds": 1.0}))
     _, summary = pretrain_version(store, P, settings, images, config=_config(3))
     assert summary["resumed_from"] == 0 and summary["steps"] == 3
+
+
+def test_a_run_that_lost_its_lease_stops_and_publishes_nothing(project: tuple) -> None:
+    """should_stop (the lease's lost event) ends the run before its next step; the guard then refuses the
+    publication; the checkpoint stays for the run that took over."""
+    from backend.loop.coordinator import LeaseLost
+
+    store, settings, images = project
+    steps: list[int] = []
+
+    def guard() -> None:
+        raise LeaseLost("taken over")
+
+    with pytest.raises(LeaseLost):
+        pretrain_version(store, P, settings, images, config=_config(10), progress=lambda s, _: steps.append(s),
+                         should_stop=lambda: len(steps) >= 2, guard=guard)
+    assert steps == [1, 2] and len(store.list_versions(P)) == 1
+    assert (store.project_dir(P) / CHECKPOINT).is_file()
+    assert json.loads((store.project_dir(P) / SIDECAR).read_text())["step"] == 2
