@@ -105,3 +105,14 @@ def test_lost_queued_pretrain_is_enqueued_again_as_a_pretrain(pcoord: Coordinato
     assert pcoord.request_pretrain("7") == "enqueued"
     drain(pcoord)
     assert runs(pcoord, "7") == ["pretrain", "rank"]
+
+
+def test_the_default_pretrain_job_path_resolves() -> None:
+    import inspect
+
+    from rq.utils import import_attribute
+
+    from backend.loop import jobs
+
+    default = inspect.signature(Coordinator).parameters["pretrain_job"].default
+    assert import_attribute(default) is jobs.pretrain_job
