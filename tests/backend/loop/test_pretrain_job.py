@@ -265,6 +265,20 @@ def test_a_small_pool_is_refused_with_its_reason_in_status(make_rig: Callable[..
     assert len(rig.versions()) == 1 and rig.ranked == []
 
 
+def test_images_that_fail_to_download_are_skipped_counted_and_not_images(make_rig: Callable[..., Rig]) -> None:
+    """10 tasks, 3 of whose images answer 404: 7 usable images, under the minimum of 8, so refused; the
+    failures are counted in /status (pretrain and pool)."""
+    rig = make_rig(n_tasks=MIN_IMAGES + 2)
+    for task in rig.ls.tasks[:3]:
+        task["data"]["image"] = f"/data/upload/{PROJECT}/gone-{task['id']}.png"
+    rig.setup()
+    rig.drain()
+    st = rig.status()
+    assert st["pretrain"]["state"] == "refused" and st["pretrain"]["images"] == MIN_IMAGES - 1
+    assert st["pretrain"]["failed"] == 3 and st["pool"]["failed"] == 3 and sum(st["pool"]["failures"].values()) == 3
+    assert st["state"] == "idle" and len(rig.versions()) == 1
+
+
 def test_a_killed_pretrain_resumes_from_its_checkpoint_on_the_next_trigger(
         make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch) -> None:
     rig = make_rig(lease_s=0.5)
