@@ -250,7 +250,13 @@ def pretrain_job(project: Any) -> dict[str, Any]:
             return fields
 
         schema = _retry_ls(ctx, project, "reading the project", lambda: ctx.schema(project))
-        reason = skip_reason(ctx.store.metadata(project)) if settings.pretrain_minutes else "MTAL_PRETRAIN_MINUTES is 0"
+        meta, current = ctx.store.metadata(project), ctx.store.current(project)
+        if meta.get("pretrained") and ctx.store.ranking(project).get("model_version") != current:
+            # published, but the run died before its ranking (a take-over): rank it now
+            outcome = report(pretrain={"state": "done", "version": current})["pretrain"]
+            ctx.coordinator.trained(project, current, {"pretrain": meta.get("pretrain")}, owner=ctx.owner)
+            return outcome
+        reason = skip_reason(meta) if settings.pretrain_minutes else "MTAL_PRETRAIN_MINUTES is 0"
         if reason:
             return _end_pretrain(ctx, project, report(pretrain={"state": "skipped", "reason": reason}))
         tasks = _retry_ls(ctx, project, "listing tasks", lambda: list(ctx.ls.iter_tasks(int(project))))

@@ -348,3 +348,29 @@ def test_off_by_default_and_skipped_over_imagenet_weights(make_rig: Callable[...
     assert st["state"] == "idle" and st["pretrain"]["state"] == "skipped"
     assert "IMAGENET1K_V1" in st["pretrain"]["reason"]
     assert len(rig.versions()) == 1 and rig.ranked == []
+
+
+def test_a_pretrain_killed_after_publishing_is_ranked_by_the_run_that_takes_over(
+        make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = make_rig(lease_s=0.5)
+    real = jobs.pretrain_version
+
+    def publish_then_die(*a: Any, **k: Any) -> Any:
+        real(*a, **k)
+        raise Killed
+
+    monkeypatch.setattr(jobs, "pretrain_version", publish_then_die)
+    rig.setup()
+    job = Job.fetch(rig.status()["job_id"], connection=rig.conn)
+    rig.trainer.handle.queue.remove(job)
+    job.set_status(JobStatus.STARTED)
+    with pytest.raises(Killed):
+        jobs.pretrain_job(PROJECT)
+    _, pretrained = rig.versions()
+    assert rig.status()["state"] == "pretraining" and rig.ranked == []
+    time.sleep(0.6)
+    assert rig.trainer.coordinator.recover_all() == [PROJECT]  # a worker starting
+    rig.drain()
+    assert rig.ranked == ["typiclust"] and len(rig.versions()) == 2
+    st = rig.status()
+    assert st["state"] == "idle" and st["pretrain"] == {"state": "done", "version": pretrained["version"]}
