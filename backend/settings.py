@@ -116,6 +116,12 @@ class Settings:
     and ranking share): pool_max_images [MTAL_POOL_MAX_IMAGES] (2000, >= 0; 0 = no pool): tasks without a
     label cached at the network's input size, a seeded random subset when there are more;
     pool_max_mb [MTAL_POOL_MAX_MB] (2048, >= 1): disk bound of one project's pool in MiB.
+    pretrain_minutes [MTAL_PRETRAIN_MINUTES] (0 = off; 0..360): cold start (backend/loop/pretrain_round.py):
+    when a project without a trained version is set up, or "Start Training" is pressed before any label,
+    a job trains the network's trunk on the project's unlabelled images (dense SimSiam) for at most this
+    many minutes in all (resumes included), publishes the result as a version marked "pretrained" and
+    ranks the tasks by TypiClust on its features. Off by default: on CamVid at 4-12 CPU minutes the
+    pretrained start scored 0.94-0.98x the random start's mIoU at 10 labels (docs/training.md).
     semi_weight [MTAL_SEMI_WEIGHT] (0, >= 0; 0 = off): weight of the semi-supervised term of every training
     run (mtal_models/training/semi.py: a Mean Teacher's confident pseudo-labels on strong views of the
     pool's images); > 0 makes the train job fill the pool and learn from it. Off by default: on CamVid at
@@ -170,6 +176,7 @@ class Settings:
     ls_backoff_s: float = 2.0
     pool_max_images: int = 2000
     pool_max_mb: int = 2048
+    pretrain_minutes: float = 0.0
     semi_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -220,6 +227,8 @@ class Settings:
             raise SettingsError(f"MTAL_POOL_MAX_IMAGES must be >= 0 (0 = no pool), got {self.pool_max_images}")
         if self.pool_max_mb < 1:
             raise SettingsError(f"MTAL_POOL_MAX_MB must be >= 1 (MiB of disk per project), got {self.pool_max_mb}")
+        if not 0 <= self.pretrain_minutes <= 360:  # also refuses NaN; 360: the jobs' 6 h RQ timeout
+            raise SettingsError(f"MTAL_PRETRAIN_MINUTES must be in [0, 360] (0 = off), got {self.pretrain_minutes}")
         if not math.isfinite(self.semi_weight) or self.semi_weight < 0:
             raise SettingsError(f"MTAL_SEMI_WEIGHT must be a finite number >= 0 (0 = off), got {self.semi_weight}")
         if not self.train_lr > 0:
@@ -394,6 +403,7 @@ class Settings:
             ls_backoff_s=get_float("MTAL_LS_BACKOFF_S", 2.0),
             pool_max_images=get_int("MTAL_POOL_MAX_IMAGES", 2000),
             pool_max_mb=get_int("MTAL_POOL_MAX_MB", 2048),
+            pretrain_minutes=get_float("MTAL_PRETRAIN_MINUTES", 0.0),
             semi_weight=get_float("MTAL_SEMI_WEIGHT", 0.0),
         )
 

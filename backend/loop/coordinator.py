@@ -4,6 +4,7 @@ State per project (a Redis hash ``mtal:project:<id>``)::
 
     idle --request--> queued --begin--> training --trained--> ranking --finish--> idle
                                                                         \\-> queued (follow-up)
+    idle --request_pretrain--> queued --begin_pretrain--> pretraining --trained--> ranking --finish--> ...
 
 - A request while ``queued`` does nothing (the queued run reads every annotation from Label Studio
   when it starts, so it will see the new labels).
@@ -24,6 +25,12 @@ State per project (a Redis hash ``mtal:project:<id>``)::
   they publish a version or push predictions (:meth:`Coordinator.check_owner`): a run that was taken
   over but is still alive (a stalled worker) raises :class:`LeaseLost` instead of overwriting the
   state of the run that replaced it.
+- Cold start (issue 25): a *pretrain* run (``kind`` = "pretrain", job ``pretrain_job``) learns from the
+  unlabelled pool before the first label and ranks with the result. It is requested only while idle and
+  never as a follow-up; it moves no label counts. Labels reaching the threshold (or START_TRAINING) while
+  it waits or runs set ``follow_up`` as for any run, so exactly one train run follows it and starts from
+  what it published (or from the current version when it failed). A dead pretrain is taken over as a
+  pretrain (resuming from its checkpoint), its follow-up kept.
 Every transition is one Lua script, so concurrent webhooks and workers never interleave inside one.
 """
 
@@ -50,6 +57,8 @@ from backend.loop.coordinator_scripts import (
     FOLLOW_UP,
     FOLLOW_UP_STALE,
     OWNED_SET,
+    PRETRAIN_BEGIN,
+    PRETRAIN_REQUEST,
     QUEUED,
     RECORD,
     REQUEST,
@@ -62,7 +71,7 @@ __all__ = ["Coordinator", "LeaseLost"]
 log = logging.getLogger(__name__)
 _RECOVER_AFTER_S = 30.0
 LEASE_S = 60.0  # a run whose heartbeat stopped this long ago is dead
-
+_RUNNING = ("training", "ranking", "pretraining")
 
 
 class LeaseLost(RuntimeError):
@@ -79,12 +88,14 @@ class Coordinator:
         rank_job: str = "backend.loop.jobs.rank_job",
         job_timeout: int = 6 * 3600,
         lease_s: float = LEASE_S,
+        pretrain_job: str = "backend.loop.jobs.pretrain_job",
     ) -> None:
         self.lease_s = float(lease_s)
         self.handle = handle
         self.redis = handle.connection
         self.train_job = train_job
         self.rank_job = rank_job
+        self.pretrain_job = pretrain_job
         self.job_timeout = job_timeout
         self._request = self.redis.register_script(REQUEST)
         self._record = self.redis.register_script(RECORD)
@@ -92,6 +103,8 @@ class Coordinator:
         self._finish = self.redis.register_script(FINISH)
         self._take_over = self.redis.register_script(TAKE_OVER)
         self._owned_set = self.redis.register_script(OWNED_SET)
+        self._pretrain_request = self.redis.register_script(PRETRAIN_REQUEST)
+        self._pretrain_begin = self.redis.register_script(PRETRAIN_BEGIN)
 
     @classmethod
     def on_connection(cls, connection: Any, **kwargs: Any) -> Coordinator:
@@ -124,20 +137,43 @@ class Coordinator:
     def request_training(self, project: int | str) -> str:
         """Request a run now (START_TRAINING). Returns "enqueued", "queued" (one is already waiting) or
         "follow_up" (a run is in progress; exactly one more will follow it)."""
-        job_id = _new_job_id()
-        outcome = self._request(keys=self._keys(project)[:1], args=[time.time(), job_id])
+        outcome = self._ask(self._request, self.train_job, project)
         if outcome == ENQUEUE:
-            self._enqueue(self.train_job, project, job_id)
             return "enqueued"
         if outcome in (FOLLOW_UP, FOLLOW_UP_STALE):
             return "enqueued" if outcome == FOLLOW_UP_STALE and self.recover_dead_run(project) else "follow_up"
         return "enqueued" if self._recover_lost_job(project) else "queued"
+
+    def request_pretrain(self, project: int | str) -> str:
+        """Request a pretrain run (cold start) if the project is idle. Returns "enqueued", "queued" (a run is
+        already waiting) or "busy" (a run is in progress; nothing is recorded). A dead run is taken over."""
+        outcome = self._ask(self._pretrain_request, self.pretrain_job, project)
+        if outcome == ENQUEUE:
+            return "enqueued"
+        if outcome == QUEUED:
+            return "enqueued" if self._recover_lost_job(project) else "queued"
+        return "enqueued" if self.recover_dead_run(project) else "busy"
+
+    def _ask(self, script: Any, func: str, project: int | str) -> int:
+        """Run a request script (KEYS: the state hash; ARGV: now, a new job id); on ENQUEUE enqueue ``func``
+        under that id. Returns the script's outcome."""
+        job_id = _new_job_id()
+        outcome = script(keys=self._keys(project)[:1], args=[time.time(), job_id])
+        if outcome == ENQUEUE:
+            self._enqueue(func, project, job_id)
+        return outcome
 
     # ---- run lifecycle (called from the jobs; ``owner``: the calling job's id, None = unchecked) ----------
     def begin(self, project: int | str, owner: str | None = None) -> None:
         """A train job starts: counts move aside, state -> training. Raises LeaseLost when ``owner`` is
         not the job the state waits for (another run replaced it)."""
         if not self._begin(keys=self._keys(project), args=[time.time(), self._lease(), owner or ""]):
+            raise LeaseLost(f"project {project}: job {owner} does not own the run; not starting")
+
+    def begin_pretrain(self, project: int | str, owner: str | None = None) -> None:
+        """A pretrain job starts: state -> pretraining (label counts and follow_up untouched). LeaseLost as
+        for :meth:`begin`."""
+        if not self._pretrain_begin(keys=self._keys(project)[:1], args=[time.time(), self._lease(), owner or ""]):
             raise LeaseLost(f"project {project}: job {owner} does not own the run; not starting")
 
     def progress(self, project: int | str, owner: str | None = None, **fields: Any) -> None:
@@ -186,7 +222,7 @@ class Coordinator:
         """If ``project`` is training/ranking with an expired lease and its job is not waiting in the queue,
         take the run over (see the module docstring) and enqueue a new one. Returns True if it did."""
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._keys(project)[0]).items()}
-        if raw.get("state") not in ("training", "ranking"):
+        if raw.get("state") not in _RUNNING:
             return False
         lease = raw.get("lease") or ""
         expires = _num(lease) if lease else (_num(raw.get("updated")) or 0.0) + self.lease_s
@@ -196,7 +232,7 @@ class Coordinator:
         if not self._take_over(keys=self._keys(project), args=[time.time(), job_id, lease]):
             return False  # someone else took it over, or the run came back to life
         log.warning("project %s: %s run lost its lease (job %s); restarting", project, raw["state"], raw.get("job_id"))
-        self._enqueue(self.train_job, project, job_id)
+        self._enqueue(self.pretrain_job if raw["state"] == "pretraining" else self.train_job, project, job_id)
         return True
 
     def recover_all(self) -> list[str]:
@@ -259,7 +295,8 @@ class Coordinator:
             "job_id": raw.get("job_id") or None,
             "labels_since_last_run": counts,
             "updated": _num(raw.get("updated")),
-            "lease_expired": raw.get("state") in ("training", "ranking")
+            "pretrain": _json_or_none(raw.get("pretrain")),
+            "lease_expired": raw.get("state") in _RUNNING
             and (_num(raw.get("lease")) or 0.0) < time.time() and not self._job_waiting(raw.get("job_id")),
         }
 
@@ -310,7 +347,8 @@ class Coordinator:
         log.warning("project %s: queued run had no live job (%s); enqueuing again", project, status)
         job_id = _new_job_id()
         self.redis.hset(self._keys(project)[0], mapping={"job_id": job_id, "updated": time.time()})
-        self._enqueue(self.train_job, project, job_id)
+        self._enqueue(self.pretrain_job if self._field(project, "kind") == "pretrain" else self.train_job, project,
+                      job_id)
         return True
 
 
@@ -320,6 +358,13 @@ def _new_job_id() -> str:
 
 def _text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def _json_or_none(value: str | None) -> Any:
+    try:
+        return json.loads(value) if value else None
+    except ValueError:
+        return None
 
 
 def _num(value: str | None) -> float | None:

@@ -19,16 +19,16 @@ return 1
 """
 
 # Request a run. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE (idle -> queued:
-# the caller enqueues job ARGV[2]), QUEUED (a run is already waiting: nothing to do) or FOLLOW_UP
-# (training/ranking: follow_up set, exactly one more run after this one) while the run's lease is
-# still valid at ARGV[1], FOLLOW_UP_STALE when it is not (expired, or none: the caller looks whether
-# the run is dead). A webhook during a healthy run is thus one Redis round trip.
+# the caller enqueues job ARGV[2]), QUEUED (a train run is already waiting: nothing to do) or FOLLOW_UP
+# (training/ranking/pretraining, or a pretrain waiting: follow_up set, exactly one train run after it)
+# while the run's lease is still valid at ARGV[1], FOLLOW_UP_STALE when it is not (expired, or none: the
+# caller looks whether the run is dead). A webhook during a healthy run is thus one Redis round trip.
 TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'idle' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2])
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2], 'kind', 'train')
   return 1
-elseif state == 'queued' then
+elseif state == 'queued' and redis.call('HGET', KEYS[1], 'kind') ~= 'pretrain' then
   return 2
 end
 redis.call('HSET', KEYS[1], 'follow_up', '1')
@@ -60,17 +60,21 @@ return 1
 """
 
 # KEYS: state, counts, counts_inflight. ARGV: now, new job id, the lease seen as expired.
-# Takes over a dead run (state and lease unchanged since the caller looked): counts back, -> queued.
+# Takes over a dead run (state and lease unchanged since the caller looked): counts back, -> queued. A dead
+# pretrain is queued again as a pretrain (it resumes from its checkpoint) and keeps its follow-up.
 TAKE_OVER = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if (state ~= 'training' and state ~= 'ranking') or (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[3] then
+if (state ~= 'training' and state ~= 'ranking' and state ~= 'pretraining')
+   or (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[3] then
   return 0
 end
 local kv = redis.call('HGETALL', KEYS[3])
 for i = 1, #kv, 2 do redis.call('HINCRBY', KEYS[2], kv[i], tonumber(kv[i + 1])) end
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[2],
-           'error', 'previous run stopped without finishing (its lease expired); restarted')
+local kind, follow = 'train', '0'
+if state == 'pretraining' then kind, follow = 'pretrain', (redis.call('HGET', KEYS[1], 'follow_up') or '0') end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', follow, 'updated', ARGV[1], 'job_id', ARGV[2],
+           'kind', kind, 'error', 'previous run stopped without finishing (its lease expired); restarted')
 return 1
 """
 
@@ -85,9 +89,35 @@ if ARGV[2] == '1' then
 end
 redis.call('DEL', KEYS[3])
 if redis.call('HGET', KEYS[1], 'follow_up') == '1' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[3])
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'follow_up', '0', 'updated', ARGV[1], 'job_id', ARGV[3],
+             'kind', 'train')
   return 1
 end
 redis.call('HSET', KEYS[1], 'state', 'idle', 'updated', ARGV[1])
 return 0
+"""
+
+# Request a pretrain run (cold start). KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE
+# (idle -> queued as a pretrain: the caller enqueues job ARGV[2]), QUEUED (a run is already waiting) or
+# BUSY (a run is in progress: nothing is set; a pretrain is never a follow-up).
+PRETRAIN_REQUEST = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'idle' then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'updated', ARGV[1], 'job_id', ARGV[2], 'kind', 'pretrain')
+  return 1
+elseif state == 'queued' then
+  return 2
+end
+return 0
+"""
+BUSY = 0
+
+# KEYS: state. ARGV: now, lease, owner ('' = unchecked). A pretrain job starts: state -> pretraining. Label
+# counts stay where they are (a pretrain consumes no label) and so does follow_up (labels that reached the
+# threshold while the pretrain waited). Returns 0 (nothing done) when ARGV[3] is not the job the state waits for.
+PRETRAIN_BEGIN = """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'pretraining', 'kind', 'pretrain', 'updated', ARGV[1], 'started', ARGV[1],
+           'epoch', '0', 'step', '0', 'loss', '', 'lease', ARGV[2], 'pretrain', '')
+return 1
 """

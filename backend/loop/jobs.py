@@ -15,6 +15,12 @@ rank_job(project)
     the new model version, the requested modalities ticked in the choices tag), sets the project's
     ``model_version`` and ``sampling = "Uncertainty sampling"`` so ``/next`` serves that order, and
     stores the ranking for ``/predict``.
+pretrain_job(project)
+    The cold start (``MTAL_PRETRAIN_MINUTES`` > 0; issue 25): lists the project's tasks, fills the
+    unlabelled pool cache, refuses with a reason in /status when it is under the minimum, pretrains the
+    current version's trunk time-boxed and resumable (:mod:`backend.loop.pretrain_round`), publishes it
+    marked ``"pretrained"``, then enqueues the rank job, which ranks it by TypiClust. Tasks already
+    labelled when it starts get a training run after it (the coordinator's follow-up).
 
 Both run under the run's lease (:meth:`Coordinator.hold`) and as its owner (their RQ job id): a job whose
 run was taken over stops with LeaseLost before it writes anything. Label Studio unreachable while
@@ -25,9 +31,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -39,6 +46,7 @@ from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_tasks
 from backend.logs import redact
 from backend.loop.coordinator import Coordinator, LeaseLost
+from backend.loop.pretrain_round import PoolImages, pretrain_config, pretrain_version, skip_reason
 from backend.loop.queue import open_queue
 from backend.loop.rank_pass import NothingFetched, rank_tasks
 from backend.loop.train_round import train_version
@@ -46,11 +54,13 @@ from backend.serving.model import MTALModel, load_schema
 from backend.serving.pool import PoolCache, PooledFetcher
 from backend.serving.store import ModelStore
 from backend.settings import Settings
+from mtal_models.training.pretrain import check_pool
 
-__all__ = ["JobContext", "configure", "ls_unreachable", "rank_job", "train_job"]
+__all__ = ["JobContext", "configure", "ls_unreachable", "pretrain_job", "rank_job", "train_job"]
 
 log = logging.getLogger(__name__)
 _configured: Settings | None = None
+PROGRESS_EVERY_S = 1.0  # the pretrain's step reports to /status, at most one per this many seconds
 
 
 def configure(settings: Settings | None) -> None:
@@ -69,6 +79,7 @@ class JobContext:
     ls: LabelStudioAPI
     fetcher: ImageFetcher
     owner: str | None = None  # the RQ job id that owns the run (None outside RQ: unchecked)
+    lost: threading.Event = field(default_factory=threading.Event)  # set once the run was taken over
 
     def check_owner(self, project: str) -> None:
         """LeaseLost when this job's run was taken over (called before every write that outlives it)."""
@@ -112,7 +123,8 @@ def _run(stage: str, project: Any, body: Any) -> Any:
     try:
         ctx = JobContext.create()
         ctx.owner = owner
-        with ctx.coordinator.hold(project, owner):  # the lease: a killed job's run is taken over when it expires
+        with ctx.coordinator.hold(project, owner) as lost:  # the lease: a killed job's run is taken over
+            ctx.lost = lost
             return body(ctx, project)
     except LeaseLost as e:  # another run owns the project now: leave its state, versions and ranking alone
         log.warning("%s job of project %s stopped: %s", stage, project, e)
@@ -219,6 +231,74 @@ def rank_job(project: Any) -> dict[str, Any]:
         return summary
 
     return _run("rank", project, body)
+
+
+def pretrain_job(project: Any) -> dict[str, Any]:
+    """The cold start of ``project`` (see the module docstring); returns what /status shows as ``pretrain``."""
+
+    def body(ctx: JobContext, project: str) -> dict[str, Any]:
+        ctx.coordinator.begin_pretrain(project, ctx.owner)
+        settings, throttle = ctx.settings, [0.0]
+
+        def report(force: bool = True, **fields: Any) -> dict[str, Any]:
+            if force or time.time() - throttle[0] >= PROGRESS_EVERY_S:
+                throttle[0] = time.time()
+                try:
+                    ctx.coordinator.progress(project, ctx.owner, **fields)
+                except RedisError as e:  # Redis restarting: keep going (LeaseLost still stops the run)
+                    log.warning("project %s: progress not recorded: %s", project, redact(str(e)))
+            return fields
+
+        schema = _retry_ls(ctx, project, "reading the project", lambda: ctx.schema(project))
+        meta, current = ctx.store.metadata(project), ctx.store.current(project)
+        if meta.get("pretrained") and ctx.store.ranking(project).get("model_version") != current:
+            # published, but the run died before its ranking (a take-over): rank it now
+            outcome = report(pretrain={"state": "done", "version": current})["pretrain"]
+            ctx.coordinator.trained(project, current, {"pretrain": meta.get("pretrain")}, owner=ctx.owner)
+            return outcome
+        reason = skip_reason(meta) if settings.pretrain_minutes else "MTAL_PRETRAIN_MINUTES is 0"
+        if reason:
+            return _end_pretrain(ctx, project, report(pretrain={"state": "skipped", "reason": reason}))
+        tasks = _retry_ls(ctx, project, "listing tasks", lambda: list(ctx.ls.iter_tasks(int(project))))
+        cache = PoolCache.from_settings(settings, project, ctx.fetcher)
+        fill = cache.fill(tasks, schema, seed=settings.seed, progress=lambda done, total: report(
+            False, pretrain={"state": "filling the pool", "fetched": done, "to_fetch": total}))
+        if fill.labelled:  # labels the webhooks may not have counted: one training run follows this one
+            ctx.coordinator.request_training(project)
+        config = pretrain_config(settings)
+        pool = {"images": fill.images, "failed": fill.failed, "labelled": fill.labelled}
+        if reason := check_pool(fill.images, config):
+            log.warning("project %s: %s", project, reason)
+            return _end_pretrain(ctx, project, report(pretrain={"state": "refused", "reason": reason, **pool}))
+        budget = {"budget_s": config.budget_s, **pool}
+        report(pretrain={"state": "pretraining", **budget})
+        try:
+            version, summary = pretrain_version(
+                ctx.store, project, settings, PoolImages(cache.dataset(schema.modalities)), config=config,
+                progress=lambda step, loss: report(False, step=step, loss=round(float(loss), 6),
+                                                   pretrain={"state": "pretraining", "step": step, **budget}),
+                should_stop=ctx.lost.is_set, guard=lambda: ctx.check_owner(project))
+        except Exception as e:  # kept in /status "pretrain" after a follow-up training clears "error"
+            if not isinstance(e, LeaseLost):
+                report(pretrain={"state": "failed", "reason": f"{type(e).__name__}: {e}"[:2000], **budget})
+            raise
+        keys = ("steps", "resumed_from", "seconds_total", "first_loss", "last_loss", "feature_std", "stopped_by")
+        outcome = {"state": "done" if version else "nothing published", "version": version, **pool,
+                   **{k: summary.get(k) for k in keys}}
+        last = {"step": summary["steps"], "loss": summary["last_loss"] if summary["last_loss"] is not None else ""}
+        if version is None:
+            return _end_pretrain(ctx, project, report(pretrain=outcome, **last))
+        report(pretrain=outcome, **last)
+        ctx.coordinator.trained(project, version, {"pretrain": summary}, owner=ctx.owner)  # -> rank job (TypiClust)
+        return outcome
+
+    return _run("pretrain", project, body)
+
+
+def _end_pretrain(ctx: JobContext, project: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A pretrain run that publishes nothing ends here (its follow-up, if any, is enqueued)."""
+    ctx.coordinator.finish(project, ctx.owner)
+    return fields["pretrain"]
 
 
 def ls_unreachable(e: BaseException) -> bool:

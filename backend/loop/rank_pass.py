@@ -59,16 +59,18 @@ def rank_tasks(
     labelled_ids: set[Any],
     guard: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy, push one
+    """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy (TypiClust for
+    a version marked pretrained: :func:`backend.serving.strategy.strategy_for`), push one
     prediction per unlabelled task, point the project at ``version``, store the ranking. ``guard()`` runs
     before every write to Label Studio or the store and may raise to stop them (a run that lost its lease)."""
     settings, store = ctx.settings, ctx.store
     device = settings.torch_device()
     model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model.to(device).eval()
-    strategy = strategy_for(settings, schema)
+    meta = store.metadata(project, version)
+    strategy = strategy_for(settings, schema, meta)  # a pretrained version (cold start): TypiClust
     previous = store.ranking(project)
     strategy.load_state((previous.get("strategy_state") or {}).get(strategy.name, {}))
-    prefill = Prefill.for_version(settings, store.metadata(project, version))
+    prefill = Prefill.for_version(settings, meta)
     with ResultSpool(store.tmp_dir(project)) as spool:
         rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill)
         if not rows:

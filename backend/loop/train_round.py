@@ -28,7 +28,9 @@ from mtal_models.training import TrainConfig, evaluate, fit, load_checkpoint, ma
 __all__ = ["quality_gate", "train_version"]
 
 log = logging.getLogger(__name__)
-_VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", "project", "current")
+# not inherited from the parent: filled by publish, or the cold start's mark (a trained version is no pretrain)
+_VERSION_KEYS = ("version", "number", "parent", "created", "checkpoint_sha256", "project", "current", "pretrained",
+                 "pretrain")
 
 
 def train_version(

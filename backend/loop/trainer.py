@@ -14,6 +14,7 @@ import redis
 
 from backend.loop.coordinator import Coordinator
 from backend.loop.events import handle_webhook
+from backend.loop.pretrain_round import pretrain_due
 from backend.loop.queue import WEB_TIMEOUT_S, QueueHandle, QueueUnavailable, open_queue
 from backend.serving.store import ModelStore
 from backend.settings import Settings
@@ -49,7 +50,21 @@ class QueueTrainer:
         value = self.store.project_info(project_id).get("train_threshold")
         return int(value) if isinstance(value, int) and value >= 0 else self.settings.train_threshold
 
+    def cold_start(self, project_id: str) -> str | None:
+        """After /setup: request the pretrain run (``MTAL_PRETRAIN_MINUTES`` > 0) of a project that has no
+        version trained on labels or pretrained yet. Returns the coordinator's answer ("enqueued", "queued",
+        "busy"), or None when no pretrain is due."""
+        if not self.settings.pretrain_minutes or not pretrain_due(self.store, project_id):
+            return None
+        return _queue_call(lambda: self.coordinator.request_pretrain(project_id))
+
     def submit(self, project_id: str, event: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        if event == "START_TRAINING" and self.settings.pretrain_minutes:
+            # "Start Training" before any label was counted: the cold start, when one is due
+            counts = _queue_call(lambda: self.coordinator.status(project_id))["labels_since_last_run"]
+            outcome = None if any(counts.values()) else self.cold_start(project_id)
+            if outcome is not None:
+                return {"action": event, "project": project_id, "status": f"pretrain_{outcome}", "counted": []}
         threshold = self.threshold(project_id)
         # threshold 0: annotations are counted for /status but never trigger a run by themselves
         result = _queue_call(

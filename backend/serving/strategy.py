@@ -1,23 +1,41 @@
 """The project's selection strategy: ``MTAL_STRATEGY`` resolved against its labeling config ("auto" per
-network and modality count), and the configs a strategy cannot run refused with a clear error."""
+network and modality count), and the configs a strategy cannot run refused with a clear error. A version
+marked ``"pretrained"`` (the cold start's self-supervised version, trained on no label) is ranked by
+TypiClust instead: its heads have never seen a label, so only its features mean something."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from backend.labelstudio.label_config import ProjectSchema
 from backend.settings import Settings
 from mtal_models.strategies import Strategy, get_strategy
 from mtal_models.strategies.mtc import det_to_seg_by_name
 
-__all__ = ["boxmask_modalities", "strategy_for"]
+__all__ = ["COLD_START", "boxmask_modalities", "strategy_for"]
+
+COLD_START = "typiclust"  # the strategy of a pretrained version (mtal_models/strategies/typiclust.py)
 
 
-def strategy_for(settings: Settings, schema: ProjectSchema) -> Strategy:
+def strategy_for(settings: Settings, schema: ProjectSchema, version: Mapping[str, Any] | None = None) -> Strategy:
     """The project's strategy: ``MTAL_STRATEGY``, where "auto" means MTAL-WACV's combined score without
     its eq. 5 loss weights (``mtal_unweighted``, the best measured in the default simulation) for dense
     projects (PAD-Net) and MTC BoxMask, with boxes matched to segmentation classes by name, for projects
     with boxes. A config with a single modality has no task pairs, so no MTAL committee: "auto" is then
     PartAL's image-level MC-dropout entropy (``partal_image``). Raises ValueError for a strategy the
-    config cannot run."""
+    config cannot run (checked whatever ``version`` is, so /setup refuses it before any ranking).
+
+    version: the metadata of the version that will rank. Marked ``"pretrained"`` (only the cold start's
+    version is: a training run drops the mark, backend/loop/train_round.py): TypiClust, with the first batch
+    of ``MTAL_TRAIN_THRESHOLD`` images (10 when it is 0) in distinct clusters."""
+    configured = _configured(settings, schema)
+    if version is not None and version.get("pretrained"):
+        return get_strategy(COLD_START, batch=settings.train_threshold or 10, seed=settings.seed)
+    return configured
+
+
+def _configured(settings: Settings, schema: ProjectSchema) -> Strategy:
     name = settings.strategy
     single = len(schema.modalities) < 2
     if name == "auto":

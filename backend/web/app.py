@@ -215,6 +215,12 @@ def create_app(
             raise ApiError(422, str(e)) from e
         if threshold is not None:
             store.save_project_info(pid, {**store.project_info(pid), "train_threshold": threshold})
+        cold_start = getattr(state.trainer, "cold_start", None)  # MTAL_PRETRAIN_MINUTES > 0: the pretrain run
+        if cold_start is not None:
+            try:
+                cold_start(pid)
+            except Exception as e:  # Redis away: /setup still answers (LS waits 3 s); the next trigger retries
+                log.warning("/setup: project %s: cold start not requested: %s", pid, e)
         return jsonify(model_version=version)
 
     @app.post("/predict")
@@ -293,8 +299,9 @@ def create_app(
 
     @app.get("/status")
     def status() -> Response:
-        """Per project: run state (idle/queued/training/ranking), progress, last version + metrics, error,
-        and ``pool``: the counts of the last fill of its unlabelled pool (:class:`backend.serving.pool.PoolFill`)."""
+        """Per project: run state (idle/queued/pretraining/training/ranking), progress, last version + metrics,
+        error, ``pretrain`` (the cold start's last outcome), and ``pool``: the counts of the last fill of its
+        unlabelled pool (:class:`backend.serving.pool.PoolFill`)."""
         raw = request.args.get("project")
         if not raw:
             raise ApiError(400, "query parameter 'project' is required, e.g. /status?project=3")
@@ -362,5 +369,5 @@ def _setup_hostname(settings: Settings, hostname: str | None) -> str | None:
 
 def _summary(meta: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("version", "number", "parent", "created", "network", "net_config_name", "metrics", "current", "source",
-            "candidate")
+            "candidate", "pretrained", "pretrain")
     return {k: meta.get(k) for k in keys}

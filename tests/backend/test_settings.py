@@ -132,3 +132,12 @@ def test_pool_bounds() -> None:
                           ({"MTAL_POOL_MAX_MB": "1.5"}, "MTAL_POOL_MAX_MB")):
         with pytest.raises(SettingsError, match=variable):
             Settings.from_env(env)
+
+
+def test_pretrain_minutes() -> None:
+    """MTAL_PRETRAIN_MINUTES: off (0) by default; a number of minutes in [0, 360]; anything else is refused."""
+    assert Settings.from_env({}).pretrain_minutes == 0
+    assert Settings.from_env({"MTAL_PRETRAIN_MINUTES": "2.5"}).pretrain_minutes == 2.5
+    for raw in ("-1", "361", "nan", "ten"):
+        with pytest.raises(SettingsError, match="MTAL_PRETRAIN_MINUTES"):
+            Settings.from_env({"MTAL_PRETRAIN_MINUTES": raw})

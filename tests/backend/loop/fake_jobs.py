@@ -17,7 +17,8 @@ HOOK: list[Callable[[Coordinator, str], None]] = []
 
 def _coordinator() -> Coordinator:
     return Coordinator.on_connection(
-        get_current_job().connection, train_job=f"{__name__}.train_job", rank_job=f"{__name__}.rank_job"
+        get_current_job().connection, train_job=f"{__name__}.train_job", rank_job=f"{__name__}.rank_job",
+        pretrain_job=f"{__name__}.pretrain_job",
     )
 
 
@@ -43,3 +44,16 @@ def failing_train_job(project: str) -> None:
     coord = _coordinator()
     coord.begin(project)
     coord.fail(project, "boom: out of labels")
+
+
+def pretrain_job(project: str) -> str:
+    """A cold-start run as the real one drives it: begin_pretrain, progress, then ``trained`` (-> rank)."""
+    coord = _coordinator()
+    coord.begin_pretrain(project)
+    coord.redis.rpush(f"test:{project}:runs", "pretrain")
+    for hook in HOOK:
+        hook(coord, project)
+    coord.progress(project, step=3, loss=-0.5, pretrain={"state": "pretraining", "step": 3})
+    n = coord.redis.llen(f"test:{project}:runs")
+    coord.trained(project, f"v{n}", {"pretrain": {"steps": 3}})
+    return f"v{n}"
