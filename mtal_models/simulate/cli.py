@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
     p.add_argument("--semi-weight", dest="semi_weight", type=float,
                    help="semi-supervised term on the unlabelled images (0 = off; the backend's MTAL_SEMI_WEIGHT)")
+    p.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
+                   help="cold start: pretrain each seed's trunk on the pool this many steps first (0 = off)")
+    p.add_argument("--initial-strategy", dest="initial_strategy", choices=("random", "typiclust"),
+                   help="how round 0's images are chosen (typiclust: typical images of the pool's clusters)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -91,6 +95,8 @@ def main(argv: Sequence[str] | None = None, readers: Mapping[str, Callable[[Any]
             "device",
             "threads",
             "semi_weight",
+            "pretrain_steps",
+            "initial_strategy",
         )
     }
     try:

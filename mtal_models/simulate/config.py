@@ -95,6 +95,13 @@ class SimConfig:
                       0 = off, as the backend's ``MTAL_MTPSL_WEIGHT``); only partially labelled images feed it.
     semi_weight:      semi-supervised term on the images without any label (``TrainConfig.semi_weight``,
                       ``fit(..., unlabelled=)``; 0 = off, as the backend's ``MTAL_SEMI_WEIGHT``).
+    pretrain_steps:   > 0: the cold start (issue #25): before round 0 every seed's network pretrains its trunk
+                      on the whole pool's images with :func:`mtal_models.training.pretrain.pretrain` (the
+                      backend's pretrain job; steps instead of its minutes, so runs repeat), and every
+                      training starts from those weights. 0 = off.
+    initial_strategy: how round 0's images are chosen: "random" (seeded) or "typiclust" (typical images of
+                      the pool's clusters in the network's pooled features, as the backend's first ranking
+                      after a pretrain); shared by every strategy of a seed.
     batch_size, lr:   training settings (Adam, poly LR per round).
     mc_samples:       default MC-dropout passes for strategies that take ``mc_samples``.
     device:           "auto" (CUDA when present, else CPU), "cpu", "cuda".
@@ -132,6 +139,8 @@ class SimConfig:
     pseudo_label_teacher: str = "self"
     mtpsl_weight: float = 0.0
     semi_weight: float = 0.0
+    pretrain_steps: int = 0
+    initial_strategy: str = "random"
     batch_size: int = 16
     lr: float = 1e-3
     mc_samples: int = 8
@@ -173,6 +182,8 @@ class SimConfig:
             ("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "must be in [0, 1]"),
             ("mtpsl_weight", self.mtpsl_weight >= 0, "must be >= 0"),
             ("semi_weight", self.semi_weight >= 0, "must be >= 0"),
+            ("pretrain_steps", self.pretrain_steps >= 0, "must be >= 0 (0 = off)"),
+            ("initial_strategy", self.initial_strategy in ("random", "typiclust"), "must be 'random' or 'typiclust'"),
             ("pseudo_label_teacher", self.pseudo_label_teacher in ("self", "previous"), "must be 'self' or 'previous'"),
             ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
              "needs substitution_prob > 0 (it trains the label encoders that condition the guesses)"),

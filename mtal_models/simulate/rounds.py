@@ -61,6 +61,7 @@ from mtal_models.training import (
     save_checkpoint,
 )
 from mtal_models.training.data import draw_probabilities, make_sampler
+from mtal_models.training.pretrain import PretrainConfig, pretrain
 
 __all__ = ["initial_images", "label_steps", "merge_weights", "run_reference", "run_strategy", "settings_key"]
 
@@ -71,6 +72,7 @@ _RESULT_FIELDS = (
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
     "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling", "step_budget",
     "pseudo_label_weight", "pseudo_label_confidence", "pseudo_label_teacher", "mtpsl_weight", "semi_weight",
+    "pretrain_steps", "initial_strategy",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
@@ -81,6 +83,7 @@ Tick = Callable[[str], None]
 _LATER_DEFAULTS = {
     "step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9,
     "pseudo_label_teacher": "self", "mtpsl_weight": 0.0, "image_width": 0, "semi_weight": 0.0,
+    "pretrain_steps": 0, "initial_strategy": "random",
 }  # fmt: skip
 
 
@@ -107,6 +110,33 @@ def _write_json(path: Path, data: Any) -> None:
 def _build_model(config: SimConfig, modalities: Mapping[str, ModalitySpec], seed: int) -> MultiTaskNet:
     torch.manual_seed(seed)
     return build_network(choose_network(modalities), modalities, config.net)
+
+
+def pretrained_start(config: SimConfig, data: SimData, model: MultiTaskNet, seed: int, out: Path) -> None:
+    """The cold start: ``model``'s trunk pretrained on every pool image (``config.pretrain_steps`` steps of
+    the backend's pretrain, no time limit), in place; computed once per seed and settings and shared by
+    every strategy (``out/pretrain/seed<seed>.pt``)."""
+    path = out / "pretrain" / f"seed{seed}.pt"
+    if path.is_file():
+        ck = load_checkpoint(path)
+        if ck.extra.get("settings") == settings_key(config):
+            model.load_state_dict(ck.model_state)
+            return
+    images = [s.image for s in data.pool]
+    pretrain(model, images, PretrainConfig(steps=config.pretrain_steps, budget_s=0, seed=seed,
+                                           min_images=min(32, max(2, len(images)))))
+    save_checkpoint(path, model, epoch=0, extra={"settings": settings_key(config)})
+
+
+def typical_images(config: SimConfig, data: SimData, model: MultiTaskNet, seed: int) -> list[int]:
+    """Round 0's images by TypiClust on ``model``'s pooled features of the pool (sorted indices)."""
+    strategy = get_strategy("typiclust", batch=config.initial_count(len(data.pool)), seed=seed)
+    pool = LabelPool(len(data.pool), list(data.modalities))
+    loader = make_loader(_pool_samples(data, pool), data.modalities, config.batch_size * 2)
+    scores = collect_pool_outputs(model, loader, strategy, device=next(model.parameters()).device)
+    labelled = {m: torch.zeros(len(data.pool), dtype=torch.bool) for m in data.modalities}
+    selection = strategy.select(scores, labelled, config.initial_count(len(data.pool)) * len(data.modalities))
+    return sorted(int(i) for i in selection.by_image())
 
 
 def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) -> TrainConfig:
@@ -221,6 +251,8 @@ class _Run:
         self.out = out
         self.names = list(data.modalities)
         self.model = _build_model(config, data.modalities, seed)
+        if config.pretrain_steps > 0:
+            pretrained_start(config, data, self.model, seed, out)
         probe_opts = _strategy_options(config, name, seed, 0, data.class_names)
         self.probe = get_strategy(name, **probe_opts) if name != "ll4al" else None
         self.committee = bool(self.probe is not None and self.probe.needs.committee)
@@ -373,7 +405,11 @@ class _Run:
         for rnd in range(self.done + 1, self.config.rounds + 1):
             start = time.perf_counter()
             if rnd == 0:
-                self.pool.label_images(initial_images(self.config, len(self.data.pool), self.seed))
+                if self.config.initial_strategy == "typiclust":
+                    first = typical_images(self.config, self.data, self.model, self.seed)
+                else:
+                    first = initial_images(self.config, len(self.data.pool), self.seed)
+                self.pool.label_images(first)
                 self.train_round0()
             else:
                 if self.select(rnd) == 0:

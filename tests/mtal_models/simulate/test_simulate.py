@@ -287,3 +287,39 @@ def test_semi_switch_trains_on_the_images_without_any_label(tmp_path: Path, monk
     seen.clear()
     simulate(TINY.replace(strategies=["random"], seeds=[0], rounds=1), tmp_path / "off", progress=False)
     assert seen and all(n is None for _, n in seen)
+
+
+def test_cold_start_pretrains_once_per_seed_and_picks_round0_by_typiclust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--pretrain-steps / --initial-strategy typiclust: each seed's network is pretrained on the pool once
+    (shared by its strategies, reused on resumption), training starts from it, and round 0's images are the
+    TypiClust pick on the pretrained features instead of the seeded random draw."""
+    calls: list[int] = []
+    real_pretrain, real_typical = rounds.pretrain, rounds.typical_images
+    picked: list[list[int]] = []
+
+    def count_pretrain(model, images, config, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(config.steps)
+        return real_pretrain(model, images, config, **kwargs)
+
+    def record(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        picked.append(real_typical(*args, **kwargs))
+        return picked[-1]
+
+    monkeypatch.setattr(rounds, "pretrain", count_pretrain)
+    monkeypatch.setattr(rounds, "typical_images", record)
+    monkeypatch.setattr(rounds, "initial_images", lambda *a: pytest.fail("random initial draw with typiclust"))
+    config = TINY.replace(strategies=["random", "coreset"], seeds=[0], rounds=1, pretrain_steps=3,
+                          initial_strategy="typiclust")
+    result = simulate(config, tmp_path, progress=False)
+    assert calls == [3], "one pretrain per seed, shared by both strategies"
+    assert len(picked) == 2 and picked[0] == picked[1] and len(picked[0]) == config.initial_count(config.n_images)
+    ck = torch.load(tmp_path / "pretrain" / "seed0.pt", weights_only=False)
+    fresh = rounds._build_model(config, load_data(config).modalities, 0).state_dict()
+    changed = [k for k, v in ck["model_state"].items() if k.startswith("backbone") and not torch.equal(v, fresh[k])]
+    assert changed, "the stored start is the pretrained trunk"
+    first = [r for r in result.rows if r["round"] == 0]
+    assert first and all(r["images"] == len(picked[0]) for r in first)
+    simulate(config.replace(rounds=2), tmp_path, progress=False)  # resumed: the pretrain is not run again
+    assert calls == [3]
