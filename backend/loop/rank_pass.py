@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -152,7 +153,8 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
     store.save_ranking(project, {
         "model_version": version,
         "strategy": strategy.name,
-        "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, [])} for i in candidates},
+        "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, []),
+                                       "strategy_score": _finite(selection.scores[i])} for i in candidates},
         "weights": loss_weights(previous.get("weights") or {}, selection.sample_weights(ids), ids,
                                 [ids[i] for i in candidates]),
         "strategy_state": {**(previous.get("strategy_state") or {}), strategy.name: strategy.state()},
@@ -204,3 +206,8 @@ def _results(final: Mapping[str, torch.Tensor], i: int, model: Any, schema: Proj
         spec = model.modalities[name]
         preds[name] = (spec.activate(value[i : i + 1])[0] if spec.dense else value[i]).float().cpu().numpy()
     return prefill.results(preds, schema, p.height, p.width, requested=None, fit=p.fit)
+
+
+def _finite(value: Any) -> float | None:
+    v = float(value)
+    return v if math.isfinite(v) else None
