@@ -69,3 +69,65 @@ def test_oversized_and_malformed_tasks(coord: Coordinator) -> None:
         with pytest.raises(EventError, match="TASKS_CREATED"):
             handle_webhook({**_created(9, range(0)), "tasks": tasks}, coord, lambda p: 10)
     assert handle_webhook(_created(9, range(0)), coord, lambda p: 10).status == "ignored"
+
+
+class _Ctx:
+    """What score_new_job uses of a JobContext: the coordinator (real Redis) and the project's schema."""
+
+    def __init__(self, coord: Coordinator, schema_error: Exception | None = None) -> None:
+        self.coordinator = coord
+        self.schema_error = schema_error
+
+    def schema(self, project: str) -> str:
+        if self.schema_error is not None:
+            raise self.schema_error
+        return "schema"
+
+
+def _job(coord: Coordinator, monkeypatch: pytest.MonkeyPatch, score: object = None,
+         schema_error: Exception | None = None) -> dict:
+    from backend.loop import jobs
+
+    monkeypatch.setattr(jobs.JobContext, "create", classmethod(lambda cls: _Ctx(coord, schema_error)))
+    if score is not None:
+        monkeypatch.setattr(jobs, "score_new_tasks", score)
+    return jobs.score_new_job("5")
+
+
+def test_the_job_leaves_tasks_to_a_running_ranking(coord: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    new = NewTasks(coord)
+    new.add("5", [{"id": 1, "data": {}}])
+    coord.redis.hset("mtal:project:5", "state", "ranking")
+    assert _job(coord, monkeypatch)["reason"] == "a ranking is running"
+    assert new.pending("5") == 1 and len(_jobs(coord)) == 1  # kept for the ranking, no job loop
+
+    coord.redis.hset("mtal:project:5", "state", "idle")
+    seen = []
+
+    def score(ctx: object, project: str, schema: str, tasks: list, guard: object) -> dict:
+        seen.append([t["id"] for t in tasks])
+        coord.redis.hset("mtal:project:5", "state", "ranking")  # a ranking starts while it scores
+        guard()  # type: ignore[operator]
+        return {"scored": len(tasks)}
+
+    assert _job(coord, monkeypatch, score)["reason"] == "a ranking started"
+    assert seen == [[1]] and new.pending("5") == 1  # given back to the ranking, not lost
+
+
+def test_the_job_scores_and_gives_tasks_back_when_label_studio_is_down(coord: Coordinator,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.labelstudio.client import LabelStudioAPIError
+
+    new = NewTasks(coord)
+    new.add("5", [{"id": 1, "data": {}}, {"id": 2, "data": {}}])
+    with pytest.raises(LabelStudioAPIError):
+        _job(coord, monkeypatch, schema_error=LabelStudioAPIError("get project", None, "refused"))
+    assert new.pending("5") == 2 and len(_jobs(coord)) == 1  # back, waiting for the next import or ranking
+
+    def score(ctx: object, project: str, schema: str, tasks: list, guard: object) -> dict:
+        new.add("5", [{"id": 3, "data": {}}])  # imported while the job runs
+        return {"scored": len(tasks)}
+
+    assert new.add("5", [{"id": 2, "data": {}}]) == "enqueued"  # the next import brings them a job
+    assert _job(coord, monkeypatch, score) == {"scored": 2}
+    assert [t["id"] for t in new.take("5")] == [3] and len(_jobs(coord)) == 3  # exactly one next job, for task 3
