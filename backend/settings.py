@@ -6,6 +6,7 @@ value cannot be used. See ``docs/backend.md`` for the reference table.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -83,7 +84,13 @@ class Settings:
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
-    max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks per /predict request (more: 413).
+    max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks per /predict request (more: 413);
+    predict_fetch_s [MTAL_PREDICT_FETCH_S] (20 s, > 0): deadline for fetching a /predict's images (all
+    fetched concurrently; a task whose image is not in by then gets an empty result, its reason logged);
+    max_projects [MTAL_MAX_PROJECTS] (1000, >= 1): projects the model store holds (a /setup for one more
+    is a 409); unpublished_models [MTAL_UNPUBLISHED_MODELS] (4, >= 1): initial networks kept in memory
+    (least recently used first out) for /predict calls whose project or labeling config /setup has not
+    published (nothing is stored for them).
     Fixed limits: 40 M pixels per image or region raster (``backend.labelstudio.regions.MAX_PIXELS``), 2000 results
     per annotation (``backend.labelstudio.convert.MAX_REGIONS``), 32 control tags and 1000 labels per labeling config,
     1 M characters per config, no DOCTYPE (``backend.labelstudio.label_config``), 10000 annotations/ids/results per
@@ -109,6 +116,10 @@ class Settings:
     and ranking share): pool_max_images [MTAL_POOL_MAX_IMAGES] (2000, >= 0; 0 = no pool): tasks without a
     label cached at the network's input size, a seeded random subset when there are more;
     pool_max_mb [MTAL_POOL_MAX_MB] (2048, >= 1): disk bound of one project's pool in MiB.
+    semi_weight [MTAL_SEMI_WEIGHT] (0, >= 0; 0 = off): weight of the semi-supervised term of every training
+    run (mtal_models/training/semi.py: a Mean Teacher's confident pseudo-labels on strong views of the
+    pool's images); > 0 makes the train job fill the pool and learn from it. Off by default: on CamVid at
+    CPU budgets it scored below supervised training (docs/training.md).
     """
 
     label_studio_url: str | None = None
@@ -147,6 +158,9 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     body_read_timeout: float = 30.0
     max_predict_tasks: int = 1000
+    predict_fetch_s: float = 20.0
+    max_projects: int = 1000
+    unpublished_models: int = 4
     prefill_per_class: bool = False
     prefill_min_area: float = 0.002
     prefill_polygon_tolerance: float = 1.0
@@ -156,6 +170,7 @@ class Settings:
     ls_backoff_s: float = 2.0
     pool_max_images: int = 2000
     pool_max_mb: int = 2048
+    semi_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -195,6 +210,8 @@ class Settings:
             raise SettingsError(
                 "MTAL_MAX_BODY_BYTES must be >= 1024, MTAL_BODY_READ_TIMEOUT > 0 and MTAL_MAX_PREDICT_TASKS >= 1"
             )
+        if not self.predict_fetch_s > 0 or self.max_projects < 1 or self.unpublished_models < 1:
+            raise SettingsError("MTAL_PREDICT_FETCH_S must be > 0, MTAL_MAX_PROJECTS and MTAL_UNPUBLISHED_MODELS >= 1")
         if not self.lease_s > 0 or not 0 <= self.quality_gate <= 1:
             raise SettingsError("MTAL_RUN_LEASE_S must be > 0 and MTAL_QUALITY_GATE in [0, 1]")
         if self.ls_retries < 0 or self.ls_backoff_s < 0:
@@ -203,6 +220,8 @@ class Settings:
             raise SettingsError(f"MTAL_POOL_MAX_IMAGES must be >= 0 (0 = no pool), got {self.pool_max_images}")
         if self.pool_max_mb < 1:
             raise SettingsError(f"MTAL_POOL_MAX_MB must be >= 1 (MiB of disk per project), got {self.pool_max_mb}")
+        if not math.isfinite(self.semi_weight) or self.semi_weight < 0:
+            raise SettingsError(f"MTAL_SEMI_WEIGHT must be a finite number >= 0 (0 = off), got {self.semi_weight}")
         if not self.train_lr > 0:
             raise SettingsError(f"MTAL_TRAIN_LR must be > 0, got {self.train_lr}")
         if not 0 <= self.val_fraction < 1:
@@ -363,6 +382,9 @@ class Settings:
             max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),
             max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
+            predict_fetch_s=get_float("MTAL_PREDICT_FETCH_S", 20.0),
+            max_projects=get_int("MTAL_MAX_PROJECTS", 1000),
+            unpublished_models=get_int("MTAL_UNPUBLISHED_MODELS", 4),
             prefill_per_class=get_bool("MTAL_PREFILL_PER_CLASS", False),
             prefill_min_area=get_float("MTAL_PREFILL_MIN_AREA", 0.002),
             prefill_polygon_tolerance=get_float("MTAL_PREFILL_POLYGON_TOLERANCE", 1.0),
@@ -372,6 +394,7 @@ class Settings:
             ls_backoff_s=get_float("MTAL_LS_BACKOFF_S", 2.0),
             pool_max_images=get_int("MTAL_POOL_MAX_IMAGES", 2000),
             pool_max_mb=get_int("MTAL_POOL_MAX_MB", 2048),
+            semi_weight=get_float("MTAL_SEMI_WEIGHT", 0.0),
         )
 
     def configure_logging(self) -> None:

@@ -48,6 +48,7 @@ from backend.loop.coordinator_scripts import (
     ENQUEUE,
     FINISH,
     FOLLOW_UP,
+    FOLLOW_UP_STALE,
     OWNED_SET,
     QUEUED,
     RECORD,
@@ -116,8 +117,8 @@ class Coordinator:
         if outcome == ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return True
-        if outcome == FOLLOW_UP:
-            return self.recover_dead_run(project)
+        if outcome in (FOLLOW_UP, FOLLOW_UP_STALE):  # the lease checked in the script: a live run costs no more
+            return outcome == FOLLOW_UP_STALE and self.recover_dead_run(project)
         return outcome == QUEUED and self._recover_lost_job(project)
 
     def request_training(self, project: int | str) -> str:
@@ -128,8 +129,8 @@ class Coordinator:
         if outcome == ENQUEUE:
             self._enqueue(self.train_job, project, job_id)
             return "enqueued"
-        if outcome == FOLLOW_UP:
-            return "enqueued" if self.recover_dead_run(project) else "follow_up"
+        if outcome in (FOLLOW_UP, FOLLOW_UP_STALE):
+            return "enqueued" if outcome == FOLLOW_UP_STALE and self.recover_dead_run(project) else "follow_up"
         return "enqueued" if self._recover_lost_job(project) else "queued"
 
     # ---- run lifecycle (called from the jobs; ``owner``: the calling job's id, None = unchecked) ----------

@@ -20,7 +20,9 @@ return 1
 
 # Request a run. KEYS[1]: state hash; ARGV[1]: now; ARGV[2]: job id. Returns ENQUEUE (idle -> queued:
 # the caller enqueues job ARGV[2]), QUEUED (a run is already waiting: nothing to do) or FOLLOW_UP
-# (training/ranking: follow_up set, exactly one more run after this one).
+# (training/ranking: follow_up set, exactly one more run after this one) while the run's lease is
+# still valid at ARGV[1], FOLLOW_UP_STALE when it is not (expired, or none: the caller looks whether
+# the run is dead). A webhook during a healthy run is thus one Redis round trip.
 TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'idle' then
@@ -30,9 +32,11 @@ elseif state == 'queued' then
   return 2
 end
 redis.call('HSET', KEYS[1], 'follow_up', '1')
-return 3
+local lease = tonumber(redis.call('HGET', KEYS[1], 'lease') or '')
+if lease and tonumber(ARGV[1]) < lease then return 3 end
+return 4
 """
-ENQUEUE, QUEUED, FOLLOW_UP = 1, 2, 3
+ENQUEUE, QUEUED, FOLLOW_UP, FOLLOW_UP_STALE = 1, 2, 3, 4
 REQUEST = TRANSITION
 
 # KEYS: state, counts, counts_inflight. ARGV: now, job id, threshold, modality names...

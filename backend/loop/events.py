@@ -60,12 +60,17 @@ class WebhookResult:
 
 
 def labelled_modalities(result: list[dict[str, Any]], schema: ProjectSchema) -> set[str]:
-    """Modalities an annotation ``result`` labels (see module docstring)."""
+    """Modalities an annotation ``result`` labels (see module docstring). Raises EventError when the
+    modalities tag's ``value.choices`` is not a list (items that are not objects count for nothing)."""
     if schema.choices_tag is not None:
         for item in result:
-            if item.get("from_name") == schema.choices_tag:
-                ticked = (item.get("value") or {}).get("choices") or []
-                return {c for c in ticked if c in schema.modalities}
+            if isinstance(item, dict) and item.get("from_name") == schema.choices_tag:
+                value = item.get("value")
+                ticked = value.get("choices") if isinstance(value, dict) else None
+                if not isinstance(ticked, list):
+                    raise EventError(f"'annotation.result' item of {schema.choices_tag!r}: 'value.choices' must be "
+                                     f"a list, got {type(ticked).__name__}")
+                return {c for c in ticked if isinstance(c, str) and c in schema.modalities}
         return set()
     return {
         schema.tags[item["from_name"]].modality
@@ -136,6 +141,16 @@ def _count_annotations(action: str, payload: dict[str, Any], project: dict[str, 
         raise EventError(f"{action}: 'annotation' must be an object or a list of objects")
     if len(annotations) > MAX_EVENT_ITEMS:
         raise EventError(f"{action} carries {len(annotations)} annotations; at most {MAX_EVENT_ITEMS} per event")
+    results: list[list[Any]] = []
+    for i, ann in enumerate(annotations):
+        result = [] if ann.get("result") is None else ann["result"]  # absent or null: nothing labelled
+        if not isinstance(result, list):  # {} or "" is not "no labels": the whole event is refused, nothing counted
+            where = "annotation" if isinstance(payload["annotation"], dict) else f"annotation[{i}]"
+            raise EventError(f"{action}: '{where}.result' must be a list, got {type(result).__name__}")
+        if len(result) > MAX_EVENT_ITEMS:
+            raise EventError(f"{action}: an annotation has {len(result)} results; at most {MAX_EVENT_ITEMS}")
+        if not ann.get("was_cancelled"):
+            results.append(result)
     config = project.get("label_config")
     if not isinstance(config, str) or not config.strip():
         raise EventError(f"{action} needs 'project.label_config' to tell modalities apart")
@@ -144,17 +159,7 @@ def _count_annotations(action: str, payload: dict[str, Any], project: dict[str, 
     except LabelConfigError as exc:
         log.warning("project %s: webhook with an unsupported labeling config: %s", project.get("id"), exc)
         return []
-    names: list[str] = []
-    for ann in annotations:
-        if ann.get("was_cancelled"):
-            continue
-        result = ann.get("result") or []
-        if not isinstance(result, list):
-            raise EventError(f"{action}: 'annotation.result' must be a list")
-        if len(result) > MAX_EVENT_ITEMS:
-            raise EventError(f"{action}: an annotation has {len(result)} results; at most {MAX_EVENT_ITEMS}")
-        names.extend(sorted(labelled_modalities(result, schema)))
-    return names
+    return [name for result in results for name in sorted(labelled_modalities(result, schema))]
 
 
 def _created_tasks(payload: dict[str, Any]) -> list[dict[str, Any]]:

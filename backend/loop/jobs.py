@@ -165,9 +165,10 @@ def train_job(project: Any) -> str:
                 except RedisError as e:  # Redis restarting: keep training (LeaseLost still stops the run)
                     log.warning("project %s: progress not recorded: %s", project, redact(str(e)))
 
+        pool = _fill_pool(ctx, project, schema, tasks) if ctx.settings.semi_weight > 0 else None
         version, metrics = train_version(
             ctx.store, project, schema, ctx.settings, train, val, progress, ranking.get("weights") or {},
-            guard=lambda: ctx.check_owner(project),
+            guard=lambda: ctx.check_owner(project), unlabelled=pool,
         )
         metrics["train_seconds"] = round(time.time() - started, 3)
         log.info("project %s: trained %s on %d tasks (%d val): %s", project, version, len(train), len(val), metrics)
@@ -175,6 +176,29 @@ def train_job(project: Any) -> str:
         return version
 
     return _run("train", project, body)
+
+
+def _fill_pool(ctx: JobContext, project: str, schema: ProjectSchema, labelled: list[dict[str, Any]]) -> Any:
+    """The project's unlabelled pool for the semi-supervised term: its tasks without a label when the run
+    starts, fetched once into the pool cache (``/status`` "pool" shows the fill; pool_done / pool_total
+    while it runs; the run's state stays "training"). Returns the streaming dataset, or None when the pool is off or
+    empty (the run then trains supervised only)."""
+    if ctx.settings.pool_max_images <= 0:
+        return None
+    ids = {t["id"] for t in labelled}
+    unlabelled = _retry_ls(ctx, project, "listing unlabelled tasks", lambda: [
+        t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in ids
+    ])
+    cache = PoolCache.from_settings(ctx.settings, project, ctx.fetcher)
+    ctx.coordinator.progress(project, ctx.owner, pool_done=0, pool_total=len(unlabelled))
+
+    def progress(done: int, total: int) -> None:
+        ctx.coordinator.progress(project, ctx.owner, pool_done=done, pool_total=total)
+
+    stats = cache.fill(labelled + unlabelled, schema, seed=ctx.settings.seed, progress=progress)
+    log.info("project %s: pool of %d images (%d fetched now, %d failed)", project, stats.images, stats.fetched,
+             stats.failed)
+    return cache.dataset(schema.modalities) if stats.images else None
 
 
 def rank_job(project: Any) -> dict[str, Any]:

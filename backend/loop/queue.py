@@ -20,13 +20,24 @@ from dataclasses import dataclass
 
 import fakeredis
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq import Queue, SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
-__all__ = ["QUEUE_NAME", "QueueHandle", "ThreadWorker", "lower_priority", "open_queue"]
+__all__ = ["QUEUE_NAME", "WEB_TIMEOUT_S", "QueueHandle", "QueueUnavailable", "ThreadWorker", "lower_priority",
+           "open_queue"]
 
 log = logging.getLogger(__name__)
 QUEUE_NAME = "mtal"
+# the web process's Redis timeouts (connect, and each reply): a webhook's Redis work takes milliseconds,
+# and Label Studio gives up on a webhook after about a second, so a Redis that is down or hung is a 503
+# within this long (no retries) instead of a thread held for the default 5 s connect / 10 s read
+WEB_TIMEOUT_S = 1.0
+
+
+class QueueUnavailable(RuntimeError):
+    """Redis (the training queue) could not be reached or did not answer in time (HTTP 503)."""
 _embedded_lock = threading.Lock()
 _embedded: QueueHandle | None = None
 
@@ -89,17 +100,23 @@ def _run_embedded_worker(handle: QueueHandle, nice: int) -> None:
             log.exception("embedded worker loop crashed; restarting it")
 
 
-def open_queue(redis_url: str | None, start_worker: bool = True, nice: int = 0) -> QueueHandle:
+def open_queue(redis_url: str | None, start_worker: bool = True, nice: int = 0,
+               timeout: float | None = None) -> QueueHandle:
     """Connect to ``redis_url`` (separate ``python -m backend.loop.worker`` processes run the jobs), or, when
     it is None, return the process-wide embedded queue (created once, worker thread started once, at
-    nice value + ``nice``: see :func:`lower_priority`)."""
+    nice value + ``nice``: see :func:`lower_priority`). ``timeout``: connect and reply timeout in seconds
+    with no retries (the web process: :data:`WEB_TIMEOUT_S`); None: 5 s connect, 10 s reply (jobs, workers)."""
     global _embedded
     if redis_url:
         # timeouts: a Redis that stops answering fails a webhook in seconds instead of hanging its thread
         # (RQ's worker raises socket_timeout above its blocking dequeue timeout itself)
-        conn = redis.Redis.from_url(
-            redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-        )
+        if timeout is None:
+            conn = redis.Redis.from_url(
+                redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+            )
+        else:
+            conn = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                        health_check_interval=30, retry=Retry(NoBackoff(), 0))
         return QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=False)
     with _embedded_lock:
         if _embedded is None:

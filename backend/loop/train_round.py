@@ -41,12 +41,14 @@ def train_version(
     progress: Callable[[int, int, float], None] | None = None,
     weights: Mapping[str, Mapping[str, float]] | None = None,
     guard: Callable[[], None] | None = None,
+    unlabelled: Sequence[Sample] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Continue the current version's weights on ``train`` (a fresh optimizer and poly schedule per
     round), evaluate on ``val`` (with the edit cost of the prefill), publish the new version atomically with
     the display thresholds chosen on ``val`` (none without ``val``: 0.3). ``guard()`` runs under the store's
     write lock right before the version is written, and may raise to stop it (a run that lost its lease).
-    Returns (version, metrics)."""
+    ``unlabelled``: image-only samples (the project's pool) for the semi-supervised term when
+    ``settings.semi_weight`` > 0 (streamed, never held). Returns (version, metrics)."""
     current = store.current(project)
     if current is None:
         raise ValueError(f"project {project} has no version to continue from (call /setup first)")
@@ -62,12 +64,15 @@ def train_version(
         substitution_prob=0.3 if schema.network == "padnet" else 0.0,
         committee=strategy.needs.committee and schema.network == "padnet",
         mtpsl_weight=settings.mtpsl_weight if schema.network == "padnet" and len(schema.modalities) > 1 else 0.0,
+        semi_weight=settings.semi_weight,
     )
     ids = {s.id for s in train}
     sample_weights = {k: dict(v) for k, v in (weights or {}).items() if k in ids} or None
-    result = fit(model, list(train), config, progress=progress, sample_weights=sample_weights)
+    pool = unlabelled if settings.semi_weight > 0 and unlabelled is not None and len(unlabelled) else None
+    result = fit(model, list(train), config, progress=progress, sample_weights=sample_weights, unlabelled=pool)
     metrics: dict[str, Any] = {"train_loss": result.history[-1] if result.history else None,
-                               "n_train": len(train), "n_val": len(val), "epochs": result.epochs_run}
+                               "n_train": len(train), "n_val": len(val), "n_unlabelled": result.unlabelled,
+                               "epochs": result.epochs_run}
     if result.box_health:  # degenerate boxes on the last epoch's training steps: a collapse shows in /status
         metrics["box_health"] = _json_safe(result.box_health)
     if val:

@@ -4,16 +4,21 @@
 ``fit(event, data, **kwargs)``. An instance is cheap (nothing is loaded in ``__init__``); the network
 comes from the :class:`~backend.serving.store.ModelStore`, cached there across requests.
 
-Initial version (before any training): ``setup()`` — or the first ``predict()`` of a project the
-backend has not seen — publishes version 1: the checkpoint named by ``MTAL_INITIAL_CHECKPOINT`` when
+Initial version (before any training): ``setup()`` publishes version 1: the checkpoint named by
+``MTAL_INITIAL_CHECKPOINT`` when
 its modalities match the labeling config, else an untrained network built with ``MTAL_NET_CONFIG``
 from a fixed seed (``MTAL_SEED``, deterministic), starting from the pretrained weights that
 ``MTAL_BACKBONE`` / ``MTAL_BACKBONE_WEIGHTS`` / ``MTAL_PRETRAINED_HEADS`` select (:mod:`backend.serving.initial`;
 what it started from is kept in the version's metadata under "start"). When the labeling config changes its modalities,
 the next setup makes current the newest stored version built for the new config, or publishes a fresh
-initial version (parent = the old one); switching configs back and forth creates no versions. A
-/predict with another config does the same only while the project has no trained version: a trained
-model is never replaced implicitly (:class:`ConfigConflict`, HTTP 409).
+initial version (parent = the old one); switching configs back and forth creates no versions.
+
+Only ``setup()`` publishes or switches versions: ``predict()`` never writes to the store nor changes
+``CURRENT``. A project /setup has not seen, or a /predict config whose modalities the untrained current
+version does not predict, is answered from the initial network that /setup would publish for that config,
+held in memory (:mod:`backend.serving.unpublished`, model_version ``mtal-<id>-unpublished-<hash>``);
+when the current version is trained, such a /predict is a :class:`ConfigConflict` (HTTP 409): a trained
+model is never replaced, not even for one answer, by an untrained one.
 
 Training is not done here: ``fit`` hands the event to a :class:`Trainer` (the queue seam) and returns.
 """
@@ -31,8 +36,9 @@ import torch
 from backend.labelstudio.label_config import ProjectSchema, parse_label_config
 from backend.serving.predict import predict_tasks
 from backend.serving.prefill import Prefill
-from backend.serving.store import ModelStore, StoreError
+from backend.serving.store import LoadedModel, ModelStore, StoreError
 from backend.serving.strategy import strategy_for
+from backend.serving.unpublished import UnpublishedModels, unpublished_version
 from backend.settings import Settings
 
 __all__ = ["ConfigConflict", "MTALModel", "ModelSetupError", "Trainer", "load_schema", "schema_compatible"]
@@ -108,6 +114,7 @@ class MTALModel:
         store: ModelStore,
         trainer: Trainer | None = None,
         fetcher: Any = None,
+        unpublished: UnpublishedModels | None = None,
     ) -> None:
         self.project_id = str(project_id)
         store.project_dir(self.project_id)  # validates the id
@@ -115,6 +122,7 @@ class MTALModel:
         self.store = store
         self.trainer = trainer
         self.fetcher = fetcher
+        self.unpublished = unpublished if unpublished is not None else UnpublishedModels(settings.unpublished_models)
         self._label_config = label_config
 
     # ---- schema --------------------------------------------------------------------------------
@@ -152,7 +160,8 @@ class MTALModel:
         return self._ensure_version(schema)
 
     def predict(self, tasks: Sequence[Mapping[str, Any]], context: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
-        """One prediction per task, same order (see :func:`backend.serving.predict.predict_tasks`)."""
+        """One prediction per task, same order (see :func:`backend.serving.predict.predict_tasks`); from the
+        current version, or an unpublished initial network (module docstring). Stores nothing."""
         if not tasks:
             return []
         schema = self.schema
@@ -168,8 +177,7 @@ class MTALModel:
                     "model is connected again): it switches to the newest version built for that config, or "
                     "publishes a fresh initial one; earlier versions stay in the store (GET /versions)."
                 )
-            self._ensure_version(schema)
-            loaded = self.store.load_model(self.project_id)
+            loaded = self._unpublished(schema)
         if self.fetcher is None:
             raise RuntimeError("MTALModel.predict needs an image fetcher")
         return predict_tasks(
@@ -184,6 +192,7 @@ class MTALModel:
             batch_size=self.settings.predict_batch_size,
             ranking=self.store.ranking(self.project_id),
             prefill=Prefill.for_version(self.settings, loaded.metadata),
+            fetch_deadline=self.settings.predict_fetch_s,
         )
 
     def fit(self, event: str, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -216,9 +225,32 @@ class MTALModel:
                 log.warning("project %s: labeling config changed its modalities; new initial version", self.project_id)
             return self._publish_initial(schema)
 
+    def _unpublished(self, schema: ProjectSchema) -> LoadedModel:
+        """The initial network /setup would publish for ``schema``, in memory (shared by projects)."""
+
+        def build() -> LoadedModel:
+            net, meta, _ = self._initial_network(schema)
+            log.info("unpublished initial network built for config %s (nothing stored)", schema.config_hash[:12])
+            return LoadedModel(net.to(self.store.device).eval(), "", meta)
+
+        shared = self.unpublished.get((schema.config_hash, schema.network), build)
+        return LoadedModel(shared.model, unpublished_version(self.project_id, schema.config_hash), shared.metadata)
+
     def _publish_initial(self, schema: ProjectSchema) -> str:
+        from mtal_models.training.checkpoint import save_checkpoint
+
+        net, meta, src = self._initial_network(schema)
+        if src is not None:
+            return self.store.publish(self.project_id, src, meta)
+        tmp = self.store.tmp_dir(self.project_id) / f"initial-{threading.get_ident()}.pt"
+        save_checkpoint(tmp, net, extra={"mtal": meta})
+        return self.store.publish(self.project_id, tmp, meta, move=True)
+
+    def _initial_network(self, schema: ProjectSchema) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+        """(network, version metadata, the MTAL_INITIAL_CHECKPOINT file it came from or None) of a fresh
+        initial version for ``schema``."""
         from mtal_models.nets.config import get_config
-        from mtal_models.training.checkpoint import load_checkpoint, save_checkpoint
+        from mtal_models.training.checkpoint import load_checkpoint
 
         cfg = get_config(self.settings.net_config)
         meta: dict[str, Any] = {
@@ -239,7 +271,7 @@ class MTALModel:
                 net = load_checkpoint(src, map_location="cpu").model
                 if [s.to_dict() for s in net.modalities.values()] == meta["modalities"]:
                     meta["source"] = f"initial checkpoint {src}"
-                    return self.store.publish(self.project_id, src, meta)
+                    return net, meta, src
                 log.warning("MTAL_INITIAL_CHECKPOINT %s does not match project %s's modalities", src, self.project_id)
             except Exception as e:
                 log.error("MTAL_INITIAL_CHECKPOINT %s unusable (%s); starting untrained", src, e)
@@ -252,6 +284,4 @@ class MTALModel:
         meta["net_config"] = net.config.to_dict()
         meta["start"] = start.to_dict()
         meta["source"] = f"untrained (seed {self.settings.seed}; start: {start.weights})"
-        tmp = self.store.tmp_dir(self.project_id) / f"initial-{threading.get_ident()}.pt"
-        save_checkpoint(tmp, net, extra={"mtal": meta})
-        return self.store.publish(self.project_id, tmp, meta, move=True)
+        return net, meta, None

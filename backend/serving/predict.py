@@ -1,7 +1,8 @@
 """Batched inference for /predict: every task of a request goes through ONE forward pass.
 
-Steps: fetch all images concurrently (a task whose image cannot be fetched or decoded gets an empty
-prediction and a logged error; the others go on); decode each straight to the network input through
+Steps: fetch all images concurrently (a task whose image cannot be fetched or decoded, or is not in
+within ``fetch_deadline`` seconds of the request's start, gets an empty prediction and a logged reason;
+the others go on); decode each straight to the network input through
 the image geometry (:class:`mtal_models.data.geometry.Fit`: aspect ratio kept, shorter side
 ``image_size``, longer side at most ``image_max_size``, padded to a multiple of 32; JPEGs decoded at
 a reduced scale, EXIF orientation applied: :mod:`backend.labelstudio.decode`), keeping the displayed original
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,7 @@ def predict_tasks(
     ranking: Mapping[str, Any] | None = None,
     prefill: Prefill | None = None,
     image_max_size: int | None = None,
+    fetch_deadline: float | None = None,
 ) -> list[dict[str, Any]]:
     """One Label Studio prediction per task, in order: {"result", "score", "model_version"}.
 
@@ -104,6 +106,9 @@ def predict_tasks(
     ``id`` and ``annotations``). Tasks that fail get {"result": [], "model_version"} (no score).
     prefill: the version's post-processing (:class:`backend.serving.prefill.Prefill`; default: its defaults).
     image_size / image_max_size: the geometry's shorter side and longer-side cap (:class:`Fit`).
+    fetch_deadline: seconds from now by which every image must be in (fetched and decoded, each on its
+    own thread); a task whose image is not gets an empty result, and its fetch is left to finish or fail
+    in the background (the fetcher's own timeouts bound it). None: wait for every fetch.
     """
     prefill = prefill or Prefill()
     size = int(image_size)
@@ -117,11 +122,8 @@ def predict_tasks(
             log.error("predict: task %s skipped: %s", tasks[i].get("id", f"#{i}"), e)
             return None
 
-    if len(tasks) == 1:
-        results = [job(0)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(_FETCH_THREADS, len(tasks))) as pool:
-            results = list(pool.map(job, range(len(tasks))))
+    inline = len(tasks) == 1 and fetch_deadline is None  # one task, no deadline: no thread needed
+    results = [job(0)] if inline else _fetch_all(job, tasks, fetch_deadline)
     prepared = [(i, p) for i, p in enumerate(results) if p is not None]
     if not prepared:
         return empty
@@ -144,6 +146,26 @@ def predict_tasks(
                 )
             except Exception:
                 log.exception("predict: task %s: converting the prediction failed", p.task_id)
+    return out
+
+
+def _fetch_all(job: Any, tasks: Sequence[Mapping[str, Any]], deadline: float | None) -> list[PreparedTask | None]:
+    """``job(i)`` for every task on up to :data:`_FETCH_THREADS` threads; None for a task whose job is not
+    done within ``deadline`` seconds (logged with the reason; the pool is not waited for)."""
+    pool = ThreadPoolExecutor(max_workers=min(_FETCH_THREADS, len(tasks)), thread_name_prefix="mtal-fetch")
+    try:
+        futures = [pool.submit(job, i) for i in range(len(tasks))]
+        done, _ = wait(futures, timeout=deadline)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    out: list[PreparedTask | None] = []
+    for i, f in enumerate(futures):
+        if f in done:
+            out.append(f.result())
+        else:
+            out.append(None)
+            log.error("predict: task %s skipped: its image was not fetched within %g s (MTAL_PREDICT_FETCH_S)",
+                      tasks[i].get("id", f"#{i}"), deadline)
     return out
 
 

@@ -27,13 +27,17 @@ from werkzeug.exceptions import HTTPException
 from backend.labelstudio.images import ImageFetcher
 from backend.labelstudio.label_config import LabelConfigError
 from backend.labelstudio.netguard import UnsafeURL, parse_http_url
+from backend.logs import redact
+from backend.loop.queue import QueueUnavailable
 from backend.loop.trainer import QueueTrainer
 from backend.serving.initial import last_start, start_of, weights_fields
 from backend.serving.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
 from backend.serving.pool import pool_status
 from backend.serving.store import ModelStore, StoreError
+from backend.serving.unpublished import UnpublishedModels
 from backend.settings import Settings
-from backend.web.guard import RequestGuard, internal_error
+from backend.web.guard import RETRY_AFTER_S, RequestGuard, internal_error
+from backend.web.probe import CachedProbe
 from backend.web.request import ApiError, field, json_body, parse_project_id
 
 __all__ = ["ApiError", "create_app", "parse_project_id"]
@@ -80,6 +84,8 @@ class _State:
         self.connections: dict[str, tuple[str | None, str | None]] = {}
         self._fetchers: dict[tuple[str | None, str | None], Any] = {}
         self._lock = threading.Lock()
+        self.queue_probe = CachedProbe(trainer.state, "the training queue (Redis)")
+        self.unpublished = UnpublishedModels(settings.unpublished_models)
 
     def fetcher(self, project_id: str) -> Any:
         """Image fetcher for a project: LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY (or /setup's token);
@@ -96,14 +102,16 @@ class _State:
             return self._fetchers[key]
 
     def model(self, project_id: str, label_config: str | None) -> MTALModel:
-        return MTALModel(
-            project_id, label_config, self.settings, self.store, self.trainer, fetcher=self.fetcher(project_id)
-        )
+        return MTALModel(project_id, label_config, self.settings, self.store, self.trainer,
+                         fetcher=self.fetcher(project_id), unpublished=self.unpublished)
 
 
 def _default_fetcher_factory(settings: Settings) -> FetcherFactory:
     def make(url: str | None, token: str | None) -> Any:
-        return ImageFetcher(url, token, allow_hosts=settings.allow_hosts, cache_dir=settings.cache_dir)
+        # a fetch never outlives /predict's deadline by more than one read timeout (see predict_tasks)
+        deadline = settings.predict_fetch_s
+        return ImageFetcher(url, token, allow_hosts=settings.allow_hosts, cache_dir=settings.cache_dir,
+                            timeout=min(10.0, deadline), total_timeout=deadline)
 
     return make
 
@@ -159,9 +167,9 @@ def create_app(
         return resp
 
     @app.errorhandler(ApiError)
-    def _api_error(e: ApiError) -> tuple[Response, int]:
+    def _api_error(e: ApiError) -> tuple[Response, int, dict[str, str]]:
         log.info("%s %s -> %d: %s", request.method, request.path, e.status, e.message)
-        return jsonify(e.body()), e.status
+        return jsonify(e.body()), e.status, ({"Retry-After": str(RETRY_AFTER_S)} if e.status == 503 else {})
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> tuple[Response, int]:
@@ -175,12 +183,8 @@ def create_app(
     @app.get("/health")
     def health() -> Response:
         out: dict[str, Any] = {"status": "UP", "model_class": "MTALModel"}
-        if authorized():
-            try:
-                out["queue"] = state.trainer.state()
-            except Exception as e:  # the queue being down must not fail the health check
-                log.warning("/health: queue state unavailable: %s", e)
-                out["queue"] = {"error": "queue unavailable (see the server log)"}
+        if authorized():  # the queue's state within ~0.3 s, Redis down or hung (see backend.web.probe)
+            out["queue"] = state.queue_probe.get()
             versions = {p: store.current(p) for p in store.projects()}
             out["model_versions"] = versions  # per project; a single project's also as model_version
             out["model_version"] = next(iter(versions.values())) if len(versions) == 1 else None
@@ -198,6 +202,9 @@ def create_app(
         threshold = extra.get("train_threshold")
         if threshold is not None and (not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0):
             raise ApiError(400, "extra_params.train_threshold must be an integer >= 0")
+        if store.current(pid) is None and len(store.projects()) >= settings.max_projects:
+            raise ApiError(409, f"the model store holds {settings.max_projects} projects, its limit "
+                                "(MTAL_MAX_PROJECTS); remove unused projects from MODEL_DIR or raise the limit")
         if hostname or token:
             state.connections[pid] = (_setup_hostname(settings, hostname), token)
         try:
@@ -254,6 +261,9 @@ def create_app(
             answer = model.fit(action, body)
         except ValueError as e:  # the trainer's payload validation (e.g. events.EventError)
             raise ApiError(400, str(e)) from e
+        except QueueUnavailable as e:
+            log.warning("POST /webhook %s for project %s: %s", action[:40], pid, redact(str(e.__cause__ or e)))
+            raise ApiError(503, f"{e}; Label Studio may send the event again later") from None
         return {"status": "ok", "action": action, "project": pid, "result": answer}
 
     def webhook_fast(body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -274,7 +284,11 @@ def create_app(
         """Label Studio's legacy training call (when its START_TRAINING webhook flag is off)."""
         body = json_body()
         pid = parse_project_id(body.get("project"))
-        answer = state.model(pid, None).fit("START_TRAINING", {"action": "START_TRAINING", "project": {"id": pid}})
+        try:
+            answer = state.model(pid, None).fit("START_TRAINING", {"action": "START_TRAINING", "project": {"id": pid}})
+        except QueueUnavailable as e:
+            log.warning("POST /train for project %s: %s", pid, redact(str(e.__cause__ or e)))
+            raise ApiError(503, str(e)) from None
         return jsonify(status="ok", action="START_TRAINING", project=pid, result=answer)
 
     @app.get("/status")

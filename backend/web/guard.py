@@ -41,8 +41,8 @@ from typing import Any
 from werkzeug.datastructures import Authorization
 
 __all__ = [
-    "BodyRefused", "RequestGuard", "WebhookAnswer", "WebhookFastPath", "internal_error", "json_error_body",
-    "parse_object",
+    "RETRY_AFTER_S", "BodyRefused", "RequestGuard", "WebhookAnswer", "WebhookFastPath", "internal_error",
+    "json_error_body", "parse_object",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # body (a JSON object) -> (HTTP status, JSON-able answer or error body)
 WebhookAnswer = Callable[[Mapping[str, Any]], tuple[int, dict[str, Any]]]
 _CHUNK = 64 * 1024
+RETRY_AFTER_S = 5  # the Retry-After of every 503 (the training queue unavailable)
 _ENDPOINTS = frozenset({"health", "setup", "predict", "webhook", "train", "status", "versions", "metrics"})
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -183,8 +184,9 @@ class RequestGuard:
         t0: float, headers: list[tuple[str, str]] | None = None,
     ) -> list[bytes]:
         data = (json.dumps(out, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        start_response(f"{status} {HTTPStatus(status).phrase}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *(headers or [])])
+        extra = [("Retry-After", str(RETRY_AFTER_S))] if status == 503 else []
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra, *(headers or [])]
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         self.metrics.requests.labels(labels[0], labels[1], str(status)).inc()
         self.metrics.latency.labels(labels[0]).observe(time.perf_counter() - t0)
         return [data]

@@ -160,6 +160,13 @@ class Fit:
             raise ValueError(f"probs must be [C, >={self.resized_height}, >={self.resized_width}], got "
                              f"{tuple(torch.as_tensor(probs).shape)}")
         c = p.shape[0]
+        if (self.height, self.width) == self.resized:  # no resize: interpolation at scale 1 is the identity
+            best, arg = p.max(0)
+            cls = arg.to(torch.uint8 if c <= 256 else torch.int32).numpy()
+            if override is not None:
+                override = np.asarray(override)[: self.resized_height, : self.resized_width]
+                cls = np.where(override >= 0, override, cls).astype(cls.dtype, copy=False)
+            return cls, best.numpy()
         y0, y1, wy = _bilinear(self.height, self.resized_height)
         cls = np.empty((self.height, self.width), np.uint8 if c <= 256 else np.int32)
         conf = np.empty((self.height, self.width), np.float32)

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", "--data-dir", dest="path", help="dataset folder (all but synthetic)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--semi-weight", dest="semi_weight", type=float,
+                   help="semi-supervised term on the unlabelled images (0 = off; the backend's MTAL_SEMI_WEIGHT)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -88,6 +90,7 @@ def main(argv: Sequence[str] | None = None, readers: Mapping[str, Callable[[Any]
             "path",
             "device",
             "threads",
+            "semi_weight",
         )
     }
     try:

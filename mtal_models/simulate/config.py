@@ -93,6 +93,8 @@ class SimConfig:
                       previous round's trained network, frozen, at full weight; round 0 has no partial labels).
     mtpsl_weight:     MTPSL cross-task consistency term on partial labels (``TrainConfig.mtpsl_weight``,
                       0 = off, as the backend's ``MTAL_MTPSL_WEIGHT``); only partially labelled images feed it.
+    semi_weight:      semi-supervised term on the images without any label (``TrainConfig.semi_weight``,
+                      ``fit(..., unlabelled=)``; 0 = off, as the backend's ``MTAL_SEMI_WEIGHT``).
     batch_size, lr:   training settings (Adam, poly LR per round).
     mc_samples:       default MC-dropout passes for strategies that take ``mc_samples``.
     device:           "auto" (CUDA when present, else CPU), "cpu", "cuda".
@@ -129,6 +131,7 @@ class SimConfig:
     pseudo_label_confidence: float = 0.9
     pseudo_label_teacher: str = "self"
     mtpsl_weight: float = 0.0
+    semi_weight: float = 0.0
     batch_size: int = 16
     lr: float = 1e-3
     mc_samples: int = 8
@@ -169,6 +172,7 @@ class SimConfig:
             ("pseudo_label_weight", self.pseudo_label_weight >= 0, "must be >= 0"),
             ("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "must be in [0, 1]"),
             ("mtpsl_weight", self.mtpsl_weight >= 0, "must be >= 0"),
+            ("semi_weight", self.semi_weight >= 0, "must be >= 0"),
             ("pseudo_label_teacher", self.pseudo_label_teacher in ("self", "previous"), "must be 'self' or 'previous'"),
             ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
              "needs substitution_prob > 0 (it trains the label encoders that condition the guesses)"),

@@ -70,7 +70,7 @@ _RESULT_FIELDS = (
     "dataset", "path", "train_split", "val_split", "modalities", "image_size", "image_width", "n_images", "val_images",
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
     "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling", "step_budget",
-    "pseudo_label_weight", "pseudo_label_confidence", "pseudo_label_teacher", "mtpsl_weight",
+    "pseudo_label_weight", "pseudo_label_confidence", "pseudo_label_teacher", "mtpsl_weight", "semi_weight",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
@@ -80,7 +80,7 @@ Tick = Callable[[str], None]
 # value, so the stored runs stay valid.
 _LATER_DEFAULTS = {
     "step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9,
-    "pseudo_label_teacher": "self", "mtpsl_weight": 0.0, "image_width": 0,
+    "pseudo_label_teacher": "self", "mtpsl_weight": 0.0, "image_width": 0, "semi_weight": 0.0,
 }  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) ->
         epochs=epochs, batch_size=config.batch_size, lr=config.lr, device=config.device, seed=seed,
         committee=committee, substitution_prob=config.substitution_prob,
         pseudo_label_weight=config.pseudo_label_weight, pseudo_label_confidence=config.pseudo_label_confidence,
-        mtpsl_weight=config.mtpsl_weight,
+        mtpsl_weight=config.mtpsl_weight, semi_weight=config.semi_weight,
     )  # fmt: skip
 
 
@@ -344,7 +344,12 @@ class _Run:
         loader = _train_loader(
             samples, self.data.modalities, self.config.batch_size, config.seed, steps, self.config.sampling
         )
-        fit(self.model, loader, config, sample_weights=self.weights, extra_loss=self.hook, teacher=teacher)
+        unlabelled = None
+        if self.config.semi_weight > 0:  # the images without any label: the backend's pool (MTAL_SEMI_WEIGHT)
+            labelled = set(self.pool.labelled_images().tolist())
+            unlabelled = [self.pool.apply(s, i) for i, s in enumerate(self.data.pool) if i not in labelled]
+        fit(self.model, loader, config, sample_weights=self.weights, extra_loss=self.hook, teacher=teacher,
+            unlabelled=unlabelled)
 
     def row(self, rnd: int, reference: Mapping[str, Any], seconds: float) -> dict[str, Any]:
         metrics = evaluate(self.model, make_loader(self.data.val, self.data.modalities, self.config.batch_size))

@@ -10,6 +10,7 @@ from mtal_models.strategies.base import Strategy
 from mtal_models.strategies.baselines import LL4AL, CoreSet, RandomStrategy
 from mtal_models.strategies.multitask import MTAL, BoxMask
 from mtal_models.strategies.per_modality import RBAL, EquAL, PartAL
+from mtal_models.strategies.typiclust import TypiClust
 
 __all__ = ["STRATEGIES", "get_strategy"]
 
@@ -26,6 +27,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "mtal_inconsistency": partial(MTAL, mode="inconsistency"),
     "mtal_diversity": partial(MTAL, mode="diversity"),
     "boxmask": BoxMask,
+    "typiclust": TypiClust,
 }
 
 

@@ -1,5 +1,7 @@
-"""Training: options, the loop (fit / train_one_epoch / evaluate), checkpoints and the MTPSL term."""
+"""Training: options, the loop (fit / train_one_epoch / evaluate), checkpoints, the MTPSL and semi-supervised
+terms and the step budget."""
 
+from mtal_models.training.budget import budget_on, plan_epochs, step_budget
 from mtal_models.training.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -23,19 +25,23 @@ from mtal_models.training.loop import (
 )
 from mtal_models.training.mtpsl import MTPSLMapper
 from mtal_models.training.schedule import make_optimizer, make_scheduler
+from mtal_models.training.semi import EMATeacher, SemiBranch, rampup
 
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "EMATeacher",
     "ExtraLoss",
     "MTPSLMapper",
     "SAMPLINGS",
     "Progress",
     "SampleDataset",
     "SampleWeights",
+    "SemiBranch",
     "TrainConfig",
     "TrainResult",
+    "budget_on",
     "draw_probabilities",
     "evaluate",
     "fit",
@@ -45,9 +51,12 @@ __all__ = [
     "make_sampler",
     "make_scheduler",
     "network_name",
+    "plan_epochs",
+    "rampup",
     "resolve_device",
     "save_checkpoint",
     "seed_everything",
+    "step_budget",
     "substitute_labels",
     "train_one_epoch",
     "weights_for",

@@ -42,6 +42,21 @@ class TrainConfig:
                       encoders the guesses come from.
     pseudo_label_confidence: categorical pseudo-labels keep only the pixels whose guessed class has at
                       least this probability (the others are ignored); regression guesses are kept whole.
+
+    Semi-supervised training on unlabelled images (:mod:`mtal_models.training.semi`; only when ``fit`` is
+    given ``unlabelled`` images):
+    semi_weight:      weight of the unlabelled term (0 = off: ``fit`` trains exactly as without the pool).
+    semi_threshold:   categorical pseudo-labels keep the pixels where the teacher's class is this likely.
+    semi_ramp:        share of the run over which the weight ramps up (exp(-5 (1 - x)^2)); 0 = no ramp.
+    ema_decay:        the EMA teacher's decay (warm-up: ``min(ema_decay, (1 + t) / (10 + t))``).
+    semi_cutmix:      probability that a strong view gets a CutMix box from another unlabelled image.
+    semi_batch_size:  unlabelled images per step (0 = ``batch_size``).
+    strong_aug:       photometric strong augmentation (jitter, greyscale, blur) of the labelled batches too.
+
+    Run length (:mod:`mtal_models.training.budget`; off while ``min_steps`` and ``steps_per_label`` are 0):
+    min_steps, steps_per_label, max_steps: the run takes ``max(min_steps, steps_per_label · N)`` optimiser
+                      steps for N labelled images (capped at ``max_steps`` when > 0), rounded up to whole
+                      epochs; ``epochs`` is then ignored.
     """
 
     epochs: int = 10
@@ -60,6 +75,16 @@ class TrainConfig:
     sampling: str = "modality"
     pseudo_label_weight: float = 0.0
     pseudo_label_confidence: float = 0.9
+    semi_weight: float = 1.0
+    semi_threshold: float = 0.95
+    semi_ramp: float = 0.2
+    ema_decay: float = 0.99
+    semi_cutmix: float = 0.5
+    semi_batch_size: int = 0
+    strong_aug: bool = False
+    min_steps: int = 0
+    steps_per_label: float = 0.0
+    max_steps: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +102,15 @@ class TrainConfig:
             ("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "must be in [0, 1]"),
             ("pseudo_label_weight", self.pseudo_label_weight == 0 or self.substitution_prob > 0,
              "needs substitution_prob > 0 (the label encoders that condition the guesses train with it)"),
+            ("semi_weight", self.semi_weight >= 0, "must be >= 0"),
+            ("semi_threshold", 0 <= self.semi_threshold <= 1, "must be in [0, 1]"),
+            ("semi_ramp", 0 <= self.semi_ramp <= 1, "must be in [0, 1]"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1)"),
+            ("semi_cutmix", 0 <= self.semi_cutmix <= 1, "must be in [0, 1]"),
+            ("semi_batch_size", self.semi_batch_size >= 0, "must be >= 0"),
+            ("min_steps", self.min_steps >= 0, "must be >= 0"),
+            ("steps_per_label", self.steps_per_label >= 0, "must be >= 0"),
+            ("max_steps", self.max_steps >= 0, "must be >= 0"),
         ]
         for name, ok, why in checks:
             if not ok:

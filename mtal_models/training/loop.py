@@ -21,9 +21,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from mtal_models.data.augment import photometric
 from mtal_models.data.sample import Batch, Sample
 from mtal_models.metrics import MetricSet
-from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
+from mtal_models.nets.base import MultiTaskNet, MultiTaskOutput
+from mtal_models.training.budget import budget_on, plan_epochs
 from mtal_models.training.checkpoint import Checkpoint, save_checkpoint
 from mtal_models.training.config import TrainConfig, resolve_device, seed_everything
 from mtal_models.training.data import make_loader
@@ -31,6 +33,8 @@ from mtal_models.training.health import BoxHealth
 from mtal_models.training.mtpsl import MTPSLMapper, feature_target
 from mtal_models.training.pseudo import pseudo_labels, ramp
 from mtal_models.training.schedule import make_optimizer, make_scheduler
+from mtal_models.training.semi import EMATeacher, SemiBranch, Unlabelled
+from mtal_models.training.substitution import substitutable, substitute_labels, without_conditioned
 
 __all__ = [
     "ExtraLoss",
@@ -51,63 +55,6 @@ ExtraLoss = Callable[[MultiTaskOutput, Batch], Tensor]
 """extra_loss(out, batch) -> scalar added to the loss (e.g. LL4AL's loss-prediction module)."""
 SampleWeights = Mapping[str, Mapping[str, float]]
 """sample id -> {modality: weight}; missing entries weigh 1."""
-
-
-def substitutable(model: MultiTaskNet) -> list[str]:
-    """Modalities whose ground truth the network takes as ``given`` (``model.substitutable``: PAD-Net's
-    label encoders). Networks without any ignore substitution."""
-    return [n for n in model.modalities if n in model.substitutable and model.modalities[n].dense]
-
-
-def substitute_labels(
-    labels: Labels, names: Sequence[str], prob: float, generator: torch.Generator | None = None
-) -> tuple[Labels | None, Labels]:
-    """PartAL GT substitution for one batch.
-
-    Per sample and modality in ``names``, a present label is chosen with probability ``prob``. Chosen
-    labels go to ``forward`` as ``given`` and are removed from the loss labels (their final prediction
-    could otherwise be learnt by copying the input). A sample keeps at least one present modality in the
-    loss: if every present label of a sample was chosen, one of them (at random) is put back.
-    Returns (given or None, labels for the loss).
-    """
-    if prob <= 0 or not names:
-        return None, labels
-    some = next(iter(labels.present.values()), None)
-    if some is None:
-        return None, labels
-    b = some.shape[0]
-    present = {n: labels.is_present(n, b).cpu() for n in labels.values}
-    chosen = {n: present[n] & (torch.rand(b, generator=generator) < prob) for n in names if n in present}
-    if not chosen:
-        return None, labels
-    kept = sum((present[n] & ~chosen.get(n, torch.zeros(b, dtype=torch.bool))).int() for n in present)
-    for i in (kept == 0).nonzero(as_tuple=True)[0].tolist():
-        options = [n for n in chosen if chosen[n][i]]
-        if options:
-            pick = options[int(torch.randint(len(options), (1,), generator=generator))]
-            chosen[pick][i] = False
-    chosen = {n: m for n, m in chosen.items() if m.any()}
-    if not chosen:
-        return None, labels
-    device = some.device
-    given = Labels({n: labels.values[n] for n in chosen}, {n: m.to(device) for n, m in chosen.items()})
-    loss_present = {n: (p & ~chosen[n].to(p.device)) if n in chosen else p for n, p in labels.present.items()}
-    return given, Labels(dict(labels.values), loss_present)
-
-
-def without_conditioned(batch: Batch, given: Labels) -> Batch:
-    """``batch`` with every label of the samples that had some label ``given`` marked absent.
-
-    What an ``extra_loss`` sees: its targets must come from unconditioned forwards. A sample with a
-    substituted label ran every head through that label's encoding (a path the task losses do not fit for
-    the substituted modality, and a conditioned one for the others), so LL4AL's "true loss" of such a
-    sample is not the loss the network would have on it at selection time."""
-    b = batch.images.shape[0]
-    conditioned = torch.zeros(b, dtype=torch.bool, device=batch.images.device)
-    for name in given.values:
-        conditioned |= given.is_present(name, b).to(conditioned.device)
-    present = {n: p & ~conditioned.to(p.device) for n, p in batch.labels.present.items()}
-    return Batch(batch.images, Labels(dict(batch.labels.values), present), batch.ids)
 
 
 def weights_for(
@@ -150,6 +97,8 @@ def train_one_epoch(
     generator: torch.Generator | None = None,
     teacher: MultiTaskNet | None = None,
     health: BoxHealth | None = None,
+    semi: SemiBranch | None = None,
+    augment: torch.Generator | None = None,
 ) -> float:
     """One pass over ``loader`` (yielding :class:`Batch`); returns the mean step loss.
 
@@ -160,12 +109,17 @@ def train_one_epoch(
     ``pseudo_label_weight`` x the share of training done; with a ``teacher`` network (already trained,
     e.g. the previous round's), the teacher guesses at the full weight from the first step.
     ``health`` counts each step's degenerate predicted boxes (collapse detection).
+    ``semi`` adds the unlabelled term of each step and moves its EMA teacher after the optimiser step
+    (:mod:`.semi`; its ``start_epoch`` must have been called). ``augment`` draws the labelled batches'
+    photometric strong views when ``config.strong_aug`` (default: a generator seeded ``config.seed + epoch``).
     """
     device = _device_of(model)
     amp = config.use_amp(device)
     names = substitutable(model) if config.substitution_prob > 0 else []
     guesser = model if teacher is None else teacher
     anchors = substitutable(guesser) if config.pseudo_label_weight > 0 else []
+    if config.strong_aug and augment is None:
+        augment = torch.Generator().manual_seed(config.seed + epoch)
     model.train()
     for aux in (mtpsl, extra_loss):
         if isinstance(aux, nn.Module):
@@ -180,8 +134,9 @@ def train_one_epoch(
         pseudo = None
         if anchors:
             pseudo = pseudo_labels(guesser, batch.images, batch.labels, anchors, config.pseudo_label_confidence)
+        images = photometric(batch.images, augment) if config.strong_aug else batch.images
         with torch.autocast(device_type=device.type, enabled=amp):
-            out = model(batch.images, given=given, committee=config.committee)
+            out = model(images, given=given, committee=config.committee)
             loss = total_loss(model, model.losses(out, loss_labels, weights))
             if pseudo is not None:
                 share = ramp(epoch, step, len(loader), config.epochs) if teacher is None else 1.0
@@ -190,6 +145,8 @@ def train_one_epoch(
                 loss = loss + config.mtpsl_weight * mtpsl.loss(out, batch.labels)
             if extra_loss is not None:
                 loss = loss + extra_loss(out, batch if given is None else without_conditioned(batch, given))
+            if semi is not None:
+                loss = loss + semi.loss(model, ramp(epoch, step, len(loader), config.epochs))
         if health is not None:
             health.update(out.final)
         if not amp and not torch.isfinite(loss):
@@ -202,6 +159,8 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if semi is not None:
+            semi.after_step(model)
         if scheduler is not None:
             scheduler.step()
         value = float(loss.detach())
@@ -245,7 +204,10 @@ class TrainResult:
     """What ``fit`` did. ``history``: mean train loss per epoch run; ``val``: evaluate() per epoch run
     (empty without validation data); ``epoch``: last completed epoch (what a checkpoint stores);
     ``box_health``: per detection modality, the degenerate boxes among those predicted on the training
-    steps of the last epoch (:func:`mtal_models.metrics.box_collapse`; {} without detection)."""
+    steps of the last epoch (:func:`mtal_models.metrics.box_collapse`; {} without detection);
+    ``epochs``: the run's planned length (``config.epochs``, or the step budget's epochs);
+    ``teacher``: the EMA teacher of the semi-supervised term (None when off); ``unlabelled``: the number
+    of unlabelled images it drew from (0 when off)."""
 
     history: list[float]
     val: list[dict[str, Any]]
@@ -256,12 +218,17 @@ class TrainResult:
     mtpsl: MTPSLMapper | None = None
     step_losses: list[float] = field(default_factory=list)
     box_health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    epochs: int = 0
+    teacher: EMATeacher | None = None
+    unlabelled: int = 0
 
     def save(self, path: str | Path, model: MultiTaskNet, extra: Mapping[str, Any] | None = None) -> Path:
-        """save_checkpoint with this run's optimizer, scheduler, epoch (and MTPSL mapper state)."""
+        """save_checkpoint with this run's optimizer, scheduler, epoch (and MTPSL mapper, EMA teacher states)."""
         extra = dict(extra or {})
         if self.mtpsl is not None:
             extra["mtpsl_state"] = self.mtpsl.state_dict()
+        if self.teacher is not None:
+            extra["ema_state"] = self.teacher.state_dict()
         return save_checkpoint(path, model, self.optimizer, self.scheduler, epoch=self.epoch, extra=extra)
 
 
@@ -285,6 +252,26 @@ def _probe_feature_dim(model: MultiTaskNet, loader: DataLoader) -> int:
         model.train(was_training)
 
 
+def _semi_branch(
+    model: MultiTaskNet, unlabelled: Unlabelled | None, config: TrainConfig, start: Checkpoint | None
+) -> SemiBranch | None:
+    """The semi-supervised branch of a run, or None when off (no pool, an empty one, ``semi_weight`` 0, or
+    no dense modality to learn from it: detection takes no unlabelled term)."""
+    if unlabelled is None or config.semi_weight <= 0:
+        return None
+    size = len(unlabelled.dataset) if isinstance(unlabelled, DataLoader) else len(unlabelled)  # type: ignore[arg-type]
+    if size == 0:
+        return None
+    if not any(s.dense for s in model.modalities.values()):
+        warnings.warn("unlabelled images given but the network has no dense modality: no semi-supervised term",
+                      stacklevel=3)
+        return None
+    semi = SemiBranch(model, unlabelled, config)
+    if start is not None and "ema_state" in start.extra:
+        semi.teacher.load_state_dict(start.extra["ema_state"])
+    return semi
+
+
 def fit(
     model: MultiTaskNet,
     train: Sequence[Sample] | DataLoader,
@@ -296,6 +283,7 @@ def fit(
     extra_loss: ExtraLoss | None = None,
     until_epoch: int | None = None,
     teacher: MultiTaskNet | None = None,
+    unlabelled: Unlabelled | None = None,
 ) -> TrainResult:
     """Train ``model`` (in place) on samples or a DataLoader of Batch; returns a :class:`TrainResult`.
 
@@ -312,6 +300,12 @@ def fit(
                     train the missing modalities of partially labelled samples; default: the network
                     being trained, ramped in (:mod:`mtal_models.training.pseudo`). Moved to the device,
                     never trained.
+    unlabelled:     images without labels (Samples, whose labels are ignored, or a DataLoader of Batch) for
+                    the semi-supervised term (:mod:`mtal_models.training.semi`; ``config.semi_weight`` 0 or
+                    an empty pool = off). On resume, the EMA teacher comes from ``start.extra["ema_state"]``
+                    (else from the restored network).
+    With a step budget (``config.min_steps`` / ``steps_per_label``) the run's length comes from the number
+    of labelled samples (:mod:`mtal_models.training.budget`) instead of ``config.epochs``.
     Each epoch re-seeds torch and the shuffling generator with ``config.seed + epoch``, so on CPU a
     resumed run reproduces the uninterrupted one exactly.
     """
@@ -319,6 +313,8 @@ def fit(
     generator = seed_everything(config.seed)
     model.to(device)
     loader = _as_loader(train, model, config, True, generator)
+    if budget_on(config):
+        config = replace(config, epochs=plan_epochs(config, len(loader.dataset), len(loader)))  # type: ignore[arg-type]
     val_loader = None if val is None else _as_loader(val, model, replace(config, num_workers=0), False, generator)
     mtpsl = None
     if config.mtpsl_weight > 0 and sum(s.dense for s in model.modalities.values()) < 2:
@@ -348,13 +344,17 @@ def fit(
             scheduler.load_state_dict(start.scheduler_state)
             scheduler.total_iters = config.epochs * len(loader)
         first = start.epoch + 1
+    semi = _semi_branch(model, unlabelled, config, start)
     last = config.epochs if until_epoch is None else min(until_epoch, config.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=config.use_amp(device))
     weights_fn = None
     if sample_weights is not None:
         names = list(model.modalities)
         weights_fn = lambda b: weights_for(b.ids, names, sample_weights, device)  # noqa: E731
-    result = TrainResult([], [], 0, first - 1, optimizer, scheduler, mtpsl)
+    result = TrainResult([], [], 0, first - 1, optimizer, scheduler, mtpsl, epochs=config.epochs,
+                         teacher=None if semi is None else semi.teacher,
+                         unlabelled=0 if semi is None else len(semi.loader.dataset))  # type: ignore[arg-type]
+    augment = torch.Generator()
 
     def record(epoch: int, step: int, loss: float) -> None:
         result.step_losses.append(loss)
@@ -364,11 +364,14 @@ def fit(
     for epoch in range(first, last + 1):
         torch.manual_seed(config.seed + epoch)
         generator.manual_seed(config.seed + epoch)
+        augment.manual_seed(config.seed + epoch + 65537)
+        if semi is not None:
+            semi.start_epoch(epoch)
         health = BoxHealth(model.modalities)
         mean = train_one_epoch(
             model, loader, optimizer, scheduler, config, scaler, epoch,
             weights_fn=weights_fn, progress=record, extra_loss=extra_loss, mtpsl=mtpsl, generator=generator,
-            teacher=teacher, health=health,
+            teacher=teacher, health=health, semi=semi, augment=augment,
         )  # fmt: skip
         result.history.append(mean)
         result.box_health = health.report()

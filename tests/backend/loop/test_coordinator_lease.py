@@ -152,3 +152,26 @@ def test_publish_check_runs_under_the_lock_and_stops_it(tmp_path: Path) -> None:
     with pytest.raises(LeaseLost):
         store.publish("3", ckpt, {}, check=refuse)
     assert store.current("3") == first and [m["version"] for m in store.list_versions("3")] == [first]
+
+
+def test_webhook_during_a_live_run_is_one_redis_round_trip(coord: Coordinator,  # noqa: F811
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease is checked inside the transition script (issue #27): a webhook while a run with a valid
+    lease trains costs one command (it cost two, the script then an HGETALL, and the webhook p99 under a
+    training run grew from ~1.9x to 2.7x its floor); an expired one still leads to the take-over."""
+    _dead_run(coord, "7")
+    coord.lease_s = 60.0
+    coord.heartbeat("7")  # a live run
+    sent: list[str] = []
+    real = coord.redis.execute_command
+
+    def counted(*args: object, **kwargs: object) -> object:
+        sent.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coord.redis, "execute_command", counted)
+    assert coord.record_labels("7", ["semantic"], threshold=1) is False
+    assert coord.request_training("7") == "follow_up"
+    assert [c.upper() for c in sent] == ["EVALSHA", "EVALSHA"], sent
+    coord.redis.hset("mtal:project:7", "lease", time.time() - 1)  # expired: the run is looked at and taken over
+    assert coord.request_training("7") == "enqueued" and coord.status("7")["state"] == "queued"

@@ -64,6 +64,27 @@ def test_probabilities_upsampled_before_argmax_in_bands(h: int, w: int, monkeypa
     assert np.allclose(conf, best.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize(("h", "w", "c", "dtype"), [(64, 96, 5, torch.float16), (96, 64, 300, torch.float32)])
+def test_probabilities_at_the_network_size_are_their_own_argmax(h: int, w: int, c: int, dtype: torch.dtype) -> None:
+    """No resize (the original is the network size): the argmax of the probabilities themselves, exactly
+    what the banded bilinear path gives at scale 1 (the fast path skips it), ties and override included."""
+    fit = Fit.for_size(h, w, min(h, w), 1024)
+    assert fit.resized == (h, w)
+    probs = torch.rand(c, *fit.padded, generator=torch.Generator().manual_seed(c)).softmax(0).to(dtype)
+    probs[:, :4, :4] = 1.0 / c  # exact ties: the first class wins, as in torch.max
+    best, arg = fit.crop(probs).float().max(0)
+    cls, conf = fit.probs_to_original(probs)
+    assert cls.dtype == (np.uint8 if c <= 256 else np.int32) and conf.dtype == np.float32
+    assert np.array_equal(cls, arg.numpy()) and np.array_equal(conf, best.numpy()) and (cls[:4, :4] == 0).all()
+    override = np.full((h, w), -1)
+    override[10:20, 5:9] = 1
+    cls2, conf2 = fit.probs_to_original(probs, override)
+    elsewhere = np.ones((h, w), bool)
+    elsewhere[10:20, 5:9] = False
+    assert (cls2[10:20, 5:9] == 1).all() and np.array_equal(cls2[elsewhere], cls[elsewhere])
+    assert np.array_equal(conf2, conf)
+
+
 def test_override_carries_network_decisions_to_the_original() -> None:
     fit = Fit.for_size(4, 4, 2, 2)  # each network pixel covers 2x2 original pixels
     probs = torch.zeros(3, 2, 2)

@@ -261,3 +261,29 @@ def test_detseg_run_reports_mdsq_and_boxmask_matches_classes_by_name(tmp_path: P
     strategy = rounds.get_strategy("boxmask", **rounds._strategy_options(config, "boxmask", 0, 1, data.class_names))
     _, _, mapping = strategy.mapping(data.modalities)
     assert mapping is not None and mapping.tolist() == list(range(3, 3 + data.modalities["objects"].channels))
+
+
+def test_semi_switch_trains_on_the_images_without_any_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--semi-weight: each round's fit gets the pool's images that have no label yet (image only, no label
+    present), the same code path as the backend's MTAL_SEMI_WEIGHT; off (the default) passes none."""
+    seen: list[tuple[float, int | None]] = []
+    real_fit = rounds.fit
+
+    def spy(model, loader, config, **kwargs):  # noqa: ANN001, ANN202
+        pool = kwargs.get("unlabelled")
+        if pool is not None:
+            assert all(not any(s.present.values()) and not s.labels for s in pool)
+        seen.append((config.semi_weight, None if pool is None else len(pool)))
+        return real_fit(model, loader, config, **kwargs)
+
+    monkeypatch.setattr(rounds, "fit", spy)
+    config = TINY.replace(strategies=["random"], seeds=[0], rounds=1, semi_weight=1.0)
+    simulate(config, tmp_path / "on", progress=False)
+    n_pool = config.n_images
+    on = [s for s in seen if s[1] is not None]
+    assert on and all(w == 1.0 for w, _ in on)
+    sizes = [n for _, n in on]
+    assert sizes[0] > sizes[-1] and all(0 < n < n_pool for n in sizes)  # the pool shrinks as labels arrive
+    seen.clear()
+    simulate(TINY.replace(strategies=["random"], seeds=[0], rounds=1), tmp_path / "off", progress=False)
+    assert seen and all(n is None for _, n in seen)
