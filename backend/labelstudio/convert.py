@@ -72,7 +72,8 @@ def annotation_to_labels(
     a modality that is not present gets :func:`empty_label` (ignore_index everywhere / no boxes).
     present: with the schema's choices tag, the modalities ticked in it (ticked and empty = labelled
     as empty); if the annotation has no choices result at all, or the schema no choices tag, a
-    modality is present when it has at least one region. Unknown tags and labels are logged and skipped.
+    modality is present when it has at least one region. Unknown tags and labels are logged and skipped;
+    smart tools' regions (``schema.smart_tools``) are skipped silently.
     """
     check_size(height, width)
     if len(result) > MAX_REGIONS:  # each region may rasterise a full-size mask: bound the work first
@@ -91,7 +92,8 @@ def annotation_to_labels(
             continue
         tag = schema.tags.get(name)
         if tag is None:
-            logger.warning("annotation result %d: unknown from_name %r ignored", i, name)
+            if name not in schema.smart_tools:  # a smart tool's regions are drawing aids, not labels
+                logger.warning("annotation result %d: unknown from_name %r ignored", i, name)
             continue
         try:
             rtype = str(res.get("type", tag.result_type)).lower()

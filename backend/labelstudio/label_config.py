@@ -14,6 +14,14 @@ Rules (see ``docs/labeling.md`` for the user-facing version):
   ``<View style="display: none">`` to hide it from annotators. The kind comes from the name prefix.
 - A ``<Choices choice="multiple">`` whose choice values are all modality names is the
   labelled/requested-modalities tag (partial labels, DESIGN.md §3).
+- Smart tools (Label Studio's interactive tags, ``smart="true"`` / ``smartOnly="true"``) are not
+  modalities (:class:`SmartTool`): a tag with ``smartOnly``, a smart ``KeyPointLabels`` /
+  ``EllipseLabels``, an unlabelled smart ``Rectangle`` / ``KeyPoint`` / ``Polygon`` / ``Brush`` /
+  ``Ellipse``, and a smart ``RectangleLabels`` / ``BrushLabels`` / ``PolygonLabels`` whose labels are all
+  labels of another (not smart) supported tag. A smart tag whose labels no other tag has stays a modality
+  (``smart="true"`` keeps the ordinary tool too). A tool's ``modalities``: the modalities whose tags have
+  a label of the same name (unlabelled tools: every annotatable modality). Their results are skipped in
+  training and in the label counts; the schema's modalities are those of the config without them.
 - Controls on a non-Image object (e.g. ``Labels`` on ``Text``) are errors; other controls on the image
   (KeyPointLabels, single Choices, TextArea, ...) are ignored with a warning, unless nothing supported
   is left, which is an error naming them.
@@ -32,6 +40,7 @@ from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from backend.labelstudio.smart_tags import SMART_ONLY_TAGS, SmartTool, smart_flag, smart_tools, split_smart
 from mtal_models.modalities import ModalitySpec, build_modalities
 
 __all__ = [
@@ -40,6 +49,7 @@ __all__ = [
     "SEGMENTATION_TAGS",
     "LabelConfigError",
     "ProjectSchema",
+    "SmartTool",
     "TagInfo",
     "dense_kind",
     "parse_label_config",
@@ -100,7 +110,8 @@ class ProjectSchema:
 
     ``tags`` holds the supported control tags (name -> info); ``dense_fields`` maps depth/normals
     modalities to their task data key; ``network`` is ``"detseg"`` when a detection modality exists,
-    else ``"padnet"``.
+    else ``"padnet"``; ``smart_tools`` the smart tags (name -> :class:`SmartTool`), none of them a
+    modality.
     """
 
     modalities: dict[str, ModalitySpec]
@@ -111,6 +122,7 @@ class ProjectSchema:
     network: str
     config_hash: str
     image_tag: str = ""
+    smart_tools: dict[str, SmartTool] = field(default_factory=dict)
     _label_index: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -154,6 +166,7 @@ class ProjectSchema:
             "image_tag": self.image_tag,
             "network": self.network,
             "config_hash": self.config_hash,
+            "smart_tools": [t.to_dict() for t in self.smart_tools.values()],
         }
 
     @classmethod
@@ -168,6 +181,7 @@ class ProjectSchema:
             network=d["network"],
             config_hash=d["config_hash"],
             image_tag=d.get("image_tag", ""),
+            smart_tools={t["name"]: SmartTool.from_dict(t) for t in d.get("smart_tools", [])},
         )
 
 
@@ -223,6 +237,7 @@ def parse_label_config(xml: str, dense_fields: Mapping[str, str] | None = None) 
     supported: list[Any] = []
     ignored: list[str] = []
     choice_candidates: list[Any] = []
+    smart: list[Any] = []  # smart tags that can only be tools
     for name, ctrl in controls.items():
         targets = list(ctrl.to_name or [])
         if not targets:
@@ -239,12 +254,15 @@ def parse_label_config(xml: str, dense_fields: Mapping[str, str] | None = None) 
             if len(targets) != 1:
                 raise LabelConfigError(f"<{ctrl.tag} name={name!r}> must point at exactly one <Image>, got {targets}")
             supported.append(ctrl)
+        elif ctrl.tag in SMART_ONLY_TAGS and smart_flag(ctrl) is not None:
+            smart.append(ctrl)
         elif ctrl.tag == "Choices" and ctrl.attr.get("choice") == "multiple":
             choice_candidates.append(ctrl)
         else:
             ignored.append(f"<{ctrl.tag} name={name!r}>")
     if not images:
         raise LabelConfigError("labeling config has no <Image> object tag; only image projects are supported")
+    supported, smart = split_smart(supported, smart, BACKGROUND)
 
     if not supported:
         what = ", ".join(ignored) if ignored else "no control tag"
@@ -297,6 +315,7 @@ def parse_label_config(xml: str, dense_fields: Mapping[str, str] | None = None) 
         raise LabelConfigError(f"labeling config: {e}") from e
     choices_tag = _choices_tag(choice_candidates, set(modalities))
     has_det = any(s.kind == "detection" for s in modalities.values())
+    tools = smart_tools(smart, {m: t.labels for m, t in tags.items()}, image_tag)
     return ProjectSchema(
         modalities=modalities,
         tags=tags,
@@ -306,6 +325,7 @@ def parse_label_config(xml: str, dense_fields: Mapping[str, str] | None = None) 
         network="detseg" if has_det else "padnet",
         config_hash=digest,
         image_tag=image_tag,
+        smart_tools=tools,
     )
 
 

@@ -12,6 +12,8 @@ ANNOTATION_UPDATED     same (the modalities of the new version changed)
 ANNOTATIONS_DELETED    +1 on the ``deleted`` counter per deleted annotation (LS sends only ids)
 START_TRAINING         a run now ("Start Training" in the UI, or every N annotations when the project
                        sets ``min_annotations_to_start_training``)
+TASKS_CREATED          the imported tasks (LS sends them whole, inside the import request, at most
+                       100 per request) wait for a small scoring job (:mod:`backend.loop.new_tasks`)
 anything else          ignored (200)
 =====================  ===========================================================================
 
@@ -30,6 +32,7 @@ from typing import Any
 
 from backend.labelstudio.label_config import LabelConfigError, ProjectSchema, parse_label_config
 from backend.loop.coordinator import Coordinator
+from backend.loop.new_tasks import NewTasks
 
 __all__ = ["EventError", "WebhookResult", "handle_webhook", "labelled_modalities"]
 
@@ -103,6 +106,13 @@ def handle_webhook(
             raise EventError("START_TRAINING needs 'project' with an 'id'")
         return WebhookResult(action, project_id, coordinator.request_training(project_id))
 
+    if action == "TASKS_CREATED":
+        if project_id is None:
+            raise EventError("TASKS_CREATED needs 'project' with an 'id'")
+        tasks = _created_tasks(payload)
+        status = NewTasks(coordinator).add(project_id, tasks) if tasks else "ignored"
+        return WebhookResult(action, project_id, status)
+
     if action not in (*ANNOTATION_EVENTS, "ANNOTATIONS_DELETED"):
         return WebhookResult(action, project_id, "ignored")
     if project_id is None:
@@ -150,3 +160,18 @@ def _count_annotations(action: str, payload: dict[str, Any], project: dict[str, 
         log.warning("project %s: webhook with an unsupported labeling config: %s", project.get("id"), exc)
         return []
     return [name for result in results for name in sorted(labelled_modalities(result, schema))]
+
+
+def _created_tasks(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """TASKS_CREATED's ``tasks``: each an object with an integer ``id`` and an object ``data`` (none: nothing
+    to score, ignored)."""
+    tasks = payload.get("tasks")
+    if tasks is None:
+        return []
+    if not isinstance(tasks, list) or len(tasks) > MAX_EVENT_ITEMS:
+        raise EventError(f"TASKS_CREATED needs 'tasks', a list of at most {MAX_EVENT_ITEMS} task objects")
+    for t in tasks:
+        ok = isinstance(t, dict) and isinstance(t.get("id"), int) and not isinstance(t.get("id"), bool)
+        if not ok or t["id"] < 0 or not isinstance(t.get("data"), dict):
+            raise EventError("TASKS_CREATED: every task needs an integer 'id' and an object 'data'")
+    return tasks

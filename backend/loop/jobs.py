@@ -14,17 +14,23 @@ rank_job(project)
     pre-annotations, pushes one prediction per unlabelled task (score: low = label first, cluster,
     the new model version, the requested modalities ticked in the choices tag), sets the project's
     ``model_version`` and ``sampling = "Uncertainty sampling"`` so ``/next`` serves that order, and
-    stores the ranking for ``/predict``.
+    stores the ranking for ``/predict``. Unlabelled tasks it finds without a score afterwards (imported
+    while it ran) are handed to score_new_job.
 pretrain_job(project)
     The cold start (``MTAL_PRETRAIN_MINUTES`` > 0; issue 25): lists the project's tasks, fills the
     unlabelled pool cache, refuses with a reason in /status when it is under the minimum, pretrains the
     current version's trunk time-boxed and resumable (:mod:`backend.loop.pretrain_round`), publishes it
     marked ``"pretrained"``, then enqueues the rank job, which ranks it by TypiClust. Tasks already
     labelled when it starts get a training run after it (the coordinator's follow-up).
+score_new_job(project)
+    Scores the tasks imported after the ranking (``TASKS_CREATED``, :mod:`backend.loop.new_tasks`) with the
+    current version, pushing their predictions and adding them to the stored ranking
+    (:mod:`backend.loop.rank_new`); no full re-rank. Outside the run state machine: no lease, and it leaves
+    the tasks for the rank job while a ranking runs.
 
-Both run under the run's lease (:meth:`Coordinator.hold`) and as its owner (their RQ job id): a job whose
-run was taken over stops with LeaseLost before it writes anything. Label Studio unreachable while
-reading annotations or ranking: retried with backoff (``MTAL_LS_RETRIES``, ``MTAL_LS_BACKOFF_S``).
+train_job, rank_job and pretrain_job run under the run's lease (:meth:`Coordinator.hold`) and as its owner
+(their RQ job id): a job whose run was taken over stops with LeaseLost before it writes anything. Label
+Studio unreachable while reading annotations or ranking: retried with backoff (``MTAL_LS_RETRIES``, ``MTAL_LS_BACKOFF_S``).
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_tasks
 from backend.logs import redact
 from backend.loop.coordinator import Coordinator, LeaseLost
+from backend.loop.new_tasks import NewTasks
 from backend.loop.pretrain_round import PoolImages, pretrain_config, pretrain_version, skip_reason
 from backend.loop.queue import open_queue
+from backend.loop.rank_new import score_new_tasks
 from backend.loop.rank_pass import NothingFetched, rank_tasks
 from backend.loop.train_round import train_version
 from backend.serving.model import MTALModel, load_schema
@@ -56,7 +64,8 @@ from backend.serving.store import ModelStore
 from backend.settings import Settings
 from mtal_models.training.pretrain import check_pool
 
-__all__ = ["JobContext", "configure", "ls_unreachable", "pretrain_job", "rank_job", "train_job"]
+__all__ = ["JobContext", "configure", "ls_unreachable", "pretrain_job", "rank_job", "score_new_job",
+           "train_job"]
 
 log = logging.getLogger(__name__)
 _configured: Settings | None = None
@@ -228,6 +237,7 @@ def rank_job(project: Any) -> dict[str, Any]:
         ctx.coordinator.progress(project, ctx.owner, state="ranking")
         summary = _retry_ls(ctx, project, "ranking", lambda: rank(ctx, project))
         ctx.coordinator.finish(project, ctx.owner)
+        _queue_unscored(ctx, project)
         return summary
 
     return _run("rank", project, body)
@@ -299,6 +309,59 @@ def _end_pretrain(ctx: JobContext, project: str, fields: dict[str, Any]) -> dict
     """A pretrain run that publishes nothing ends here (its follow-up, if any, is enqueued)."""
     ctx.coordinator.finish(project, ctx.owner)
     return fields["pretrain"]
+
+
+def _queue_unscored(ctx: JobContext, project: str) -> None:
+    """Hand the unlabelled tasks the stored ranking lacks (imported while it ran) to score_new_job; best
+    effort: the ranking is done either way."""
+    try:
+        held = ctx.store.ranking(project).get("tasks") or {}
+        missing = [t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if str(t["id"]) not in held]
+        if missing:
+            log.info("project %s: %d unlabelled tasks have no score after the ranking", project, len(missing))
+            NewTasks(ctx.coordinator).add(project, missing)
+    except Exception as e:  # noqa: BLE001 - housekeeping after a finished run
+        log.warning("project %s: could not look for tasks without a score: %s", project, redact(str(e)))
+
+
+def score_new_job(project: Any) -> dict[str, Any]:
+    """Score the pending new tasks of ``project`` (see :mod:`backend.loop.new_tasks`); never touches the run's
+    state. While a ranking runs, the tasks wait for it (it hands over those it did not score)."""
+    project = str(project)
+    if not re.fullmatch(r"[0-9]{1,20}", project):
+        raise ValueError(f"score_new: {project[:40]!r} is not a Label Studio project id")
+    ctx = JobContext.create()
+    pending = NewTasks(ctx.coordinator)
+    if ctx.coordinator.status(project)["state"] == "ranking":
+        pending.done(project, requeue=False)
+        return {"scored": 0, "reason": "a ranking is running"}
+    tasks = pending.take(project)
+    requeue = True
+    try:
+        schema = ctx.schema(project)
+
+        def guard() -> None:
+            if ctx.coordinator.status(project)["state"] == "ranking":
+                raise _RankingStarted(f"project {project}: a ranking started; it scores the new tasks")
+
+        return score_new_tasks(ctx, project, schema, tasks, guard=guard)
+    except _RankingStarted as e:
+        log.info("%s", e)
+        pending.put_back(project, tasks)
+        requeue = False
+        return {"scored": 0, "reason": "a ranking started"}
+    except Exception as e:
+        if ls_unreachable(e):  # try again with the next import or ranking
+            pending.put_back(project, tasks)
+            requeue = False
+        log.error("project %s: scoring %d new tasks failed: %s", project, len(tasks), redact(str(e)))
+        raise
+    finally:
+        pending.done(project, requeue=requeue)
+
+
+class _RankingStarted(RuntimeError):
+    """A full ranking started while new tasks were being scored: it covers them."""
 
 
 def ls_unreachable(e: BaseException) -> bool:

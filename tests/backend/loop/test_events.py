@@ -102,3 +102,15 @@ def test_unknown_events_are_ignored(coord: Coordinator) -> None:
 def test_malformed_payloads_raise_event_error(coord: Coordinator, payload: object) -> None:
     with pytest.raises(EventError):
         handle_webhook(payload, coord, lambda p: 1)
+
+
+def test_smart_tool_regions_are_not_counted(coord: Coordinator) -> None:
+    """A smart rectangle with the detection's labels (Label Studio's interactive template) is a tool: its
+    regions count nowhere, and the webhook counts exactly what the same annotation counts without them."""
+    smart = CONFIG_NO_CHOICES.replace("</View>", '<RectangleLabels name="box_smart" toName="image" smart="true">'
+                                      '<Label value="chair"/></RectangleLabels></View>')
+    clicked = {**RECT, "from_name": "box_smart"}
+    got = handle_webhook(event("ANNOTATION_CREATED", [clicked, BRUSH], smart), coord, lambda p: 100)
+    assert got.counted == ("semantic",)
+    assert handle_webhook(event("ANNOTATION_CREATED", [clicked], smart), coord, lambda p: 100).status == "ignored"
+    assert coord.status("12")["labels_since_last_run"] == {"semantic": 1}
