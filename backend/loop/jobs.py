@@ -30,7 +30,8 @@ score_new_job(project)
 
 train_job, rank_job and pretrain_job run under the run's lease (:meth:`Coordinator.hold`) and as its owner
 (their RQ job id): a job whose run was taken over stops with LeaseLost before it writes anything. Label
-Studio unreachable while reading annotations or ranking: retried with backoff (``MTAL_LS_RETRIES``, ``MTAL_LS_BACKOFF_S``).
+Studio unreachable while reading annotations or ranking: retried with backoff (``MTAL_LS_RETRIES``,
+``MTAL_LS_BACKOFF_S``).
 """
 
 from __future__ import annotations
