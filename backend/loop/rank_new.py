@@ -18,7 +18,6 @@ scored as a pool of their own, which only approximates their place.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from backend.loop.rank_pass import RankContext, _score_tasks
 from backend.loop.result_spool import ResultSpool
 from backend.serving.prefill import Prefill
 from backend.serving.strategy import strategy_for
+from backend.serving.task_score import UNLABELLED_MAX, is_labelled, placed_score
 from mtal_models.strategies import concat_pool
 from mtal_models.training import load_checkpoint
 
@@ -40,19 +40,6 @@ __all__ = ["UNPLACED_SCORE", "is_labelled", "placed_scores", "score_new_tasks"]
 
 log = logging.getLogger(__name__)
 UNPLACED_SCORE = 0.5  # a new task's score when the ranking stored no raw scores to place it among
-_MAX_SCORE = 0.999999  # unlabelled tasks stay below 1
-
-
-def is_labelled(task: Mapping[str, Any]) -> bool:
-    """A Label Studio task dict with a submitted, not cancelled annotation (imported with its labels)."""
-    annotations = task.get("annotations")
-    if isinstance(annotations, list) and any(isinstance(a, Mapping) and not a.get("was_cancelled")
-                                             for a in annotations):
-        return True
-    try:
-        return int(task.get("total_annotations") or 0) > 0
-    except (TypeError, ValueError):
-        return False
 
 
 def placed_scores(raw: Sequence[float | None], ranked: Sequence[float | None] | None) -> list[float]:
@@ -64,17 +51,11 @@ def placed_scores(raw: Sequence[float | None], ranked: Sequence[float | None] | 
         return [UNPLACED_SCORE] * len(raw)
     if not ranked:
         return [0.0] * len(raw)
+    # negated raw scores, ascending: placed_score's certainty order (higher raw score = less certain)
+    ascending = sorted(-v for v in ranked if v is not None)
     m = len(ranked)
-    ascending = sorted(-v for v in ranked if v is not None)  # negated: bisect counts the higher scores
-    out = []
-    for s in raw:
-        if s is None:
-            k = float(m)
-        else:
-            lo, hi = bisect.bisect_left(ascending, -s), bisect.bisect_right(ascending, -s)
-            k = lo + (hi - lo) / 2
-        out.append(min(max(0.0, (k - 0.5) / m), _MAX_SCORE))
-    return out
+    last = min((m - 0.5) / m, UNLABELLED_MAX)  # not finite: after every ranked task
+    return [last if s is None else placed_score(-s, ascending, total=m) if ascending else 0.0 for s in raw]
 
 
 def _stored_raw(held: Mapping[str, Mapping[str, Any]]) -> list[float | None] | None:

@@ -42,16 +42,17 @@ def is_labelled(task: Mapping[str, Any]) -> bool:
         return False
 
 
-def placed_score(certainty: float, ranked: Sequence[float]) -> float:
+def placed_score(certainty: float, ranked: Sequence[float], total: int | None = None) -> float:
     """The score of an unranked task of ``certainty`` among ``ranked`` certainties (sorted ascending,
     M of them, ranked at scores 0, 1/M, ..., (M-1)/M): it goes after the ``k`` ranked tasks less
     certain than it (ties count half), between scores (k-1)/M and k/M: ``max(0, (k - 0.5) / M)``.
+    ``total``: M when the ranking holds more tasks than ``ranked`` (the rest ranked after all of them).
     An empty ``ranked``: the certainty itself. Always in [0, 1)."""
     if not ranked:
         return min(max(float(certainty), 0.0), UNLABELLED_MAX)
     lo, hi = bisect.bisect_left(ranked, certainty), bisect.bisect_right(ranked, certainty)
     k = lo + (hi - lo) / 2
-    return min(max(0.0, (k - 0.5) / len(ranked)), UNLABELLED_MAX)
+    return min(max(0.0, (k - 0.5) / (total or len(ranked))), UNLABELLED_MAX)
 
 
 @dataclass(frozen=True)
