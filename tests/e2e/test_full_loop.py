@@ -72,8 +72,7 @@ def stack(label_studio: LabelStudioServer, redis_url: str, tmp_path_factory: pyt
     env = backend_env(label_studio.url, label_studio.token, tmp / "models", redis_url=redis_url,
                       cache_dir=tmp / "cache", MTAL_NET_CONFIG="tiny", MTAL_IMAGE_SIZE=str(SIZE),
                       MTAL_TRAIN_EPOCHS=str(EPOCHS), MTAL_DEVICE="cpu", MTAL_TRAIN_THRESHOLD="0",
-                      MTAL_CLUSTERS="2", MTAL_THREADS="2", LOG_LEVEL="INFO",
-                      MTAL_SEMI_WEIGHT="1")  # the pool on: the train job fills it, the rank job reads it
+                      MTAL_CLUSTERS="2", MTAL_THREADS="2", LOG_LEVEL="INFO")
     with ExitStack() as stack:  # each process is stopped (process group) even when a later one fails
         backend = stack.enter_context(start_backend(env, tmp))
         worker = stack.enter_context(start_worker(env, tmp))
@@ -153,10 +152,7 @@ def test_full_loop_production_topology(stack: Stack) -> None:
     v2 = status["version"]
     assert re.fullmatch(rf"mtal-{project.id}-v2-[0-9a-f]{{8}}", v2), v2
     assert status["metrics"]["n_train"] + status["metrics"]["n_val"] == len(PARTIAL), status["metrics"]
-    unlabelled_count = N_TASKS - len(PARTIAL)  # the pool: tasks without any label when the run started
-    assert status["metrics"]["n_unlabelled"] == unlabelled_count, status["metrics"]
-    pool = requests.get(f"{backend.url}/status", params={"project": project.id}, timeout=10).json()["pool"]
-    assert pool["pool"] == pool["images"] == unlabelled_count and pool["failed"] == 0, pool
+    assert status["metrics"]["n_unlabelled"] == 0, status["metrics"]  # MTAL_SEMI_WEIGHT=0, the default
     trained_line = f"project {project.id}: trained {v2}"
     assert trained_line in stack.worker.log_tail(1_000_000), "the worker process did not log the training run"
     assert trained_line not in backend.log_tail(1_000_000), "gunicorn trained itself: REDIS_URL was not honoured"
@@ -173,8 +169,6 @@ def test_full_loop_production_topology(stack: Stack) -> None:
         f"only {with_boxes}/{len(new)} retrained predictions have rectangles after {EPOCHS} epochs: {kinds}")
     assert all(k.get(CHOICES_TAG) == {"choices"} for k in kinds), kinds
 
-    # the rank job read the pool's images instead of fetching and decoding them again
-    assert f"ranking read {unlabelled_count} images from the pool" in stack.worker.log_tail(1_000_000)
     project_now = _ls(stack, "GET", f"/api/projects/{project.id}/").json()
     assert project_now["model_version"] == v2 and project_now["sampling"] == UNCERTAINTY_SAMPLING, project_now
     first = min(new, key=lambda p: (p["score"], p["task"]))
