@@ -21,10 +21,9 @@ import requests
 from backend.labelstudio.client import UNCERTAINTY_SAMPLING, LabelStudioAPI
 from backend.loop import queue as queueing
 from backend.serving.store import ModelStore
-from backend.settings import Settings
-from tests.support.backend_server import serve_backend
+from tests.support.backend_server import embedded_scene_backend
 from tests.support.label_studio import LabelStudioServer
-from tests.support.scene_project import SceneProject, annotate, create_scene_project
+from tests.support.scene_project import SceneProject, annotate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 N_TASKS = 8
@@ -34,15 +33,8 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def setup(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     tmp = tmp_path_factory.mktemp("loop-embedded")
-    settings = Settings(
-        label_studio_url=label_studio.url, label_studio_api_key=label_studio.token, model_dir=tmp / "models",
-        redis_url=None, net_config="tiny", image_size=SIZE, device="cpu", train_epochs=2, train_threshold=0,
-        cache_dir=tmp / "cache",
-    )
-    project = create_scene_project(label_studio.url, label_studio.headers, label_studio.files_root,
-                                   "mtal loop embedded", N_TASKS, size=SIZE)
-    with serve_backend(settings) as backend_url:
-        yield label_studio, project, backend_url, settings
+    with embedded_scene_backend(label_studio, tmp, "mtal loop embedded", N_TASKS, SIZE, epochs=2) as rig:
+        yield rig
 
 
 def _predictions(ls: LabelStudioServer, project: SceneProject) -> list[dict]:
