@@ -1,4 +1,5 @@
-"""docs/results/pool.md: what learning from the unlabelled pool buys on CamVid (issues #25 and #30).
+"""docs/results/pool.md (a section of docs/results.md): what learning from the unlabelled pool buys on
+CamVid (issues #25 and #30).
 
 Reads finished `mtal simulate` runs (their metrics.csv) and writes the tables, ratios from runs made on
 the same machine with the same seeds and the same initial images:
@@ -83,7 +84,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     sup = load(args.supervised)
-    lines = ["# Learning from the unlabelled pool on CamVid (issues #25 and #30)", "",
+    lines = ["## Learning from the unlabelled pool on CamVid (issues #25 and #30)", "",
              "Preset `camvid` (PAD-Net `small`, 96x128 canvas, 150 steps a round, lr 5e-3, Random selection, "
              "seeds 0-2, mIoU on CamVid's 101 validation photos), CPU. Rare classes: "
              f"{', '.join(RARE)} (mean IoU). {args.note}", ""]
@@ -91,19 +92,19 @@ def main() -> None:
         semi = load(args.semi)
         top = max(sup)
         target = statistics.mean(r["semantic_miou"] for r in sup[top].values())
-        lines += ["## Semi-supervised training (`--semi-weight 1`, the backend's `MTAL_SEMI_WEIGHT=1`)", "",
+        lines += ["### Semi-supervised training (`--semi-weight 1`, the backend's `MTAL_SEMI_WEIGHT=1`)", "",
                   "`mtal simulate --config camvid --strategies random --semi-weight 1` against the same run "
                   "with `--semi-weight 0` (the default).", "", *compare(sup, semi, "supervised", "semi"), "",
                   f"Labels semi-supervised training needs to reach supervised training's mIoU at {top} labels "
                   f"({target:.3f}): **{labels_to_reach(semi, target)}** (goal <= {top // 2}).", ""]
     if args.cold_random:
         cold = load(args.cold_random)
-        lines += ["## Cold start: pretrained start (`--pretrain-steps`) over random initial weights", "",
+        lines += ["### Cold start: pretrained start (`--pretrain-steps`) over random initial weights", "",
                   "Same initial images (seeded random), the trunk pretrained on the 367 pool photos first.", "",
                   *compare(sup, cold, "random init", "pretrained"), ""]
         if args.cold_typiclust:
             typ = load(args.cold_typiclust)
-            lines += ["## First images by TypiClust against random ones, both from the pretrained start", "",
+            lines += ["### First images by TypiClust against random ones, both from the pretrained start", "",
                       *compare(cold, typ, "random first", "typiclust first"), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

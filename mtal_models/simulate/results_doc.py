@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--plots", default="docs/results", help="where the PNG plots are copied")
     ap.add_argument("--notes", default="docs/results/notes.md", help="hand-written notes included verbatim")
-    ap.add_argument("--sections", default="docs/results/detseg.md,docs/results/photographs.md",
+    sections = "docs/results/detseg.md,docs/results/photographs.md,docs/results/pool.md"
+    ap.add_argument("--sections", default=sections,
                     help="comma-separated markdown files appended verbatim (those that exist)")
     args = ap.parse_args(argv)
     sim, out = Path(args.sim), Path(args.out)
