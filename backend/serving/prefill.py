@@ -134,6 +134,8 @@ class Prefill:
         cleaned = remove_speckle(net, self.config.min_area)
         override = None if cleaned is net else np.where(cleaned != net, cleaned, -1)
         cls, conf = fit.probs_to_original(probs, override)
+        if fit.resized == (fit.height, fit.width):  # no resize: cls is the cleaned map (remove_speckle is
+            return SegmentationArgmax(cls, conf)     # idempotent), a second pass would change nothing
         return SegmentationArgmax(remove_speckle(cls, self.config.min_area), conf)
 
     def results(self, preds: Mapping[str, Any], schema: ProjectSchema, height: int, width: int,

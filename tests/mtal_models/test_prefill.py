@@ -152,6 +152,20 @@ def test_speckle_removal_equals_its_definition(dtype: type, noise: float) -> Non
     assert (remove_speckle(local, 0.001) == 0).all()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_speckle_removal_is_idempotent(seed: int) -> None:
+    """A cleaned map has nothing left to clean (the prefill relies on it: a photo at the network's size is
+    cleaned once): blob maps with noise, and pure noise of 12 classes (the worst case)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, 6, 6, 8, generator=gen)
+    logits = torch.nn.functional.interpolate(coarse, size=(96, 128), mode="bicubic")[0] * 4
+    cls = (logits + seed * 0.3 * torch.randn(6, 96, 128, generator=gen)).argmax(0).numpy().astype(np.int32)
+    noise = torch.randint(0, 12, (64, 80), generator=gen).numpy().astype(np.int32)
+    for m, area in ((cls, 0.002), (cls, 0.01), (noise, 0.002)):
+        once = remove_speckle(m, area)
+        assert (remove_speckle(once, area) == once).all()
+
+
 def test_mask_edit_share_counts_wrong_labelled_pixels_after_speckle_removal() -> None:
     target = torch.zeros(1, 10, 10, dtype=torch.long)
     target[0, :, 5:] = 1
