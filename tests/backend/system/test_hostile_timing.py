@@ -134,4 +134,5 @@ def test_dripping_images_cost_the_fetch_deadline_not_the_request(world: dict[str
     assert 0 <= results[3]["score"] <= 1  # predicted (an untrained net's regions may be none: no score = failed)
     assert world["drip"].started >= 3  # fetched concurrently: every slow image was asked for
     assert FETCH_S - 0.5 < took < FETCH_S + 7, took  # the deadline, plus the forward on a loaded machine
-    assert "not fetched within 3 s" in world["backend"].log_tail(20000)
+    log = world["backend"].log_tail(20000)  # the request's deadline, or the fetcher's own (the same value)
+    assert "not fetched within 3 s" in log or "fetch took longer than 3 s; aborted" in log, log[-3000:]
