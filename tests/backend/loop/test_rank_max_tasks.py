@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from backend.loop.rank_pass import rank_subset, rank_tasks
 from tests.backend.loop.test_rank_contract import RecordingLS, _setup
@@ -19,7 +18,7 @@ LABELLED = {1, 2, 3, 50}
 def test_subset_keeps_every_labelled_task_and_draws_the_limit() -> None:
     chosen, left = rank_subset(TASKS, LABELLED, 10, seed=7)
     ids = [t["id"] for t in chosen]
-    assert LABELLED <= set(ids) and len(ids) == len(LABELLED) + 10
+    assert set(ids) >= LABELLED and len(ids) == len(LABELLED) + 10
     assert ids == sorted(ids)  # the input order
     assert left == {str(t["id"]) for t in TASKS} - {str(i) for i in ids}
     assert rank_subset(TASKS, LABELLED, 10, seed=7) == (chosen, left)  # seeded
