@@ -81,6 +81,9 @@ class Settings:
     MTAL's other versions of the project are deleted from Label Studio, because LS 1.23's editor lists
     every version's prediction of a task opened from the Data Manager; N: the new one and the N - 1
     newest before it are kept; 0 = delete nothing).
+    rank_max_tasks [MTAL_RANK_MAX_TASKS] (0 = off; >= 0): each ranking scores a random subset of this many
+    unlabelled tasks (seeded by MTAL_SEED and the version number), as baal's ``max_sample``; the others
+    keep their last prediction and stored score (:func:`backend.loop.rank_pass.rank_subset`).
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
@@ -160,6 +163,7 @@ class Settings:
     cluster_push_limit: int = 1000
     set_sampling: bool = True
     keep_prediction_versions: int = 1
+    rank_max_tasks: int = 0
     worker_nice: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
     body_read_timeout: float = 30.0
@@ -195,6 +199,8 @@ class Settings:
             raise SettingsError(f"MTAL_TRAIN_THRESHOLD must be >= 0, got {self.train_threshold}")
         if self.keep_prediction_versions < 0:
             raise SettingsError(f"MTAL_KEEP_PREDICTION_VERSIONS must be >= 0, got {self.keep_prediction_versions}")
+        if self.rank_max_tasks < 0:
+            raise SettingsError(f"MTAL_RANK_MAX_TASKS must be >= 0 (0 = score every task), got {self.rank_max_tasks}")
         if not 0 <= self.prefill_min_area < 1:
             raise SettingsError(f"MTAL_PREFILL_MIN_AREA must be in [0, 1), got {self.prefill_min_area}")
         if not 0 <= self.prefill_polygon_tolerance <= 100:
@@ -387,6 +393,7 @@ class Settings:
             cluster_push_limit=get_int("MTAL_CLUSTER_PUSH_LIMIT", 1000),
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
             keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 1),
+            rank_max_tasks=get_int("MTAL_RANK_MAX_TASKS", 0),
             worker_nice=get_int("MTAL_WORKER_NICE", 10),
             max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),

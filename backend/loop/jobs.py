@@ -57,11 +57,11 @@ from backend.loop.new_tasks import NewTasks
 from backend.loop.pretrain_round import PoolImages, pretrain_config, pretrain_version, skip_reason
 from backend.loop.queue import open_queue
 from backend.loop.rank_new import score_new_tasks
-from backend.loop.rank_pass import NothingFetched, rank_tasks
+from backend.loop.rank_pass import NothingFetched, rank_subset, rank_tasks
 from backend.loop.train_round import train_version
 from backend.serving.model import MTALModel, load_schema
 from backend.serving.pool import PoolCache, PooledFetcher
-from backend.serving.store import ModelStore
+from backend.serving.store import ModelStore, version_number
 from backend.settings import Settings
 from mtal_models.training.pretrain import check_pool
 
@@ -219,6 +219,8 @@ def rank_job(project: Any) -> dict[str, Any]:
     """Rank every task of ``project`` with the current version and push predictions to Label Studio;
     Label Studio unreachable: the ranking is retried (see :func:`_retry_ls`)."""
 
+    left_out: set[str] = set()  # MTAL_RANK_MAX_TASKS: unlabelled tasks this ranking does not score
+
     def rank(ctx: JobContext, project: str) -> dict[str, Any]:
         schema = ctx.schema(project)
         version = ctx.store.current(project)
@@ -226,10 +228,14 @@ def rank_job(project: Any) -> dict[str, Any]:
         tasks = list(labelled.values()) + [
             t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in labelled
         ]
+        tasks, skipped = rank_subset(tasks, set(labelled), ctx.settings.rank_max_tasks,
+                                     ctx.settings.seed + (version_number(version, project) or 0))
+        left_out.clear()
+        left_out.update(skipped)
         # Images the train job's pool fill decoded are read from the pool, not fetched and decoded again.
         fetcher = PooledFetcher(PoolCache.from_settings(ctx.settings, project, None), ctx.fetcher)
         summary = rank_tasks(replace(ctx, fetcher=fetcher), project, schema, version, tasks, set(labelled),
-                             guard=lambda: ctx.check_owner(project))
+                             guard=lambda: ctx.check_owner(project), unscored=skipped)
         log.info("project %s: ranking read %d images from the pool, fetched %d", project, fetcher.hits,
                  fetcher.misses)
         return summary
@@ -238,7 +244,7 @@ def rank_job(project: Any) -> dict[str, Any]:
         ctx.coordinator.progress(project, ctx.owner, state="ranking")
         summary = _retry_ls(ctx, project, "ranking", lambda: rank(ctx, project))
         ctx.coordinator.finish(project, ctx.owner)
-        _queue_unscored(ctx, project)
+        _queue_unscored(ctx, project, left_out)
         return summary
 
     return _run("rank", project, body)
@@ -312,12 +318,13 @@ def _end_pretrain(ctx: JobContext, project: str, fields: dict[str, Any]) -> dict
     return fields["pretrain"]
 
 
-def _queue_unscored(ctx: JobContext, project: str) -> None:
-    """Hand the unlabelled tasks the stored ranking lacks (imported while it ran) to score_new_job; best
-    effort: the ranking is done either way."""
+def _queue_unscored(ctx: JobContext, project: str, left_out: set[str] = frozenset()) -> None:
+    """Hand the unlabelled tasks the stored ranking lacks (imported while it ran) to score_new_job, except
+    those ``left_out`` on purpose (MTAL_RANK_MAX_TASKS); best effort: the ranking is done either way."""
     try:
         held = ctx.store.ranking(project).get("tasks") or {}
-        missing = [t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if str(t["id"]) not in held]
+        missing = [t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True)
+                   if str(t["id"]) not in held and str(t["id"]) not in left_out]
         if missing:
             log.info("project %s: %d unlabelled tasks have no score after the ranking", project, len(missing))
             NewTasks(ctx.coordinator).add(project, missing)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+import random
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -30,7 +31,7 @@ from mtal_models.strategies import Strategy, batch_outputs, concat_pool
 from mtal_models.strategies.collect import crop_outputs
 from mtal_models.training import load_checkpoint
 
-__all__ = ["NothingFetched", "RankContext", "loss_weights", "prune_predictions", "rank_tasks"]
+__all__ = ["NothingFetched", "RankContext", "loss_weights", "prune_predictions", "rank_subset", "rank_tasks"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
@@ -50,6 +51,20 @@ class RankContext(Protocol):
     fetcher: Any
 
 
+def rank_subset(tasks: Sequence[Mapping[str, Any]], labelled_ids: Collection[Any], limit: int,
+                seed: int) -> tuple[list[Mapping[str, Any]], set[str]]:
+    """``MTAL_RANK_MAX_TASKS``: every labelled task (diversity strategies need them) and a random subset of
+    ``limit`` unlabelled ones, drawn with ``seed`` (the rank job: MTAL_SEED + the version number, so that
+    consecutive rankings score different tasks), in the input order. Returns (tasks to score, ids (str) of
+    the unlabelled tasks left out). ``limit`` 0, or no more unlabelled tasks than ``limit``: all of them."""
+    unlabelled = [i for i, t in enumerate(tasks) if t["id"] not in labelled_ids]
+    if limit <= 0 or len(unlabelled) <= limit:
+        return list(tasks), set()
+    drawn = set(random.Random(seed).sample(unlabelled, limit))
+    left = {str(tasks[i]["id"]) for i in unlabelled if i not in drawn}
+    return [t for i, t in enumerate(tasks) if t["id"] in labelled_ids or i in drawn], left
+
+
 def rank_tasks(
     ctx: RankContext,
     project: str,
@@ -58,11 +73,14 @@ def rank_tasks(
     tasks: Sequence[Mapping[str, Any]],
     labelled_ids: set[Any],
     guard: Callable[[], None] | None = None,
+    unscored: Collection[str] = (),
 ) -> dict[str, Any]:
     """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy (TypiClust for
     a version marked pretrained: :func:`backend.serving.strategy.strategy_for`), push one
     prediction per unlabelled task, point the project at ``version``, store the ranking. ``guard()`` runs
-    before every write to Label Studio or the store and may raise to stop them (a run that lost its lease)."""
+    before every write to Label Studio or the store and may raise to stop them (a run that lost its lease).
+    ``unscored``: ids of unlabelled tasks this ranking leaves out (:func:`rank_subset`): they keep their
+    entry of the previous stored ranking, and no older version's predictions are deleted (theirs among them)."""
     settings, store = ctx.settings, ctx.store
     device = settings.torch_device()
     model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model.to(device).eval()
@@ -76,7 +94,7 @@ def rank_tasks(
         if not rows:
             raise NothingFetched(f"project {project}: no task image could be fetched; nothing to rank")
         return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool,
-                                guard or (lambda: None))
+                                guard or (lambda: None), set(unscored))
 
 
 def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
@@ -124,9 +142,11 @@ def _shape_key(p: Any) -> tuple[tuple[int, int], tuple[int, int]]:
 
 def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,
                      previous: Mapping[str, Any], rows: list[dict[str, Any]], parts: list[Any],
-                     pooled: list[torch.Tensor], spool: ResultSpool, guard: Callable[[], None]) -> dict[str, Any]:
+                     pooled: list[torch.Tensor], spool: ResultSpool, guard: Callable[[], None],
+                     unscored: set[str]) -> dict[str, Any]:
     """Select over the scored pool, push one prediction per candidate in chunks of 500 (pre-annotations
-    read back from ``spool``), point the project at ``version``, store the ranking."""
+    read back from ``spool``), point the project at ``version``, store the ranking (with the previous
+    entries of the ``unscored`` tasks)."""
     settings, store = ctx.settings, ctx.store
 
     n = len(rows)
@@ -154,23 +174,26 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
     guard()
     if settings.set_sampling and candidates:
         ctx.ls.set_project_ranking(int(project), version)
-    prune_predictions(ctx.ls, project, version, settings.keep_prediction_versions)
+    if not unscored:  # a subset ranking: the tasks left out keep their last prediction, of an older version
+        prune_predictions(ctx.ls, project, version, settings.keep_prediction_versions)
     ids = [str(r["id"]) for r in rows]
+    held, kept_weights = previous.get("tasks") or {}, previous.get("weights") or {}
     guard()
     store.save_ranking(project, {
         "model_version": version,
         "strategy": strategy.name,
-        "tasks": {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, []),
-                                       "certainty": rows[i]["certainty"],
-                                       "strategy_score": _finite(selection.scores[i])} for i in candidates},
-        "weights": loss_weights(previous.get("weights") or {}, selection.sample_weights(ids), ids,
-                                [ids[i] for i in candidates]),
+        "tasks": {**{t: held[t] for t in unscored if t in held},
+                  **{str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, []),
+                                          "certainty": rows[i]["certainty"],
+                                          "strategy_score": _finite(selection.scores[i])} for i in candidates}},
+        "weights": {**{t: kept_weights[t] for t in unscored if t in kept_weights},
+                    **loss_weights(kept_weights, selection.sample_weights(ids), ids, [ids[i] for i in candidates])},
         "strategy_state": {**(previous.get("strategy_state") or {}), strategy.name: strategy.state()},
     })
-    log.info("project %s: ranked %d tasks (%d candidates) with %s, pushed %d predictions",
-             project, n, len(candidates), strategy.name, pushed)
+    log.info("project %s: ranked %d tasks (%d candidates, %d unlabelled left out) with %s, pushed %d predictions",
+             project, n, len(candidates), len(unscored), strategy.name, pushed)
     return {"version": version, "strategy": strategy.name, "tasks": n, "candidates": len(candidates),
-            "pushed": pushed}
+            "pushed": pushed, "unscored": len(unscored)}
 
 
 def loss_weights(previous: Mapping[str, Mapping[str, float]], fresh: Mapping[str, Mapping[str, float]],

@@ -61,6 +61,11 @@ def test_parsing(tmp_path: Path) -> None:
     assert s.worker_nice == 0
 
 
+def test_rank_max_tasks_defaults_off() -> None:
+    assert Settings.from_env({}).rank_max_tasks == 0
+    assert Settings.from_env({"MTAL_RANK_MAX_TASKS": "500"}).rank_max_tasks == 500
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -81,6 +86,7 @@ def test_parsing(tmp_path: Path) -> None:
         ({"MTAL_TRAIN_EPOCHS": "0"}, "MTAL_TRAIN_EPOCHS"),
         ({"MTAL_WORKER_NICE": "20"}, "MTAL_WORKER_NICE"),
         ({"MTAL_WORKER_NICE": "-5"}, "MTAL_WORKER_NICE"),
+        ({"MTAL_RANK_MAX_TASKS": "-1"}, "MTAL_RANK_MAX_TASKS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
