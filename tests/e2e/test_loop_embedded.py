@@ -132,6 +132,12 @@ def test_retrieve_predictions_sorts_every_unlabelled_task_before_the_labelled_on
                       headers=ls.headers, json=[{"image": first["data"]["image"]}], timeout=60)
     r.raise_for_status()
     (new_task,) = r.json()["task_ids"]
+    # the import's TASKS_CREATED webhook scores the new task in the background (score_new_job): let it land
+    # first (a Retrieve Predictions racing it would store a second prediction of the version for the task)
+    deadline = time.time() + 120
+    while not any(p["task"] == new_task and p["model_version"] == version for p in _predictions(ls, project)):
+        assert time.time() < deadline, "the imported task got no prediction of the current version in 120 s"
+        time.sleep(1)
 
     r = requests.post(f"{ls.url}/api/dm/actions/", params={"id": "retrieve_tasks_predictions", "project": project.id},
                       headers=ls.headers, json={"selectedItems": {"all": True, "excluded": []}}, timeout=300)
