@@ -30,7 +30,7 @@ from bench.fake_ls import FakeLabelStudio
 from tests.support.mtal_processes import ManagedProcess, backend_env, start_backend, start_worker
 from tests.support.redis_server import RedisServer
 
-__all__ = ["CONFIG", "FaultRig", "PROJECT", "annotation"]
+__all__ = ["CONFIG", "FaultRig", "PROJECT", "annotation", "serve_labelled_project"]
 
 PROJECT = 1
 SIZE = 64
@@ -148,6 +148,18 @@ class FaultRig:
     def current(self) -> str | None:
         path = self.model_dir / str(PROJECT) / "CURRENT"
         return path.read_text().strip() if path.exists() else None
+
+
+@contextmanager
+def serve_labelled_project(n_tasks: int, labelled: tuple[int, ...], project_id: int = 1) -> Iterator[FakeLabelStudio]:
+    """The in-memory fake Label Studio over HTTP with ``n_tasks`` 64 x 64 image tasks of :data:`CONFIG`, the
+    ``labelled`` ones annotated with :func:`annotation`; stopped on exit."""
+    ls = FakeLabelStudio.start(CONFIG, n_tasks, n_images=n_tasks, image_hw=(64, 64), project_id=project_id,
+                               labelled={t: annotation(t) for t in labelled})
+    try:
+        yield ls
+    finally:
+        ls.stop()
 
 
 def kill9(proc: ManagedProcess) -> None:

@@ -20,7 +20,7 @@ from backend.serving.store import ModelStore
 from backend.settings import Settings
 from backend.web.app import create_app
 from bench.fake_ls import FakeLabelStudio
-from tests.support.fault_rig import CONFIG, annotation
+from tests.support.fault_rig import CONFIG, serve_labelled_project
 
 pytestmark = pytest.mark.redis
 PROJECT = "1"
@@ -29,10 +29,8 @@ N_TASKS, LABELLED = 12, (1, 2, 3, 4)
 
 @pytest.fixture
 def fake_ls() -> Iterator[FakeLabelStudio]:
-    ls = FakeLabelStudio.start(CONFIG, N_TASKS, n_images=N_TASKS, image_hw=(64, 64), project_id=int(PROJECT),
-                               labelled={t: annotation(t) for t in LABELLED})
-    yield ls
-    ls.stop()
+    with serve_labelled_project(N_TASKS, LABELLED, int(PROJECT)) as ls:
+        yield ls
 
 
 def _run(redis_url: str, tmp_path: Path, ls: FakeLabelStudio, semi_weight: float,
