@@ -1,17 +1,18 @@
 """Backend settings: read once from the environment into one frozen, typed object.
 
 Every variable is optional; :meth:`Settings.from_env` raises ``ValueError`` naming the variable when a
-value cannot be used. See ``docs/backend.md`` for the reference table.
+value cannot be used (the typed readers: :mod:`backend.env`). See ``docs/backend.md`` for the reference table.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from backend.env import EnvReader, SettingsError, off_is_none, parse_pairs, weights_setting
 
 if TYPE_CHECKING:
     from mtal_models.nets.config import NetConfig
@@ -27,10 +28,6 @@ def _strategy_names() -> list[str]:
     from mtal_models.strategies import STRATEGIES
 
     return sorted(STRATEGIES)
-
-
-class SettingsError(ValueError):
-    """A setting has a value the backend cannot use; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -311,40 +308,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``env`` (default ``os.environ``); empty strings count as unset."""
-        env = os.environ if env is None else env
 
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value is not None and value.strip() else None
-
-        def get_number(name: str, default: Any, kind: type, word: str) -> Any:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                return kind(raw)
-            except ValueError:
-                raise SettingsError(f"{name} must be {word}, got {raw!r}") from None
-
-        def get_int(name: str, default: int) -> int:
-            return get_number(name, default, int, "an integer")
-
-        def get_float(name: str, default: float) -> float:
-            return get_number(name, default, float, "a number")
-
-        def get_bool(name: str, default: bool) -> bool:
-            raw = get(name)
-            if raw is None:
-                return default
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise SettingsError(f"{name} must be true/false, got {raw!r}")
-
-        def get_path(name: str) -> Path | None:
-            raw = get(name)
-            return Path(raw).expanduser() if raw else None
+        reader = EnvReader(env)
+        get, get_int, get_float, get_bool, get_path = (reader.get, reader.int, reader.float, reader.bool,
+                                                       reader.path)
 
         url = get("LABEL_STUDIO_URL")
         if url is not None and not url.startswith(("http://", "https://")):
@@ -371,14 +338,14 @@ class Settings:
             device=(get("MTAL_DEVICE") or "auto").lower(),
             net_config=get("MTAL_NET_CONFIG") or "small",
             backbone=(get("MTAL_BACKBONE") or "").lower() or None,
-            backbone_weights=_weights_setting(get("MTAL_BACKBONE_WEIGHTS")),
-            pretrained_heads=_off_is_none(get("MTAL_PRETRAINED_HEADS")),
+            backbone_weights=weights_setting(get("MTAL_BACKBONE_WEIGHTS")),
+            pretrained_heads=off_is_none(get("MTAL_PRETRAINED_HEADS")),
             strategy=get("MTAL_STRATEGY") or "auto",
             train_threshold=get_int("MTAL_TRAIN_THRESHOLD", 10),
             image_size=get_int("MTAL_IMAGE_SIZE", 384),
             image_max_size=get_int("MTAL_IMAGE_MAX_SIZE", max(1024, get_int("MTAL_IMAGE_SIZE", 384))),
             allow_hosts=tuple(h.strip() for h in (get("MTAL_ALLOW_HOSTS") or "").split(",") if h.strip()),
-            dense_fields=_parse_pairs("MTAL_DENSE_FIELDS", get("MTAL_DENSE_FIELDS")),
+            dense_fields=parse_pairs("MTAL_DENSE_FIELDS", get("MTAL_DENSE_FIELDS")),
             cache_dir=cache_dir,
             initial_checkpoint=checkpoint,
             predict_batch_size=get_int("MTAL_PREDICT_BATCH", 32),
@@ -419,38 +386,3 @@ class Settings:
         from backend.logs import configure_logging
 
         configure_logging(self.log_level)
-
-
-def _off_is_none(raw: str | None) -> str | None:
-    """Lower-cased value; unset / "none" / "off" / "false" / "0" = None."""
-    return None if raw is None or raw.lower() in ("none", "off", "false", "0") else raw.lower()
-
-
-def _weights_setting(raw: str | None) -> str:
-    """MTAL_BACKBONE_WEIGHTS: keywords in lower case; a file path must exist (enum names are kept)."""
-    if raw is None or raw.lower() in ("auto", "imagenet", "none"):
-        return (raw or "auto").lower()
-    if "_Weights." in raw:
-        return raw
-    path = Path(raw).expanduser()
-    if not path.is_file():
-        raise SettingsError(f"MTAL_BACKBONE_WEIGHTS: no such file {str(path)!r} (and not auto / imagenet / none / "
-                            "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V2)")
-    return str(path)
-
-
-def _parse_pairs(name: str, raw: str | None) -> dict[str, str]:
-    """"a=b,c=d" -> {"a": "b", "c": "d"}; a bare "a" means "a=a"."""
-    out: dict[str, str] = {}
-    for item in (raw or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), (value.strip() if sep else key.strip())
-        if not key or not value:
-            raise SettingsError(f"{name}: entries must look like modality=task_key, got {item!r}")
-        if key in out:
-            raise SettingsError(f"{name}: modality {key!r} listed twice")
-        out[key] = value
-    return out

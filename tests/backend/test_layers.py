@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = {"settings", "logs"}  # logs imports nothing of backend; settings only logs
 ALLOWED: dict[str, set[str]] = {
     "": set(),
-    "settings": {"logs"},
+    "settings": {"logs", "env"},
     "logs": set(),
+    "env": set(),  # the environment readers of settings
     "labelstudio": BASE,
     "serving": BASE | {"labelstudio"},
     "loop": BASE | {"labelstudio", "serving"},
