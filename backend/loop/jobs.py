@@ -53,7 +53,7 @@ from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_tasks
 from backend.logs import redact
 from backend.loop.coordinator import Coordinator, LeaseLost
-from backend.loop.new_tasks import NewTasks
+from backend.loop.new_tasks import NewTasks, RankingStarted, queue_unscored
 from backend.loop.pretrain_round import PoolImages, pretrain_config, pretrain_version, skip_reason
 from backend.loop.queue import open_queue
 from backend.loop.rank_new import score_new_tasks
@@ -124,9 +124,7 @@ class JobContext:
 def _run(stage: str, project: Any, body: Any) -> Any:
     """Run ``body(ctx, project)``; on failure record the error (the state machine gives the label
     counts back and honours follow-ups) and re-raise so RQ keeps the traceback too."""
-    project = str(project)
-    if not re.fullmatch(r"[0-9]{1,20}", project):  # a Label Studio project id; never "7\n" (int() accepts it)
-        raise ValueError(f"{stage}: {project[:40]!r} is not a Label Studio project id")
+    project = _project_id(stage, project)
     job = get_current_job()
     owner = job.id if job is not None else None
     ctx = None
@@ -244,7 +242,7 @@ def rank_job(project: Any) -> dict[str, Any]:
         ctx.coordinator.progress(project, ctx.owner, state="ranking")
         summary = _retry_ls(ctx, project, "ranking", lambda: rank(ctx, project))
         ctx.coordinator.finish(project, ctx.owner)
-        _queue_unscored(ctx, project, left_out)
+        queue_unscored(ctx.store, ctx.ls, ctx.coordinator, project, left_out)
         return summary
 
     return _run("rank", project, body)
@@ -318,26 +316,10 @@ def _end_pretrain(ctx: JobContext, project: str, fields: dict[str, Any]) -> dict
     return fields["pretrain"]
 
 
-def _queue_unscored(ctx: JobContext, project: str, left_out: set[str] = frozenset()) -> None:
-    """Hand the unlabelled tasks the stored ranking lacks (imported while it ran) to score_new_job, except
-    those ``left_out`` on purpose (MTAL_RANK_MAX_TASKS); best effort: the ranking is done either way."""
-    try:
-        held = ctx.store.ranking(project).get("tasks") or {}
-        missing = [t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True)
-                   if str(t["id"]) not in held and str(t["id"]) not in left_out]
-        if missing:
-            log.info("project %s: %d unlabelled tasks have no score after the ranking", project, len(missing))
-            NewTasks(ctx.coordinator).add(project, missing)
-    except Exception as e:  # noqa: BLE001 - housekeeping after a finished run
-        log.warning("project %s: could not look for tasks without a score: %s", project, redact(str(e)))
-
-
 def score_new_job(project: Any) -> dict[str, Any]:
     """Score the pending new tasks of ``project`` (see :mod:`backend.loop.new_tasks`); never touches the run's
     state. While a ranking runs, the tasks wait for it (it hands over those it did not score)."""
-    project = str(project)
-    if not re.fullmatch(r"[0-9]{1,20}", project):
-        raise ValueError(f"score_new: {project[:40]!r} is not a Label Studio project id")
+    project = _project_id("score_new", project)
     ctx = JobContext.create()
     pending = NewTasks(ctx.coordinator)
     if ctx.coordinator.status(project)["state"] == "ranking":
@@ -350,10 +332,10 @@ def score_new_job(project: Any) -> dict[str, Any]:
 
         def guard() -> None:
             if ctx.coordinator.status(project)["state"] == "ranking":
-                raise _RankingStarted(f"project {project}: a ranking started; it scores the new tasks")
+                raise RankingStarted(f"project {project}: a ranking started; it scores the new tasks")
 
         return score_new_tasks(ctx, project, schema, tasks, guard=guard)
-    except _RankingStarted as e:
+    except RankingStarted as e:
         log.info("%s", e)
         pending.put_back(project, tasks)
         requeue = False
@@ -366,10 +348,6 @@ def score_new_job(project: Any) -> dict[str, Any]:
         raise
     finally:
         pending.done(project, requeue=requeue)
-
-
-class _RankingStarted(RuntimeError):
-    """A full ranking started while new tasks were being scored: it covers them."""
 
 
 def ls_unreachable(e: BaseException) -> bool:
@@ -403,6 +381,14 @@ def _retry_ls(ctx: JobContext, project: str, what: str, step: Any) -> Any:
         if attempt:
             ctx.coordinator.progress(project, ctx.owner, error="", ls_retries=attempt)
         return result
+
+
+def _project_id(stage: str, project: Any) -> str:
+    """``project`` as a Label Studio project id string; never "7\\n" (int() accepts it)."""
+    project = str(project)
+    if not re.fullmatch(r"[0-9]{1,20}", project):
+        raise ValueError(f"{stage}: {project[:40]!r} is not a Label Studio project id")
+    return project
 
 
 def _in_val(sample_id: str, fraction: float) -> bool:

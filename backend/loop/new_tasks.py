@@ -19,9 +19,10 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from backend.logs import redact
 from backend.loop.coordinator import Coordinator
 
-__all__ = ["MAX_PENDING", "MAX_TASK_JSON", "NewTasks"]
+__all__ = ["MAX_PENDING", "MAX_TASK_JSON", "NewTasks", "RankingStarted", "queue_unscored"]
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # tasks waiting per project; beyond that the next ranking scores them
@@ -101,3 +102,23 @@ class NewTasks:
                            result_ttl=3600, failure_ttl=7 * 24 * 3600)
         log.info("project %s: enqueued scoring of new tasks as job %s", project, job_id)
         return True
+
+
+class RankingStarted(RuntimeError):
+    """A full ranking started while new tasks were being scored: it covers them."""
+
+
+def queue_unscored(store: Any, ls: Any, coordinator: Coordinator, project: str,
+                   left_out: set[str] = frozenset()) -> None:
+    """After a ranking: hand the unlabelled tasks the stored ranking lacks (imported while it ran) to
+    score_new_job, except those ``left_out`` on purpose (MTAL_RANK_MAX_TASKS); best effort: the ranking is
+    done either way."""
+    try:
+        held = store.ranking(project).get("tasks") or {}
+        missing = [t for t in ls.iter_tasks(int(project), only_unlabelled=True)
+                   if str(t["id"]) not in held and str(t["id"]) not in left_out]
+        if missing:
+            log.info("project %s: %d unlabelled tasks have no score after the ranking", project, len(missing))
+            NewTasks(coordinator).add(project, missing)
+    except Exception as e:  # noqa: BLE001 - housekeeping after a finished run
+        log.warning("project %s: could not look for tasks without a score: %s", project, redact(str(e)))
