@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -36,10 +35,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mtal_models.atomic import atomic_write
 from mtal_models.data import LabelPool, Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets import build_network, choose_network
 from mtal_models.nets.base import MultiTaskNet
+from mtal_models.simulate.cold_start import pretrained_start, typical_images
 from mtal_models.simulate.config import SimConfig
 from mtal_models.simulate.score import flat_metrics, mdsq_score, task_scores
 from mtal_models.simulate.sim_data import SimData
@@ -51,6 +52,7 @@ from mtal_models.strategies import (
     get_strategy,
     make_ll4al_extra_loss,
 )
+from mtal_models.strategies.selection import merge_weights
 from mtal_models.training import (
     SampleDataset,
     TrainConfig,
@@ -61,7 +63,6 @@ from mtal_models.training import (
     save_checkpoint,
 )
 from mtal_models.training.data import draw_probabilities, make_sampler
-from mtal_models.training.pretrain import PretrainConfig, pretrain
 
 __all__ = ["initial_images", "label_steps", "merge_weights", "run_reference", "run_strategy", "settings_key"]
 
@@ -100,43 +101,12 @@ def initial_images(config: SimConfig, n_pool: int, seed: int) -> list[int]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(json.dumps(data, indent=1).encode()))
 
 
 def _build_model(config: SimConfig, modalities: Mapping[str, ModalitySpec], seed: int) -> MultiTaskNet:
     torch.manual_seed(seed)
     return build_network(choose_network(modalities), modalities, config.net)
-
-
-def pretrained_start(config: SimConfig, data: SimData, model: MultiTaskNet, seed: int, out: Path) -> None:
-    """The cold start: ``model``'s trunk pretrained on every pool image (``config.pretrain_steps`` steps of
-    the backend's pretrain, no time limit), in place; computed once per seed and settings and shared by
-    every strategy (``out/pretrain/seed<seed>.pt``)."""
-    path = out / "pretrain" / f"seed{seed}.pt"
-    if path.is_file():
-        ck = load_checkpoint(path)
-        if ck.extra.get("settings") == settings_key(config):
-            model.load_state_dict(ck.model_state)
-            return
-    images = [s.image for s in data.pool]
-    pretrain(model, images, PretrainConfig(steps=config.pretrain_steps, budget_s=0, seed=seed,
-                                           min_images=min(32, max(2, len(images)))))
-    save_checkpoint(path, model, epoch=0, extra={"settings": settings_key(config)})
-
-
-def typical_images(config: SimConfig, data: SimData, model: MultiTaskNet, seed: int) -> list[int]:
-    """Round 0's images by TypiClust on ``model``'s pooled features of the pool (sorted indices)."""
-    strategy = get_strategy("typiclust", batch=config.initial_count(len(data.pool)), seed=seed)
-    pool = LabelPool(len(data.pool), list(data.modalities))
-    loader = make_loader(_pool_samples(data, pool), data.modalities, config.batch_size * 2)
-    scores = collect_pool_outputs(model, loader, strategy, device=next(model.parameters()).device)
-    labelled = {m: torch.zeros(len(data.pool), dtype=torch.bool) for m in data.modalities}
-    selection = strategy.select(scores, labelled, config.initial_count(len(data.pool)) * len(data.modalities))
-    return sorted(int(i) for i in selection.by_image())
 
 
 def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) -> TrainConfig:
@@ -224,20 +194,6 @@ def _strategy_options(config: SimConfig, name: str, seed: int, rnd: int,
     return opts
 
 
-def merge_weights(
-    old: Mapping[str, dict[str, float]] | None, new: Mapping[str, dict[str, float]], chosen: list[str]
-) -> dict[str, dict[str, float]]:
-    """MTAL-WACV loss weights (eq. 5) after a selection: each image keeps the s_k(x) of the round that
-    selected it. ``new`` holds this round's scores for the whole pool; only the ``chosen`` images take
-    theirs. Images labelled earlier keep their weights, and the initial set (never selected) has none,
-    i.e. weight 1; rescoring them with the current model would give images it already fits (low
-    inconsistency) weights near 0 and drop them from training."""
-    merged = {k: dict(v) for k, v in (old or {}).items()}
-    for i in chosen:
-        merged.setdefault(i, dict(new[i]))
-    return merged
-
-
 def _pool_samples(data: SimData, pool: LabelPool) -> list[Sample]:
     return [pool.apply(s, i) for i, s in enumerate(data.pool)]
 
@@ -252,7 +208,7 @@ class _Run:
         self.names = list(data.modalities)
         self.model = _build_model(config, data.modalities, seed)
         if config.pretrain_steps > 0:
-            pretrained_start(config, data, self.model, seed, out)
+            pretrained_start(config, data, self.model, seed, out, settings_key(config))
         probe_opts = _strategy_options(config, name, seed, 0, data.class_names)
         self.probe = get_strategy(name, **probe_opts) if name != "ll4al" else None
         self.committee = bool(self.probe is not None and self.probe.needs.committee)

@@ -26,6 +26,7 @@ __all__ = [
     "check_budget",
     "check_labelled",
     "check_scores",
+    "merge_weights",
     "select_images",
     "select_pairs",
     "stable_order",
@@ -177,3 +178,17 @@ def _describe(x: object) -> str:
     if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} ({x.dtype})"
     return type(x).__name__
+
+
+def merge_weights(
+    old: Mapping[str, dict[str, float]] | None, new: Mapping[str, dict[str, float]], chosen: list[str]
+) -> dict[str, dict[str, float]]:
+    """MTAL-WACV loss weights (eq. 5) after a selection: each image keeps the s_k(x) of the round that
+    selected it. ``new`` holds this round's scores for the whole pool; only the ``chosen`` images take
+    theirs. Images labelled earlier keep their weights, and the initial set (never selected) has none,
+    i.e. weight 1; rescoring them with the current model would give images it already fits (low
+    inconsistency) weights near 0 and drop them from training."""
+    merged = {k: dict(v) for k, v in (old or {}).items()}
+    for i in chosen:
+        merged.setdefault(i, dict(new[i]))
+    return merged

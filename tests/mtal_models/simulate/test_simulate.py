@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mtal_models.simulate.cold_start as cold_start
 import mtal_models.simulate.rounds as rounds
 from mtal_models.modalities import ModalitySpec
 from mtal_models.simulate import PRESETS, SimConfig, initial_images, labels_to_target, load_config, simulate
@@ -296,7 +297,7 @@ def test_cold_start_pretrains_once_per_seed_and_picks_round0_by_typiclust(
     (shared by its strategies, reused on resumption), training starts from it, and round 0's images are the
     TypiClust pick on the pretrained features instead of the seeded random draw."""
     calls: list[int] = []
-    real_pretrain, real_typical = rounds.pretrain, rounds.typical_images
+    real_pretrain, real_typical = cold_start.pretrain, rounds.typical_images
     picked: list[list[int]] = []
 
     def count_pretrain(model, images, config, **kwargs):  # noqa: ANN001, ANN202
@@ -307,7 +308,7 @@ def test_cold_start_pretrains_once_per_seed_and_picks_round0_by_typiclust(
         picked.append(real_typical(*args, **kwargs))
         return picked[-1]
 
-    monkeypatch.setattr(rounds, "pretrain", count_pretrain)
+    monkeypatch.setattr(cold_start, "pretrain", count_pretrain)
     monkeypatch.setattr(rounds, "typical_images", record)
     monkeypatch.setattr(rounds, "initial_images", lambda *a: pytest.fail("random initial draw with typiclust"))
     config = TINY.replace(strategies=["random", "coreset"], seeds=[0], rounds=1, pretrain_steps=3,
