@@ -7,8 +7,9 @@ RLE of an RGBA byte array [H, W, 4] (``label_studio_sdk.converter.brush``). Pixe
 - Brush: a pixel belongs to the region where its alpha byte is > 0 (as the SDK's COCO exporter
   reads it); we encode masks with all four bytes 255. Encoding uses :func:`encode_rle`, a vectorised
   re-implementation of ``label_studio_sdk.converter.brush.encode_rle`` that produces the same bytes
-  (the SDK builds a Python bit string: ~10x slower; tests compare both on random masks). Decoding
-  uses the SDK.
+  (the SDK builds a Python bit string: ~10x slower; tests compare both on random masks); the regions
+  of one class map come from :func:`class_map_to_rle` (one pass over the map's runs for every class).
+  Decoding uses the SDK.
 - Rotated rectangles: ``x, y`` is the top-left corner before rotation, ``rotation`` degrees clockwise
   around that corner, applied in pixel space; :func:`rect_to_box` returns the axis-aligned box of
   the rotated rectangle.
