@@ -208,7 +208,7 @@ def measure(net: str, device_arg: str, runs: int, stages: bool = False) -> dict[
         "forward_s": statistics.median(t_fwd),
         "ratio": statistics.median(t_pred) / statistics.median(t_fwd),
         "pair_ratio": statistics.median(p / f for p, f in zip(t_pred, t_fwd, strict=True)),
-        "stages": timer.medians(),
+        "stages": timer.medians() if stages else {},
     }
 
 
