@@ -139,6 +139,19 @@ def _wait_trained(backend_url: str, project: int, old: str | None, timeout: floa
     raise RuntimeError(f"no trained version within {timeout:.0f} s")
 
 
+def _wait_pretrained(backend_url: str, project: int, timeout: float = 3600) -> dict:
+    """The cold start's outcome (/status "pretrain") once the project is idle again (ranked when it
+    published a version)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = requests.get(f"{backend_url}/status", params={"project": project}, timeout=10).json()
+        outcome = status.get("pretrain") or {}
+        if status["state"] == "idle" and outcome.get("state") not in (None, "pretraining", "filling the pool"):
+            return outcome
+        time.sleep(3)
+    raise RuntimeError(f"no pretrain outcome within {timeout:.0f} s")
+
+
 def _results(url: str, headers: dict, project: Any, version: str, indices: list[int]) -> dict[int, list]:
     preds = version_predictions(url, headers, project.id, version)
     return {i: preds[project.task_ids[i]]["result"] for i in indices if project.task_ids[i] in preds}
@@ -201,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.pretrain_minutes > 0:  # the cold start publishes a pretrained version before any label
             _step(f"backend connected (ML backend id {ml_id}); pretraining on the project's images "
                   f"(up to {args.pretrain_minutes:g} min)...")
-            status = _wait_trained(backend.url, project.id, v1)
-            _step(f"pretrained version {status['version']}: {status.get('pretrain')}")
-            v1 = status["version"]
+            outcome = _wait_pretrained(backend.url, project.id)
+            _step(f"pretrain {outcome.get('state')}: {outcome}")
+            if outcome.get("state") != "done":
+                raise RuntimeError(f"the pretrain did not publish a version: {outcome}")
+            v1 = outcome["version"]
         _step(f"backend connected (ML backend id {ml_id}, initial version {v1}); retrieving predictions...")
         requests.post(f"{ls.url}/api/dm/actions/", headers=ls.headers, timeout=600,
                       params={"id": "retrieve_tasks_predictions", "project": project.id},
