@@ -6,16 +6,17 @@ Arrays in, arrays out; Label Studio's JSON is the backend's business (``backend/
   original image size (bilinear, as the prefill upsamples), for one class only.
 - :func:`box_region`: the object inside a box: pixels whose class probability is at least
   :data:`BOX_THRESHOLD` (0.3, the BoxMask threshold of the MTC paper: the box says the class is there,
-  so a pixel need not win the argmax), speckle removed as the prefill removes it, then the largest
-  8-connected component inside the box (the object the box was drawn around; a neighbour cut by the
-  box edge is smaller).
-- :func:`points_region`: the connected region of the class through the positive points: pixels where
-  the class wins the argmax, speckle removed, minus every pixel nearer to a negative point than to any
-  positive one (so a negative point on a touching object cuts it off), then the 8-connected components
-  that hold a positive point (a point up to :data:`SNAP_FRACTION` of the image's diagonal off the class
-  snaps to its nearest class pixel).
-- :func:`refine_box`: the detector's box of the class that overlaps the drawn one best (IoU >= 0.5),
-  else the tight box of the mask, else the drawn box.
+  so a pixel need not win the argmax), the largest 8-connected component inside the box (the object
+  the box was drawn around; a neighbour cut by the box edge is smaller), its holes under the prefill's
+  speckle size filled (the prefill's cleaning; other small patches are not the largest component).
+- :func:`points_region`: the connected region of the class through the positive points: the
+  8-connected components of the pixels where the class wins the argmax that hold a positive point (a
+  point up to :data:`SNAP_FRACTION` of the image's diagonal off the class snaps to its nearest class
+  pixel); a component that also holds a negative point loses every pixel nearer to a negative point
+  than to any positive one (so a negative point on a touching object cuts it off); small holes filled.
+- :func:`refine_box`: the detector's box of the class that overlaps the drawn one best, when it lies
+  mostly inside it (at least :data:`MATCH_INSIDE` of its area; drawn boxes are loose, so an IoU of
+  :data:`MATCH_IOU` = 0.3 suffices), else the tight box of the mask, else the drawn box.
 - :class:`FeatureCache`: a thread-safe LRU of per-image trunk features, bounded in bytes and entries,
   so that a second click on the same photo runs only the heads.
 """
@@ -34,14 +35,14 @@ import torch
 from torch import Tensor
 
 from mtal_models.data.geometry import Fit
-from mtal_models.postprocess import remove_speckle
 
 __all__ = ["BOX_THRESHOLD", "SNAP_FRACTION", "FeatureCache", "box_region", "class_evidence", "nbytes",
            "points_region", "refine_box"]
 
 BOX_THRESHOLD = 0.3
 SNAP_FRACTION = 0.02
-MATCH_IOU = 0.5
+MATCH_IOU = 0.3
+MATCH_INSIDE = 0.7
 
 
 def class_evidence(probs: Tensor, cls: int, fit: Fit, margin: bool = False) -> np.ndarray:
@@ -55,9 +56,10 @@ def class_evidence(probs: Tensor, cls: int, fit: Fit, margin: bool = False) -> n
         raise ValueError(f"probs must be [C, >={fit.resized_height}, >={fit.resized_width}] with class {cls} < C, "
                          f"got {tuple(torch.as_tensor(probs).shape)}")
     one = p[cls]
-    if margin:
-        others = torch.cat([p[:cls], p[cls + 1:]])
-        one = one - (others.amax(0) if others.shape[0] else torch.zeros_like(one))
+    if margin:  # the best other class, without copying the other channels
+        parts = [q.amax(0) for q in (p[:cls], p[cls + 1:]) if q.shape[0]]
+        best = torch.maximum(*parts) if len(parts) == 2 else parts[0] if parts else torch.zeros_like(one)
+        one = one - best
     arr = np.ascontiguousarray(one.numpy(), dtype=np.float32)
     if (fit.height, fit.width) == fit.resized:
         return arr
@@ -76,13 +78,21 @@ def _box_slices(box: Sequence[float], height: int, width: int) -> tuple[slice, s
     return slice(r0, r1), slice(c0, c1)
 
 
-def _clean(fg: np.ndarray, min_area: float, total: int) -> np.ndarray:
-    """bool map -> the same with components (and holes) under ``min_area`` of ``total`` pixels repainted
-    (:func:`remove_speckle` on the two-class map; the share is converted to this map's size)."""
-    share = min_area * total / max(1, fg.size)
-    if share <= 0 or share >= 1:
-        return fg
-    return remove_speckle(fg.view(np.uint8), share).view(bool)
+def _fill_holes(mask: np.ndarray, min_px: int) -> np.ndarray:
+    """bool [H, W] -> the same with every hole (4-connected background enclosed by the mask) smaller than
+    ``min_px`` pixels filled, in place; worked inside the mask's bounding box."""
+    if min_px <= 1 or not mask.any():
+        return mask
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    box = (slice(y, y + h), slice(x, x + w))
+    holes = ~mask[box]
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(holes.view(np.uint8), connectivity=4)
+    x0, y0, cw, ch, area = (stats[:, i] for i in range(5))
+    fill = (area < min_px) & (x0 > 0) & (y0 > 0) & (x0 + cw < w) & (y0 + ch < h)  # small and enclosed
+    fill[0] = False  # the mask itself
+    if fill.any():
+        mask[box] |= fill[comp]
+    return mask
 
 
 def box_region(prob: np.ndarray, box: Sequence[float], *, threshold: float = BOX_THRESHOLD,
@@ -90,17 +100,20 @@ def box_region(prob: np.ndarray, box: Sequence[float], *, threshold: float = BOX
     """The object inside ``box``: bool [H, W] (all False when no pixel of the box reaches ``threshold``).
 
     prob: float [H, W] the class's probability at the image's size (:func:`class_evidence`); box: xyxy
-    in pixels of that size (clipped); min_area: speckle size, a share of the image's pixels."""
+    in pixels of that size (clipped); min_area: speckle size, a share of the image's pixels: holes smaller
+    than that are filled (the prefill's speckle removal; the other small patches are not the largest
+    component anyway, and the object itself is kept however small: the annotator pointed at it)."""
     h, w = prob.shape
     out = np.zeros((h, w), bool)
     cut = _box_slices(box, h, w)
     if cut is None:
         return out
-    fg = _clean(np.ascontiguousarray(prob[cut] >= threshold), min_area, h * w)
+    fg = np.ascontiguousarray(prob[cut] >= threshold)
     n, comp, stats, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
     if n > 1:
         best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         out[cut] = comp == best
+        _fill_holes(out, math.ceil(min_area * h * w))
     return out
 
 
@@ -109,24 +122,29 @@ def points_region(margin: np.ndarray, positives: Sequence[Sequence[float]],
     """The connected region of the class through the positive points, negatives excluded: bool [H, W].
 
     margin: float [H, W] the class's probability minus the best other's (:func:`class_evidence` with
-    ``margin``); points: (x, y) in pixels of that size; min_area: speckle size, a share of the image."""
+    ``margin``); points: (x, y) in pixels of that size; min_area: speckle size, a share of the image's
+    pixels (holes smaller than that are filled, as in :func:`box_region`)."""
     h, w = margin.shape
-    fg = _clean(np.ascontiguousarray(margin >= 0), min_area, h * w)
-    pos = _points(positives, h, w)
-    neg = _points(negatives, h, w)
+    fg = np.ascontiguousarray(margin >= 0)
+    pos, neg = _points(positives, h, w), _points(negatives, h, w)
+    out = np.zeros((h, w), bool)
     if not len(pos):
-        return np.zeros((h, w), bool)
-    if len(neg):  # Voronoi split: drop pixels nearer to a negative point than to every positive one
-        ys, xs = np.nonzero(fg)
-        if len(ys):
-            d_pos = _nearest_sq(xs, ys, pos)
-            d_neg = _nearest_sq(xs, ys, neg)
-            drop = d_neg < d_pos
-            fg[ys[drop], xs[drop]] = False
-    _, comp, _, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
+        return out
     radius = max(3.0, SNAP_FRACTION * math.hypot(h, w))
+    _, comp = cv2.connectedComponents(fg.view(np.uint8), connectivity=8)
     keep = {k for x, y in pos if (k := _label_near(comp, x, y, radius))}
-    return np.isin(comp, list(keep)) if keep else np.zeros((h, w), bool)
+    hit = {int(comp[y, x]) for x, y in neg} & keep
+    if hit:  # a negative point on a chosen component: split it (Voronoi between positive and negative points)
+        for k in hit:
+            x, y, bw, bh = cv2.boundingRect((comp == k).view(np.uint8))
+            box = (slice(y, y + bh), slice(x, x + bw))
+            ys, xs = np.ogrid[y: y + bh, x: x + bw]
+            fg[box] &= ~((comp[box] == k) & (_nearest_sq(xs, ys, neg) < _nearest_sq(xs, ys, pos)))
+        _, comp = cv2.connectedComponents(fg.view(np.uint8), connectivity=8)
+        keep = {k for x, y in pos if (k := _label_near(comp, x, y, radius))}
+    for k in keep:
+        out |= comp == k
+    return _fill_holes(out, math.ceil(min_area * h * w))
 
 
 def _points(points: Sequence[Sequence[float]], h: int, w: int) -> np.ndarray:
@@ -139,10 +157,11 @@ def _points(points: Sequence[Sequence[float]], h: int, w: int) -> np.ndarray:
 
 
 def _nearest_sq(xs: np.ndarray, ys: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Squared distance of each pixel (xs, ys) to its nearest point [N, 2]."""
-    best = np.full(xs.shape, np.inf)
+    """Squared distance of each pixel to its nearest point [N, 2]: xs [1, w] and ys [h, 1] (a grid,
+    ``np.ogrid``) -> [h, w]."""
+    best = np.full(np.broadcast_shapes(xs.shape, ys.shape), np.inf, np.float32)
     for px, py in points:
-        np.minimum(best, (xs - px) ** 2 + (ys - py) ** 2, out=best)
+        np.minimum(best, (xs - px).astype(np.float32) ** 2 + (ys - py).astype(np.float32) ** 2, out=best)
     return best
 
 
@@ -160,13 +179,14 @@ def _label_near(comp: np.ndarray, x: int, y: int, radius: float) -> int:
     return int(comp[rows, cols][ys[i], xs[i]]) if d[i] <= radius * radius else 0
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N, 4] with one box b [4] (xyxy)."""
+def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IoU, share of each box inside b) of boxes a [N, 4] with one box b [4] (xyxy)."""
     ix = np.clip(np.minimum(a[:, 2], b[2]) - np.maximum(a[:, 0], b[0]), 0, None)
     iy = np.clip(np.minimum(a[:, 3], b[3]) - np.maximum(a[:, 1], b[1]), 0, None)
     inter = ix * iy
-    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return np.where(area > 0, inter / np.maximum(area, 1e-9), 0.0)
+    own = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    union = own + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / np.maximum(union, 1e-9), inter / np.maximum(own, 1e-9)
 
 
 def refine_box(drawn: Sequence[float], detections: np.ndarray | None, cls: int,
@@ -174,14 +194,16 @@ def refine_box(drawn: Sequence[float], detections: np.ndarray | None, cls: int,
     """(box float [4] xyxy, how it was found: ``"detector"``, ``"mask"`` or ``"drawn"``).
 
     detections: rows [K, 6 + C] (``x1, y1, x2, y2, score, class, ...``) in the drawn box's pixels, or
-    None; the row of class ``cls`` with the highest IoU with ``drawn`` is taken when it is >= 0.5; else
-    the tight box of ``mask`` (bool [H, W]) when it has pixels; else ``drawn``."""
+    None; the row of class ``cls`` with the highest IoU with ``drawn`` is taken when that IoU is at least
+    :data:`MATCH_IOU` and :data:`MATCH_INSIDE` of the row's box lies inside ``drawn``; else the tight box
+    of ``mask`` (bool [H, W]) when it has pixels; else ``drawn``."""
     box = np.asarray(drawn, np.float64).reshape(4)
     if detections is not None and len(detections):
         rows = np.asarray(detections, np.float64)
         rows = rows[rows[:, 5] == cls]
         if len(rows):
-            ious = _iou(rows[:, :4], box)
+            ious, inside = _overlap(rows[:, :4], box)
+            ious = np.where(inside >= MATCH_INSIDE, ious, 0.0)
             i = int(np.argmax(ious))
             if ious[i] >= MATCH_IOU:
                 return rows[i, :4].copy(), "detector"

@@ -31,6 +31,7 @@ import numpy as np
 
 from backend.labelstudio.convert import SegmentationArgmax, predictions_to_results
 from backend.labelstudio.label_config import BACKGROUND, ProjectSchema
+from backend.labelstudio.regions import mask_to_rle
 
 __all__ = ["ContextError", "Prompt", "box_results", "mask_results", "parse_context", "targets"]
 
@@ -158,6 +159,13 @@ def mask_results(schema: ProjectSchema, modality: str, cls: int, mask: np.ndarra
     """A bool [H, W] region of class ``cls`` -> the modality's results (one brush region, or one polygon
     per connected component); score = mean ``confidence`` over the region (default 1)."""
     h, w = mask.shape
+    tag = schema.tags[modality]
+    if tag.tag_type == "BrushLabels":  # one region: encoded directly (no per-class pass over the image)
+        score = float(confidence[mask].mean()) if confidence is not None and mask.any() else 1.0
+        value = {"format": "rle", "rle": mask_to_rle(mask), tag.result_type: [schema.class_names(modality)[cls]]}
+        return _fresh_ids([{"from_name": tag.name, "to_name": tag.to_name, "original_width": w,
+                            "original_height": h, "image_rotation": 0, "type": tag.result_type, "value": value,
+                            "score": score}])
     labels = np.where(mask, np.uint8(cls), np.uint8(0)) if cls < 256 else np.where(mask, cls, 0).astype(np.int32)
     conf = np.ones((h, w), np.float32) if confidence is None else confidence.astype(np.float32, copy=False)
     return _fresh_ids(predictions_to_results({modality: SegmentationArgmax(labels, conf)}, schema, h, w))

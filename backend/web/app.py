@@ -137,6 +137,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["mtal"] = state
+    app.extensions["mtal_interactive"] = interactive
     m = state.metrics
 
     def credentials_ok(auth: Authorization | None) -> bool:

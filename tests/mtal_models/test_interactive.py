@@ -104,6 +104,10 @@ def test_refine_box_prefers_the_matching_detection_then_the_mask() -> None:
     box, how = refine_box((75, 15, 135, 75), rows[1:2], 0, _object(1))
     assert how == "mask" and np.allclose(box, OBJECTS[1])
     assert refine_box((1, 2, 3, 4), None, 0)[1] == "drawn"
+    # a loose drawn box (IoU 0.49 with the object) still takes the detector's box inside it ...
+    assert refine_box((70, 10, 140, 82), rows[:1], 0)[1] == "detector"
+    # ... but not a detection that mostly sticks out of it
+    assert refine_box((100, 19, 131, 71), rows[:1], 0, _object(1))[1] == "mask"
 
 
 @pytest.mark.parametrize(("net_name", "key"), CASES)
