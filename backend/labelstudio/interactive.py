@@ -33,7 +33,8 @@ from backend.labelstudio.convert import SegmentationArgmax, predictions_to_resul
 from backend.labelstudio.label_config import BACKGROUND, ProjectSchema
 from backend.labelstudio.regions import mask_to_rle
 
-__all__ = ["ContextError", "Prompt", "box_results", "mask_results", "parse_context", "targets"]
+__all__ = ["ContextError", "Prompt", "box_results", "drawn_regions", "fresh_ids", "mask_results", "parse_context",
+           "targets"]
 
 MAX_REGIONS = 256
 _BOX_TYPES = ("rectanglelabels", "rectangle")
@@ -132,6 +133,12 @@ def parse_context(context: Any, schema: ProjectSchema) -> list[Prompt]:
     return boxes + list(points.values())
 
 
+def drawn_regions(context: Mapping[str, Any], schema: ProjectSchema) -> list[Mapping[str, Any]]:
+    """The context's regions of modality tags (what the annotator drew, not a smart tool's prompt); call
+    after :func:`parse_context` has checked the context."""
+    return [r for r in context["result"] if isinstance(r, Mapping) and r.get("from_name") in schema.tags]
+
+
 def _modality_labels(schema: ProjectSchema, modalities: Sequence[str]) -> tuple[str, ...]:
     """The labels of the modalities (class names without background), in order, each once."""
     out: dict[str, None] = {}
@@ -147,7 +154,7 @@ def targets(schema: ProjectSchema, modalities: Sequence[str], label: str) -> lis
     return sorted(found, key=lambda mc: schema.modalities[mc[0]].kind != "segmentation")
 
 
-def _fresh_ids(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def fresh_ids(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every region a new id: the editor adds them to what is drawn, where ids must not repeat."""
     for r in results:
         r["id"] = uuid.uuid4().hex[:10]
@@ -163,12 +170,12 @@ def mask_results(schema: ProjectSchema, modality: str, cls: int, mask: np.ndarra
     if tag.tag_type == "BrushLabels":  # one region: encoded directly (no per-class pass over the image)
         score = float(confidence[mask].mean()) if confidence is not None and mask.any() else 1.0
         value = {"format": "rle", "rle": mask_to_rle(mask), tag.result_type: [schema.class_names(modality)[cls]]}
-        return _fresh_ids([{"from_name": tag.name, "to_name": tag.to_name, "original_width": w,
+        return fresh_ids([{"from_name": tag.name, "to_name": tag.to_name, "original_width": w,
                             "original_height": h, "image_rotation": 0, "type": tag.result_type, "value": value,
                             "score": score}])
     labels = np.where(mask, np.uint8(cls), np.uint8(0)) if cls < 256 else np.where(mask, cls, 0).astype(np.int32)
     conf = np.ones((h, w), np.float32) if confidence is None else confidence.astype(np.float32, copy=False)
-    return _fresh_ids(predictions_to_results({modality: SegmentationArgmax(labels, conf)}, schema, h, w))
+    return fresh_ids(predictions_to_results({modality: SegmentationArgmax(labels, conf)}, schema, h, w))
 
 
 def box_results(schema: ProjectSchema, modality: str, cls: int, box: Sequence[float], score: float,
@@ -179,4 +186,4 @@ def box_results(schema: ProjectSchema, modality: str, cls: int, box: Sequence[fl
     row[0, :4] = np.clip(np.asarray(box, np.float64), 0, [width, height, width, height])
     row[0, 4], row[0, 5] = score, cls
     row[0, 6 + cls] = score
-    return _fresh_ids(predictions_to_results({modality: row}, schema, height, width, min_score=0.0))
+    return fresh_ids(predictions_to_results({modality: row}, schema, height, width, min_score=0.0))

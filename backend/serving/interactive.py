@@ -5,14 +5,16 @@ click from the same network as the prefill, for the drawn label only.
   (:func:`mtal_models.interactive.box_region`), and in a detection modality with that label the box
   refined (:func:`mtal_models.interactive.refine_box`: the detector's matching box, else the mask's);
 - smart keypoints -> the connected region of the class through the positive points, negatives excluded
-  (:func:`mtal_models.interactive.points_region`).
+  (:func:`mtal_models.interactive.points_region`);
+- no smart tool's region but regions of modality tags (a smart-capable modality tag) -> the other
+  modalities re-predicted conditioned on them (:mod:`backend.serving.conditioned`).
 
 Speed: the network's trunk (:meth:`MultiTaskNet.trunk`) runs once per (model version, image URL, input
 geometry) and its output stays in a :class:`~mtal_models.interactive.FeatureCache` (LRU, at most
 :data:`CACHE_BYTES` bytes and :data:`CACHE_ENTRIES` images); later clicks on the photo fetch nothing and
-run only the heads (:meth:`MultiTaskNet.heads`), on the process's one inference thread. The heads run
-unconditioned (no GT substitution from the task's annotation): the click is about the modality being
-drawn, whose annotation is in progress.
+run only the heads (:meth:`MultiTaskNet.heads`), on the process's one inference thread. Smart-tool clicks
+run the heads unconditioned (no GT substitution from the task's saved annotation): the click is about the
+modality being drawn, whose annotation is in progress.
 
 Answers: ``[{"result": [...], "score", "model_version", "interactive": {"prompts": [...], "cached"}}]``;
 ``interactive.prompts`` says, per prompt, the label, the modalities answered and how (``"box"``,
@@ -32,14 +34,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.labelstudio.interactive import ContextError, Prompt, box_results, mask_results, parse_context, targets
+from backend.labelstudio.interactive import (
+    ContextError,
+    Prompt,
+    box_results,
+    drawn_regions,
+    mask_results,
+    parse_context,
+    targets,
+)
 from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_task
+from backend.serving.conditioned import conditioned_answer
 from backend.serving.model import MTALModel
 from backend.serving.predict import INFERENCE
+from backend.serving.prefill import Prefill
 from backend.serving.store import LoadedModel
 from mtal_models.data.geometry import Fit
 from mtal_models.interactive import FeatureCache, box_region, class_evidence, points_region, refine_box
+from mtal_models.nets.base import Labels
 
 __all__ = ["CACHE_BYTES", "CACHE_ENTRIES", "Interactive"]
 
@@ -55,6 +68,7 @@ class Features:
     trunk: Any
     fit: Fit
     size: tuple[int, int]
+    trunk_device: str = "cpu"
 
 
 class Interactive:
@@ -77,7 +91,8 @@ class Interactive:
         schema = model.schema
         prompts = parse_context(context, schema)
         loaded = model.network(schema)
-        if not prompts:
+        drawn = [] if prompts else drawn_regions(context, schema)
+        if not prompts and not drawn:
             tools = sorted(schema.smart_tools)
             return [_empty(loaded.version, f"no region of a smart tool in the context (smart tools: {tools})")]
         try:
@@ -85,6 +100,13 @@ class Interactive:
         except Exception as e:
             log.error("interactive: task %s: image not available: %s", task.get("id"), e)
             return [{"result": [], "model_version": loaded.version, "interactive": {"error": str(e)[:300]}}]
+        if drawn:  # the annotator's own regions: the other modalities conditioned on them
+            out = conditioned_answer(
+                drawn, schema, loaded.model, feats.fit,
+                lambda given: INFERENCE.submit(_heads, loaded.model, feats, given).result(),
+                Prefill.for_version(model.settings, loaded.metadata), loaded.version)
+            out["interactive"]["cached"] = cached
+            return [out]
         preds = INFERENCE.submit(_heads, loaded.model, feats).result()
         min_area = model.settings.prefill_min_area
         results: list[dict[str, Any]] = []
@@ -113,7 +135,7 @@ class Interactive:
             image = torch.from_numpy(np.ascontiguousarray(prepared.sample.image.transpose(2, 0, 1)))[None]
             assert prepared.fit is not None
             trunk = INFERENCE.submit(_trunk, loaded.model, image, model.store.device).result()
-            return Features(trunk, prepared.fit, (int(image.shape[-2]), int(image.shape[-1])))
+            return Features(trunk, prepared.fit, (int(image.shape[-2]), int(image.shape[-1])), str(model.store.device))
 
         return self.cache.get_or_put(key, compute)
 
@@ -124,11 +146,11 @@ def _trunk(net: Any, image: torch.Tensor, device: str) -> Any:
         return net.trunk(image.to(device).float().div_(255.0))
 
 
-def _heads(net: Any, feats: Features) -> dict[str, np.ndarray]:
-    """The heads on cached trunk output -> one image's outputs on the CPU as float32 arrays (dense
-    [C, H, W] at the padded input size, detection rows [K, 6 + C] in input pixels)."""
+def _heads(net: Any, feats: Features, given: Labels | None = None) -> dict[str, np.ndarray]:
+    """The heads on cached trunk output (conditioned on ``given``) -> one image's outputs on the CPU as
+    float32 arrays (dense [C, H, W] at the padded input size, detection rows [K, 6 + C] in input pixels)."""
     with torch.inference_mode():
-        out = net.heads(feats.trunk, feats.size)
+        out = net.heads(feats.trunk, feats.size, None if given is None else given.to(feats.trunk_device))
         return {k: v[0].float().cpu().numpy() for k, v in out.items()}
 
 

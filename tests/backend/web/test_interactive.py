@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 
 from backend.labelstudio.convert import rle_to_mask
 from backend.labelstudio.label_config import parse_label_config
+from backend.labelstudio.regions import mask_to_rle
 from backend.settings import Settings
 from backend.web.app import create_app
 from mtal_models.training.checkpoint import save_checkpoint
@@ -136,9 +137,15 @@ def test_nothing_of_the_class_in_the_box_is_an_empty_result_with_a_reason(
 
 def test_a_context_without_smart_regions_is_empty_not_the_prefill(app: tuple[FlaskClient, MemoryFetcher]) -> None:
     client, _ = app
-    own = {"from_name": "semantic", "type": "brushlabels", "value": {"format": "rle", "rle": [0], "brushlabels": []}}
-    pred = _post(client, {"result": [own]}).json["results"][0]
+    other = {"from_name": "notes", "type": "textarea", "value": {"text": ["x"]}}
+    pred = _post(client, {"result": [other]}).json["results"][0]
     assert pred["result"] == [] and "no region of a smart tool" in pred["interactive"]["reason"]
+    # the annotator's own region: the other modalities would be conditioned on it, but this network's
+    # label encoders are untrained (and there is no other modality): nothing, with the reason
+    own = {"from_name": "semantic", "type": "brushlabels", "original_width": W, "original_height": H,
+           "value": {"format": "rle", "rle": mask_to_rle(object_mask(CARS[0])), "brushlabels": ["car"]}}
+    pred = _post(client, {"result": [own]}).json["results"][0]
+    assert pred["result"] == [] and "label encoders of ['semantic'] are not trained" in pred["interactive"]["reason"]
 
 
 @pytest.mark.parametrize(("context", "message"), [
