@@ -179,7 +179,7 @@ def _prefill_classes(prefill: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=40)
     parser.add_argument("--net", default="small")
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--fit-steps", type=int, default=40,
                         help="without --checkpoint: steps of training on the CamVid photo's own labels")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     r = run(args.clicks, args.net, args.checkpoint, args.fit_steps)
     print(f"photo: {r['source']} {W}x{H}; net {args.net} ({r['weights']}); {args.threads} thread(s); "
@@ -197,7 +197,8 @@ def main() -> None:
     print(f"METRIC interactive_vs_heads={r['ratio']:.2f}")
     print(f"METRIC interactive_first_click_ms={r['first_ms']:.1f}")
     print(f"METRIC interactive_regions={r['regions']:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
