@@ -6,9 +6,10 @@ With the backend added ``is_interactive: true``, the editor POSTs ``/api/ml/{id}
 as ``params.context`` (the task with its annotations, predictions and drafts in ``tasks``). A region of a
 smart tool (:class:`backend.labelstudio.smart_tags.SmartTool`) is a prompt:
 
-- a rectangle (``rectanglelabels`` / ``rectangle``): ``value`` {x, y, width, height} in percent of the
-  image, its label in ``value.rectanglelabels`` or ``value.labels`` (often none: then the tool's only
-  label, or every label of its modalities, the class with the most probability inside the box winning);
+- a rectangle (``rectanglelabels`` / ``rectangle``): ``value`` {x, y, width, height, rotation} in percent
+  of the image (a rotated box counts by its axis-aligned bounding box), its label in
+  ``value.rectanglelabels`` or ``value.labels`` (often none: then the tool's only label, or every label
+  of its modalities, the class with the most probability inside the box winning);
 - keypoints (``keypointlabels`` / ``keypoint``): ``value`` {x, y} in percent, ``is_positive`` (top level
   or in ``value``; default true), the label in ``value.keypointlabels`` or ``value.labels``. All keypoints
   of one label form one prompt.
@@ -31,7 +32,7 @@ import numpy as np
 
 from backend.labelstudio.convert import SegmentationArgmax, predictions_to_results
 from backend.labelstudio.label_config import BACKGROUND, ProjectSchema
-from backend.labelstudio.regions import mask_to_rle
+from backend.labelstudio.regions import mask_to_rle, rect_to_box
 
 __all__ = ["ContextError", "Prompt", "box_results", "drawn_regions", "fresh_ids", "mask_results", "parse_context",
            "targets"]
@@ -57,12 +58,17 @@ class Prompt:
     labels: tuple[str, ...]
     box: tuple[float, float, float, float] | None = None
     points: list[tuple[float, float, bool]] = field(default_factory=list)
+    rotation: float = 0.0
 
     def box_pixels(self, height: int, width: int) -> tuple[float, float, float, float]:
-        """xyxy in pixels of a ``height`` x ``width`` image."""
+        """xyxy in pixels of a ``height`` x ``width`` image (a rotated box: its axis-aligned bounding box)."""
         assert self.box is not None
         x, y, w, h = self.box
-        return x * width / 100, y * height / 100, (x + w) * width / 100, (y + h) * height / 100
+        if self.rotation % 360 == 0:
+            return x * width / 100, y * height / 100, (x + w) * width / 100, (y + h) * height / 100
+        x0, y0, x1, y1 = rect_to_box({"x": x, "y": y, "width": w, "height": h, "rotation": self.rotation},
+                                     height, width).tolist()
+        return x0, y0, x1, y1
 
     def point_pixels(self, height: int, width: int, positive: bool) -> list[tuple[float, float]]:
         """(x, y) in pixels of the positive (or negative) points."""
@@ -120,7 +126,10 @@ def parse_context(context: Any, schema: ProjectSchema) -> list[Prompt]:
                                                                                   f"{where}.value.height")
             if w < 0 or h < 0:
                 raise ContextError(f"{where}: width and height must be >= 0")
-            boxes.append(Prompt(tool.name, "box", labels, box=(x, y, w, h)))
+            rotation = _number(value.get("rotation", 0) or 0, f"{where}.value.rotation")
+            if max(abs(x), abs(y), w, h, abs(rotation)) > 1e6:  # percent: anything larger is garbage
+                raise ContextError(f"{where}: coordinates out of range")
+            boxes.append(Prompt(tool.name, "box", labels, box=(x, y, w, h), rotation=rotation))
         else:
             positive = region.get("is_positive", value.get("is_positive", True))
             if not isinstance(positive, bool):

@@ -39,6 +39,9 @@ def test_a_rectangle_without_a_label_takes_its_tools_only_label() -> None:
     rect = {"from_name": "box_smart", "type": "rectanglelabels", "value": {"x": 10, "y": 20, "width": 30, "height": 40}}
     (prompt,) = parse_context({"result": [rect]}, schema)
     assert prompt.labels == ("car",) and prompt.box_pixels(100, 200) == (20.0, 20.0, 80.0, 60.0)
+    turned = {**rect, "value": {**rect["value"], "rotation": 90}}  # clockwise around the top-left corner
+    (prompt,) = parse_context({"result": [turned]}, schema)
+    assert prompt.box_pixels(100, 200) == pytest.approx((-20.0, 20.0, 20.0, 80.0), abs=1e-4)
 
 
 @pytest.mark.parametrize("bad", [None, [], {"result": None}, {"result": [_kp(float("nan"), 1, "car")]},
