@@ -140,3 +140,14 @@ def test_feature_cache_is_bounded_in_bytes_and_entries() -> None:
     assert small.get("big") is None
     value, hit = small.get_or_put("b", lambda: pytest.fail("computed"))
     assert hit and value is t[1]
+
+
+def test_small_holes_are_filled_large_ones_kept() -> None:
+    prob = _probs()[1]
+    x0, y0, x1, y1 = OBJECTS[1]  # 50 x 50; the speckle size is 0.002 * 120 * 200 = 48 px
+    prob[40:45, 100:105] = 0.1  # a 25 px hole: speckle
+    prob[25:35, 85:95] = 0.1  # a 100 px hole: a real one
+    for mask in (box_region(prob, (x0 - 2, y0 - 2, x1 + 2, y1 + 2)), points_region(prob - 0.45, [(120, 60)])):
+        assert mask[40:45, 100:105].all()
+        assert not mask[25:35, 85:95].any()
+        assert mask.sum() == 50 * 50 - 100
