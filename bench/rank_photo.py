@@ -57,6 +57,10 @@ CONFIGS = {
     "detseg": (f'<View><Image name="image" value="$image"/>{_BRUSH}'
                '<RectangleLabels name="objects" toName="image"><Label value="car"/><Label value="person"/>'
                '</RectangleLabels></View>'),
+    # PAD-Net multi-task: depth and normals ground truth would come from task data (hidden Image tags); the
+    # benchmark's tasks carry none, so every task is ranked on all three predictions
+    "dense": (f'<View><Image name="image" value="$image"/>{_BRUSH}<View style="display: none">'
+              '<Image name="depth" value="$depth"/><Image name="normals" value="$normals"/></View></View>'),
 }
 
 
