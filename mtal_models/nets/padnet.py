@@ -48,6 +48,7 @@ from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
 from mtal_models.nets.blocks import LabelEncoder, MultiModalDistillation, TaskHead, format_predictions, label_to_map
 from mtal_models.nets.config import NetConfig, get_config
 from mtal_models.nets.losses import masked_mean
+from mtal_models.nets.mc import MCSamples
 
 __all__ = ["PADNet"]
 
@@ -242,13 +243,16 @@ class PADNet(MultiTaskNet):
         return losses
 
     @torch.no_grad()
-    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
+    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> MCSamples:
         """MC-dropout: trunk + fusion once, heads ``n`` times (batched) with dropout on, even in eval mode.
 
         The initial heads' conv blocks come before their dropout, so they are computed once and their
         output repeated: the same samples as n full head passes, for less work.
 
-        Returns name -> final outputs [B, n, C, H, W] (same formats as ``forward``'s ``final``).
+        Returns name -> final outputs [B, n, C, H, W] (same formats as ``forward``'s ``final``), as an
+        :class:`~mtal_models.nets.mc.MCSamples` mapping: brought to the input size when read, whole or one
+        image at a time (:meth:`~mtal_models.nets.mc.MCSamples.image`, what the MC scores use: a photo batch's
+        full-size samples are never held at once).
         BatchNorm follows the module's mode (use eval mode for inference).
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -268,9 +272,8 @@ class PADNet(MultiTaskNet):
             for k, v in final.items():
                 raw[k].append(v.view(copies, batch, *v.shape[1:]))
         # order sample-major at low resolution (cheap), so the full-size outputs need no further copy
-        low = {k: torch.cat(v).transpose(0, 1).reshape(batch * n, *v[0].shape[2:]) for k, v in raw.items()}
-        full = format_predictions(self.modalities, low, size)
-        return {k: v.view(batch, n, *v.shape[1:]) for k, v in full.items()}
+        low = {k: torch.cat(v).transpose(0, 1).contiguous() for k, v in raw.items()}
+        return MCSamples(self.modalities, low, size)
 
 
 def _default_encoders_trained(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

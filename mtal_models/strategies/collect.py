@@ -24,6 +24,7 @@ from torch import Tensor
 from mtal_models.data.sample import Batch
 from mtal_models.modalities import unpack_detections
 from mtal_models.nets.base import Labels, MultiTaskNet
+from mtal_models.nets.mc import MCSamples
 from mtal_models.strategies.base import BatchOutputs, Needs, PoolScores, Strategy, concat_pool
 from mtal_models.strategies.consistency import unflip
 
@@ -72,7 +73,8 @@ def crop_outputs(out: BatchOutputs, height: int, width: int) -> BatchOutputs:
 
     refined = {k: {j: t[..., :height, :width] for j, t in v.items()} if k in dense else v
                for k, v in out.refined.items()}  # refined[k][j]: modality k's output refined by j
-    return replace(out, final=cut(out.final), initial=cut(out.initial), mc=cut(out.mc), flipped=cut(out.flipped),
+    mc = out.mc.cropped(height, width) if isinstance(out.mc, MCSamples) else cut(out.mc)
+    return replace(out, final=cut(out.final), initial=cut(out.initial), mc=mc, flipped=cut(out.flipped),
                    refined=refined)
 
 
