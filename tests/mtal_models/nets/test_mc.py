@@ -59,3 +59,34 @@ def test_mc_scores_per_image_equal_the_materialised_samples(crop: tuple[int, int
     for k, spec in MODALITIES.items():
         assert torch.equal(scores[k], spec.uncertainty(out.mc[k]).flatten(1).mean(dim=1))
         assert torch.equal(scores[k], image_uncertainty(spec, out.mc[k]))
+
+
+@pytest.mark.parametrize("committee", [False, True])
+def test_forward_and_mc_equal_the_two_calls_on_one_trunk_pass(committee: bool) -> None:
+    """PAD-Net's forward_and_mc gives forward's outputs and mc_samples' samples (same dropout draws from the
+    same seed) with one backbone pass, and batch_outputs uses it."""
+    torch.manual_seed(0)
+    net = build_network("padnet", MODALITIES, "tiny").eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        ref_out, ref_mc = net(images, committee=committee), net.mc_samples(images, 3)
+    calls: list[int] = []
+    handle = net.backbone.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        torch.manual_seed(1)
+        out, mc = net.forward_and_mc(images, 3, committee=committee)
+        torch.manual_seed(1)
+        needs = get_strategy("partal_image", mc_samples=3).needs
+        collected = batch_outputs(net, images, None, needs)
+    finally:
+        handle.remove()
+    assert calls == [1, 1]
+    for k in MODALITIES:
+        assert torch.equal(out.final[k], ref_out.final[k]) and torch.equal(out.initial[k], ref_out.initial[k])
+        assert torch.equal(mc[k], ref_mc[k]) and torch.equal(collected.mc[k], ref_mc[k])
+        assert torch.equal(collected.final[k], ref_out.final[k])
+    assert torch.equal(out.pooled, ref_out.pooled)
+    assert {k: set(v) for k, v in out.refined.items()} == {k: set(v) for k, v in ref_out.refined.items()}
+    with pytest.raises(ValueError, match="positive int"):
+        net.forward_and_mc(images, 0)
