@@ -58,9 +58,9 @@ def cpu_bf16() -> str:
     return " ".join(have) or "none"
 
 
-def stored_model(config: str, net: str, root: Path) -> torch.nn.Module:
+def stored_model(config: str, net: str, root: Path, image_size: int = 384) -> torch.nn.Module:
     """The initial version /setup publishes for ``config`` with ``--net``, loaded from the store, eval mode."""
-    settings = Settings(model_dir=root / "models", net_config=net, image_size=384, device="cpu", clusters=0)
+    settings = Settings(model_dir=root / "models", net_config=net, image_size=image_size, device="cpu", clusters=0)
     store = ModelStore(settings.model_dir, device="cpu")
     MTALModel("1", CONFIGS[config], settings, store).setup()
     return store.load_model("1").model.eval()
@@ -125,12 +125,13 @@ def _ort(model: torch.nn.Module, example: torch.Tensor, root: Path) -> Forward |
     return run
 
 
-def measure(config: str, net: str, inputs: torch.Tensor, batch: int, runs: int) -> dict[str, Any]:
+def measure(config: str, net: str, inputs: torch.Tensor, batch: int, runs: int, image_size: int = 384
+            ) -> dict[str, Any]:
     """Median time of every available path over ``inputs`` in batches (the paths' order rotated every run),
     max |output - eager| over dense outputs, and whether the detections ([B, K, 6 + C]) match within 1e-3."""
     chunks = [inputs[b:b + batch] for b in range(0, len(inputs), batch)]
     with tempfile.TemporaryDirectory(prefix="infer-paths-") as d:
-        model = stored_model(config, net, Path(d))
+        model = stored_model(config, net, Path(d), image_size)
         dense = [k for k, s in model.modalities.items() if s.dense]
         dets = [k for k, s in model.modalities.items() if not s.dense]
         available = paths(model, chunks[0], Path(d))
@@ -171,17 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", nargs="+", default=["single", "dense", "detseg"], choices=sorted(CONFIGS))
     ap.add_argument("--net", nargs="+", default=["small"], choices=["tiny", "small", "default"])
     ap.add_argument("--runs", type=int, default=3, help="alternating timed runs per path (median)")
+    ap.add_argument("--image-size", type=int, default=384, help="MTAL_IMAGE_SIZE (default 384)")
+    ap.add_argument("--size", default="360x480", help="photo HxW (CamVid's 360x480 by default; else generated)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    jpegs, source = photos(args.photos)
-    settings = Settings(image_size=384, device="cpu")
+    h, w = (int(v) for v in args.size.split("x"))
+    jpegs, source = photos(args.photos, (h, w))
+    settings = Settings(image_size=args.image_size, device="cpu")
     inputs = _inputs(jpegs, settings)
     print(f"# cpu: bf16 flags: {cpu_bf16()}; torch {torch.__version__}, 1 thread; {len(jpegs)} {source} photos "
-          f"-> input {inputs.shape[2]}x{inputs.shape[3]}, batches of {args.batch}", flush=True)
+          f"{w}x{h} -> input {inputs.shape[2]}x{inputs.shape[3]}, batches of {args.batch}", flush=True)
     for config in args.config:
         for net in args.net:
-            r = measure(config, net, inputs, args.batch, args.runs)
+            r = measure(config, net, inputs, args.batch, args.runs, args.image_size)
             tag = f"{config}_{net}"
             eager = r["time"]["eager"]
             print(f"# {tag}: {r['images']} images, " + ", ".join(

@@ -8,7 +8,7 @@ against :mod:`bench.fake_ls` served from the parent (so the fake's stored predic
 
 - **growth with N**: the same ranking of ``--sizes`` tasks (96x72 PNGs, 256 distinct ones behind distinct URLs,
   fetched over HTTP) with the ``tiny`` net at MTAL_IMAGE_SIZE 64, the project's default strategy, pre-annotations
-  spooled and every prediction pushed: ``METRIC rank_peak_rss_mb_<n>_tiny`` and ``METRIC rank_rss_kb_per_task``
+  spooled and every prediction pushed: ``METRIC rank_peak_rss_mb_tiny_<n>`` and ``METRIC rank_rss_kb_per_task``
   ((peak at the largest size - peak at the smallest) / the task difference: what a task adds; only scores,
   pooled features [N, D] and per-task bookkeeping may grow with N);
 - **a photo-size chunk**: ``--photos`` CamVid photos (480x360 JPEGs: one rank chunk of 64) with the ``small``
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks[n] = r["peak_mb"]
         print(f"# {n} tasks, tiny net at 64 px, {r['strategy']}: ready {r['ready_mb']:.0f} MB, peak {r['peak_mb']:.0f} "
               f"MB, ranking {r['seconds']:.1f} s", flush=True)
-        print(f"METRIC rank_peak_rss_mb_{n // 1000}k_tiny={r['peak_mb']:.0f}", flush=True)
+        print(f"METRIC rank_peak_rss_mb_tiny_{n}={r['peak_mb']:.0f}", flush=True)
     lo, hi = min(peaks), max(peaks)
     per_task_kb = (peaks[hi] - peaks[lo]) * 1024 / (hi - lo) if hi > lo else 0.0
     print(f"METRIC rank_rss_kb_per_task={per_task_kb:.1f}", flush=True)
