@@ -1,11 +1,13 @@
 """MCSamples: PAD-Net's MC samples at the heads' resolution, brought to the input size when read, give the
 same values whole, one image at a time, cropped, and through the MC scores."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from mtal_models.modalities import build_modalities
-from mtal_models.nets import build_network
+from mtal_models.nets import Labels, build_network
 from mtal_models.nets.blocks import format_predictions
 from mtal_models.nets.mc import MCSamples
 from mtal_models.strategies import get_strategy
@@ -61,24 +63,29 @@ def test_mc_scores_per_image_equal_the_materialised_samples(crop: tuple[int, int
         assert torch.equal(scores[k], image_uncertainty(spec, out.mc[k]))
 
 
-@pytest.mark.parametrize("committee", [False, True])
-def test_forward_and_mc_equal_the_two_calls_on_one_trunk_pass(committee: bool) -> None:
+@pytest.mark.parametrize(("committee", "conditioned"), [(False, False), (True, False), (False, True)])
+def test_forward_and_mc_equal_the_two_calls_on_one_trunk_pass(committee: bool, conditioned: bool) -> None:
     """PAD-Net's forward_and_mc gives forward's outputs and mc_samples' samples (same dropout draws from the
-    same seed) with one backbone pass, and batch_outputs uses it."""
+    same seed; with a given depth label for one image: GT substitution) with one backbone pass, and
+    batch_outputs uses it."""
     torch.manual_seed(0)
     net = build_network("padnet", MODALITIES, "tiny").eval()
     images = torch.rand(2, 3, 64, 64)
+    given = None
+    if conditioned:
+        net.encoders_trained.fill_(True)  # as after training with substitution
+        given = Labels({"depth": torch.rand(2, 1, 64, 64) * 5 + 0.5}, {"depth": torch.tensor([True, False])})
     with torch.no_grad():
         torch.manual_seed(1)
-        ref_out, ref_mc = net(images, committee=committee), net.mc_samples(images, 3)
+        ref_out, ref_mc = net(images, given, committee=committee), net.mc_samples(images, 3, given)
     calls: list[int] = []
     handle = net.backbone.register_forward_hook(lambda *a: calls.append(1))
     try:
         torch.manual_seed(1)
-        out, mc = net.forward_and_mc(images, 3, committee=committee)
+        out, mc = net.forward_and_mc(images, 3, given, committee=committee)
         torch.manual_seed(1)
-        needs = get_strategy("partal_image", mc_samples=3).needs
-        collected = batch_outputs(net, images, None, needs)
+        needs = replace(get_strategy("partal_image", mc_samples=3).needs, committee=committee)
+        collected = batch_outputs(net, images, given, needs)
     finally:
         handle.remove()
     assert calls == [1, 1]
