@@ -63,7 +63,7 @@ class Settings:
     cache_dir [MTAL_CACHE_DIR]: on-disk image cache (default <MODEL_DIR>/.image-cache: Label Studio asks
         for the same tasks again after every version, and its upload URLs never change; "off" = none).
     initial_checkpoint [MTAL_INITIAL_CHECKPOINT]: checkpoint used as a project's first version.
-    predict_batch_size [MTAL_PREDICT_BATCH]: images per forward pass in /predict (default 32).
+    predict_batch_size [MTAL_PREDICT_BATCH]: images per forward pass in /predict and the ranking (default 32).
     seed [MTAL_SEED]: seed of the untrained initial network (default 0).
     log_level [LOG_LEVEL]: Python logging level (default INFO).
     Training / ranking (read by the RQ jobs):

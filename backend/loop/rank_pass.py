@@ -21,7 +21,7 @@ from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_tasks
 from backend.loop.rank_fields import kmeans_clusters, ls_scores, requested_modalities
 from backend.loop.result_spool import ResultSpool
-from backend.serving.predict import task_scores
+from backend.serving.predict import FORWARD_PIXELS, task_scores
 from backend.serving.prefill import Prefill
 from backend.serving.store import ModelStore, version_number
 from backend.serving.strategy import strategy_for
@@ -114,9 +114,9 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
         # inputs of one shape and one image size inside it batched together (portrait and landscape photos
         # would pad each other), so that the strategy scores each batch without its padding
         prepared.sort(key=lambda tp: _shape_key(tp[1]))
-        n = settings.predict_batch_size
         for (shape, inside), same in itertools.groupby(prepared, key=lambda tp: _shape_key(tp[1])):
             same = list(same)
+            n = max(1, min(settings.predict_batch_size, FORWARD_PIXELS // (shape[0] * shape[1])))  # /predict's bound
             for group in (same[b:b + n] for b in range(0, len(same), n)):
                 batch = collate([p.sample for _, p in group], schema.modalities).to(device)
                 given = batch.labels if strategy.needs.conditioned else None

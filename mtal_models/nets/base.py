@@ -112,7 +112,7 @@ class MultiTaskNet(nn.Module, ABC):
         ``weights``: optional per-sample weights [B] per modality (MTAL-WACV s_k)."""
 
     @abstractmethod
-    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
+    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> Mapping[str, Tensor]:
         """MC-dropout: run the backbone once and the heads ``n`` times with dropout on.
         Returns, per dense modality, raw outputs stacked as [B, n, C, H, W]."""
 
