@@ -10,7 +10,8 @@ just before (its scoring job running) got one prediction from each path (issue #
 :class:`ServedTasks` marks, per project, version and task, which path served it, on the queue's Redis for
 :data:`MARK_TTL_S`: a path claims a task only when the *other* path has not marked it (one Lua call for
 the whole batch, atomic), then marks it itself. A path never blocks itself: a push that failed and is
-tried again, or a second Retrieve Predictions after the user deleted the predictions, serves the task again.
+tried again, or a second Retrieve Predictions after the user deleted the predictions, serves the task again;
+a push that fails releases its marks.
 The mark outlives any /predict in flight (Label Studio waits 100 s) and a scoring job's run by far.
 """
 
@@ -40,6 +41,13 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+# KEYS: marks; ARGV[1]: this path's name. Deletes the marks this path holds.
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 0
+"""
 _BATCH = 1000  # keys per Lua call
 
 
@@ -50,6 +58,7 @@ class ServedTasks:
         self.redis = connection
         self.ttl_s = int(ttl_s)
         self._script = connection.register_script(_CLAIM)
+        self._release = connection.register_script(_RELEASE)
 
     @staticmethod
     def key(project: str, version: str, task: Any) -> str:
@@ -70,3 +79,9 @@ class ServedTasks:
             log.info("project %s: %d of %d tasks already have a prediction of %s from the other path (%s skips them)",
                      project, len(ids) - len(claimed), len(ids), version, by)
         return claimed
+
+    def release(self, project: str, version: str, tasks: Iterable[Any], by: str) -> None:
+        """Drop ``by``'s marks of ``tasks`` (it did not serve them after all: its push failed)."""
+        ids = [str(t) for t in tasks]
+        for start in range(0, len(ids), _BATCH):
+            self._release(keys=[self.key(project, version, t) for t in ids[start:start + _BATCH]], args=[by])

@@ -37,6 +37,7 @@ from backend.serving.store import ModelStore, StoreError
 from backend.serving.unpublished import UnpublishedModels
 from backend.settings import Settings
 from backend.web.guard import RETRY_AFTER_S, RequestGuard, internal_error
+from backend.web.predict_batch import BatchPredictor
 from backend.web.probe import CachedProbe
 from backend.web.request import ApiError, field, json_body, parse_project_id
 
@@ -130,6 +131,8 @@ def create_app(
     if trainer is None:
         trainer = QueueTrainer(settings, store)
     state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
+    handle = getattr(trainer, "handle", None)  # the queue (QueueTrainer): large /predicts' rest, claims
+    batches = BatchPredictor(settings, getattr(handle, "queue", None), getattr(handle, "connection", None))
     app = Flask("mtal-backend")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -227,9 +230,6 @@ def create_app(
     def predict() -> Response:
         body = json_body()
         tasks = field(body, "tasks", list)
-        if len(tasks) > settings.max_predict_tasks:
-            raise ApiError(413, f"{len(tasks)} tasks in one /predict; at most {settings.max_predict_tasks} "
-                                "(MTAL_MAX_PREDICT_TASKS)")
         pid = parse_project_id(body.get("project"))
         label_config = field(body, "label_config", str, required=False)
         params = field(body, "params", dict, required=False) or {}
@@ -244,17 +244,16 @@ def create_app(
             model.schema  # noqa: B018 - parse now so config errors are 400s
         except (LabelConfigError, ValueError) as e:
             raise ApiError(400, f"label_config: {e}") from e
-        try:
-            results = model.predict(tasks, context=params.get("context"))
+        try:  # any number of tasks: what is not computed in time is pushed in the background (predict_batch)
+            answer = batches.answer(model, pid, tasks, params.get("context"))
         except ConfigConflict as e:
             raise ApiError(409, str(e)) from e
         except ModelSetupError as e:
             raise ApiError(422, str(e)) from e
-        m.predictions.inc(len(results))
-        m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
+        m.predictions.inc(answer.predicted + answer.failed)
+        m.failed.inc(answer.failed)
         # the version the results came from: CURRENT may have switched while they were computed
-        version = results[0]["model_version"] if results else model.model_version
-        return jsonify(results=results, model_version=version)
+        return jsonify(results=answer.results, model_version=answer.version or model.model_version)
 
     def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         action = field(body, "action", str)

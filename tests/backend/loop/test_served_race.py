@@ -52,6 +52,8 @@ def test_claims_known_answers() -> None:
     assert served.claim("3", "v1", [1, 4], PREDICT) == {"1"}  # a path never blocks itself
     assert served.claim("3", "v2", [4], PREDICT) == {"4"} and served.claim("4", "v1", [4], PREDICT) == {"4"}
     assert 0 < served.redis.ttl(served.key("3", "v1", 4)) <= 3600
+    served.release("3", "v1", [1, 4], PUSH)  # only its own marks: 1 stays /predict's
+    assert served.claim("3", "v1", [1, 4], PREDICT) == {"1", "4"} and served.claim("3", "v1", [1], PUSH) == set()
 
 
 def test_retrieve_first_then_the_scoring_job_pushes_only_the_other_tasks(tmp_path: Path) -> None:
@@ -72,3 +74,24 @@ def test_the_scoring_job_first_then_retrieve_stores_nothing_twice(tmp_path: Path
     assert sorted(p["task"] for p in ctx.ls.pushed) == sorted(NEW)
     # Label Studio chose these tasks (no prediction of the version yet) before the push landed
     assert _retrieve(client, ctx, imported) == [[], []]  # an empty list: Label Studio stores nothing for it
+
+
+def test_the_rest_job_pushes_what_no_other_path_served(tmp_path: Path, monkeypatch: Any) -> None:
+    from backend.loop import jobs
+    from backend.loop.predict_rest import predict_rest_job, spool_tasks
+
+    ctx, _, imported, client = _world(tmp_path)
+    _, _, tasks, _ = _ranked(tmp_path / "rig", set())
+    monkeypatch.setattr(jobs.JobContext, "create", classmethod(lambda cls: ctx))
+    config = ctx.store.project_info("1")["label_config"]
+    version = ctx.store.current("1")
+    ServedTasks(ctx.coordinator.redis).claim("1", version, [3], PREDICT)  # a /predict answered task 3 meanwhile
+    name = spool_tasks(ctx.store, "1", config, tasks)
+    summary = predict_rest_job("1", name)
+    pushed = {p["task"]: p for p in ctx.ls.pushed}
+    assert summary == {"tasks": len(tasks), "pushed": len(tasks) - 1, "failed": 0, "served": 1}
+    assert set(pushed) == {t["id"] for t in tasks} - {3} and {p["model_version"] for p in pushed.values()} == {version}
+    assert all(pushed[t]["score"] == 1.0 for t in (1, 2, 4))  # labelled tasks: the labelled score, as /predict
+    want = _retrieve(client, ctx, [{**t, "id": 100 + t["id"]} for t in tasks if t["id"] == 6])[0]
+    assert pushed[6]["result"] == want["result"]  # what /predict answers for the same task
+    assert not (ctx.store.tmp_dir("1") / name).exists()
