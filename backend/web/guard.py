@@ -7,9 +7,10 @@ Guards, in this order, before any byte of a body is read or parsed (each answers
 2. a ``POST`` with a body must say ``Content-Type: application/json`` (415): a cross-site form or
    ``text/plain`` POST from a browser is refused, as no CORS preflight protects it;
 3. ``Content-Length`` is required for a body (411, no chunked uploads) and at most ``max_body``
-   (413, ``MTAL_MAX_BODY_BYTES``), except a ``POST /webhook`` over ``stream_from`` bytes (1 MiB): Label
-   Studio's bulk events (5,000 brush annotations are ~44 MiB, sent once with a 1 s timeout) are counted
-   as they arrive, in bounded memory and without a size limit (:mod:`backend.web.bulk_webhook`);
+   (413, ``MTAL_MAX_BODY_BYTES``), except a ``POST /webhook`` over ``stream_from`` bytes (1 MiB) or over
+   ``max_body``: Label Studio's bulk events (5,000 brush annotations are ~44 MiB, sent once with a 1 s
+   timeout) are counted as they arrive, in bounded memory and without a size limit
+   (:mod:`backend.web.bulk_webhook`);
 4. the body is read within ``read_timeout`` seconds in total (408): a watchdog shuts the read side of
    a client socket that is still dripping its body at the deadline, so a slow client holds a server
    thread for at most that long. (Without a socket in the environ, e.g. the test client, the body is
@@ -167,7 +168,7 @@ class RequestGuard:
                                [("WWW-Authenticate", 'Basic realm="mtal"')])
             if method not in ("POST", "PUT", "PATCH"):
                 return self.inner(environ, start_response)
-            if path == self.path and _declared_length(environ) > self.stream_from:
+            if path == self.path and _declared_length(environ) > min(self.stream_from, self.max_body):
                 body = self._read_streamed(environ)  # a bulk event: counted as it arrives
             else:
                 raw = self._read_body(environ)
@@ -201,8 +202,8 @@ class RequestGuard:
         return [data]
 
     def _read_streamed(self, environ: dict[str, Any]) -> dict[str, Any]:
-        """A ``POST /webhook`` body over ``stream_from`` bytes: guards 2 and 4 (no size limit), fed to a
-        :class:`backend.web.bulk_webhook.WebhookStream` as it arrives; returns the fields counting needs."""
+        """A ``POST /webhook`` body over ``stream_from`` (or ``max_body``) bytes: guards 2 and 4 (no size limit),
+        fed to a :class:`backend.web.bulk_webhook.WebhookStream` as it arrives; returns what counting needs."""
         t0, stream = time.perf_counter(), WebhookStream()
         try:
             self._read_body(environ, sink=stream.feed)

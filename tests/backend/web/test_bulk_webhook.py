@@ -142,3 +142,11 @@ def test_a_bulk_webhook_over_the_body_limit_is_counted_and_triggers_training(tmp
     r = client.post("/webhook", data=raw[:-1], content_type="application/json")  # truncated: not JSON
     assert r.status_code == 400 and "JSON object" in r.json["message"]
     assert conn.ping()
+
+
+def test_a_webhook_over_a_body_limit_below_1_mib_is_streamed_too(tmp_path: Path) -> None:
+    app, _ = _app(_settings(tmp_path, max_body_bytes=4096, train_threshold=10**6))
+    raw = json.dumps(_bulk(3, masks=500)).encode()
+    assert 4096 < len(raw) < 1024 * 1024
+    r = app.test_client().post("/webhook", data=raw, content_type="application/json")
+    assert r.status_code == 200 and r.json["result"]["status"] == "counted", r.text
