@@ -95,16 +95,19 @@ class BatchPredictor:
         answered = [i for i, r in enumerate(results) if isinstance(r, dict) and _task_id(tasks[i]) is not None]
         if self.served is None or not answered:
             return
-        version = results[answered[0]]["model_version"]
-        try:
-            mine = self.served.claim(project, version, [_task_id(tasks[i]) for i in answered], PREDICT)
-        except Exception as e:  # Redis away: answer anyway (a duplicate beats a missing prediction)
-            log.warning("/predict: project %s: could not check for predictions pushed meanwhile: %s", project,
-                        redact(str(e)))
-            return
+        by_version: dict[str, list[int]] = {}  # one version, unless CURRENT switched between two slices
         for i in answered:
-            if str(_task_id(tasks[i])) not in mine:
-                results[i] = []
+            by_version.setdefault(results[i]["model_version"], []).append(i)
+        for version, part in by_version.items():
+            try:
+                mine = self.served.claim(project, version, [_task_id(tasks[i]) for i in part], PREDICT)
+            except Exception as e:  # Redis away: answer anyway (a duplicate beats a missing prediction)
+                log.warning("/predict: project %s: could not check for predictions pushed meanwhile: %s", project,
+                            redact(str(e)))
+                return
+            for i in part:
+                if str(_task_id(tasks[i])) not in mine:
+                    results[i] = []
 
     def _hand_over(self, model: Any, project: str, rest: list[Mapping[str, Any]], total: int, took: float) -> None:
         with_id = [t for t in rest if _task_id(t) is not None]

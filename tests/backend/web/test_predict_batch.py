@@ -128,3 +128,14 @@ def test_an_interactive_request_goes_to_the_model_unchanged(tmp_path: Path) -> N
     task["predictions"] = [{"model_version": model.model_version}]  # held: still answered with a context
     answer = batch.answer(model, "3", [task], context={"result": []})
     assert model.calls == [[1]] and isinstance(answer.results[0], dict) and queue.jobs == []
+
+
+def test_with_redis_away_every_task_is_still_answered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import redis
+
+    from tests.support._proc import free_port
+
+    settings = Settings(model_dir=tmp_path)
+    batch = BatchPredictor(settings, Queue(), redis.Redis(port=free_port(), socket_connect_timeout=0.5))
+    answer = batch.answer(Model(ModelStore(tmp_path)), "3", _tasks(3))
+    assert all(isinstance(r, dict) for r in answer.results) and "could not check" in caplog.text
