@@ -55,6 +55,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # body (a JSON object) -> (HTTP status, JSON-able answer or error body)
 WebhookAnswer = Callable[[Mapping[str, Any]], tuple[int, dict[str, Any]]]
 _CHUNK = 64 * 1024
+_STREAM_CHUNK = 256 * 1024  # a streamed webhook's reads: fewer, larger pieces to filter and decode
 RETRY_AFTER_S = 5  # the Retry-After of every 503 (the training queue unavailable)
 _ENDPOINTS = frozenset({"health", "setup", "predict", "webhook", "train", "status", "versions", "metrics"})
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -236,7 +237,7 @@ class RequestGuard:
         buf, got = bytearray(), 0
         try:
             while len(buf) + got < length:
-                chunk = stream.read(min(_CHUNK, length - len(buf) - got))
+                chunk = stream.read(min(_CHUNK if sink is None else _STREAM_CHUNK, length - len(buf) - got))
                 if not chunk:
                     break
                 if sink is None:

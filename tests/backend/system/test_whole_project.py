@@ -102,14 +102,14 @@ def test_retrieve_predictions_on_1500_tasks_stores_one_prediction_per_task(
 
 def _brush_batch(n: int) -> bytes:
     """An ANNOTATIONS_CREATED as Label Studio 1.23.2 sends it for ``n`` annotations of 2048x1536 photos, each a
-    brush mask of two objects (~9 KB of RLE as JSON); every 4th annotation cancelled (skipped)."""
+    brush mask of one or two objects (~9 KB of JSON each); every 4th annotation cancelled (skipped)."""
     rng = np.random.default_rng(0)
     h, w = 1536, 2048
     yy, xx = np.ogrid[:h, :w]
     rles = []
-    for _ in range(4):
+    for k in range(4):
         mask = np.zeros((h, w), np.uint8)
-        for _ in range(2):
+        for _ in range(1 + k % 2):
             cy, cx, radius = rng.integers(0, h), rng.integers(0, w), rng.integers(40, 120)
             mask[(yy - cy) ** 2 + (xx - cx) ** 2 < radius * radius] = 255
         rles.append(mask2rle(mask))
@@ -147,7 +147,7 @@ def _post_timed(url: str, path: str, body: bytes) -> tuple[int, Any, float]:
 def test_a_5000_annotation_brush_batch_is_counted_within_1s(world: tuple[FakeLabelStudio, ManagedProcess]) -> None:
     _, backend = world
     raw = _brush_batch(N_ANNOTATIONS)
-    assert 40 * 2**20 < len(raw) < 48 * 2**20  # photo-size: ~44 MiB, over MTAL_MAX_BODY_BYTES (32 MiB)
+    assert 40 * 2**20 < len(raw) < 56 * 2**20  # photo-size: 49 MiB (LS measured 44), over MTAL_MAX_BODY_BYTES
     before = requests.get(f"{backend.url}/status?project=1", timeout=10).json()["labels_since_last_run"]
     # as Label Studio's run_webhook posts it: one try, a 1 s timeout for the answer once the body is sent
     status, answer, waited = _post_timed(backend.url, "/webhook", raw)

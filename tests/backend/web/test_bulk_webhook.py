@@ -62,6 +62,11 @@ def _stream(raw: bytes, size: int = 65536) -> WebhookStream:
     return s
 
 
+def test_empty_and_spaced_objects() -> None:
+    assert _stream(b' { } ', 1).body() == {}
+    assert _stream(b'{ "action" : "X" , "task" : [ ] , "tasks" : [ ] }\n', 2).body() == {"action": "X", "tasks": []}
+
+
 def test_keeps_only_what_counting_needs() -> None:
     body = _bulk(3, masks=10)
     body["annotation"][0]["result"].append({"from_name": "mtal_labelled", "type": "choices",
@@ -94,11 +99,13 @@ def test_small_events_keep_their_meaning(body: dict[str, Any]) -> None:
     if "annotations" in body:
         assert kept["annotations"] == [{"id": 1}, {"id": 2}]
     if body["action"] == "ANNOTATIONS_CREATED":
-        assert kept["annotation"] == [{"result": {}}]  # still not a list: still refused
+        assert kept["annotation"] == [{"result": {"bad": 1}}]  # still not a list: still refused
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'{"action": "x", "annotation": [', b'{"a": tru}', b"", b'"x"',
-                                 b'{"a": 1} {"b": 2}'])
+                                 b'{"a": 1} {"b": 2}', b'{"task": [1,]}', b'{"task": [,1]}', b'{"a" 1}',
+                                 b'{"a": 1,}', b'{"a": "\xff"}', b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                 b'{"a": {"b": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"])
 def test_not_an_object_is_a_stream_error(raw: bytes) -> None:
     with pytest.raises(StreamError):
         _stream(raw, 3).body()
