@@ -157,3 +157,17 @@ def test_a_webhook_over_a_body_limit_below_1_mib_is_streamed_too(tmp_path: Path)
     assert 4096 < len(raw) < 1024 * 1024
     r = app.test_client().post("/webhook", data=raw, content_type="application/json")
     assert r.status_code == 200 and r.json["result"]["status"] == "counted", r.text
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 13, 4096])
+def test_the_same_at_every_chunk_size(size: int) -> None:
+    body = {"task": [{"id": 1, "data": {"t": "é\u2603 \"q\" ]}{[", "x": [1.5, -2e3, None, True]}}] * 3,
+            "action": "TASKS_CREATED", "other": {"deep": [[[{"rle": [1, 2]}]]]}, "project": {"id": 3, "n": 1.25},
+            "tasks": [{"id": 7, "data": {"image": "a\\b.png", "s": "ü"}, "annotations": [_brush(n=30)]}, 5],
+            "annotations": [{"id": 1, "x": 2}, "junk"], "annotation": {"was_cancelled": True, "result": [7, _brush()]}}
+    raw = json.dumps(body, ensure_ascii=size % 2 == 0).encode()
+    assert _stream(raw, size).body() == {
+        "action": "TASKS_CREATED", "project": {"id": 3, "n": 1.25},
+        "tasks": [{"id": 7, "data": {"image": "a\\b.png", "s": "ü"}}, 5], "annotations": [{"id": 1}, "junk"],
+        "annotation": {"was_cancelled": True, "result": [7, {"from_name": "seg", "value": {}}]},
+    }
