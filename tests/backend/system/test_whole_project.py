@@ -21,17 +21,14 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 import requests
-from label_studio_sdk.converter.brush import mask2rle
 
+from bench.bulk_webhook import SEG, brush_batch
 from bench.fake_ls import FakeLabelStudio
 from tests.support.mtal_processes import ManagedProcess, backend_env, start_backend
 
 pytestmark = pytest.mark.slow
-SEG = ('<View><Image name="image" value="$image"/><BrushLabels name="semantic" toName="image">'
-       '<Label value="road"/><Label value="car"/></BrushLabels></View>')
 N_TASKS = 1500
 DEADLINE_S = 4.0  # MTAL_PREDICT_DEADLINE_S here: most of the 1,500 tasks go to the background job
 N_ANNOTATIONS = 5000
@@ -100,32 +97,6 @@ def test_retrieve_predictions_on_1500_tasks_stores_one_prediction_per_task(
     assert f"pushed {N_TASKS - in_request} predictions for the rest of a large /predict" in log, log[-3000:]
 
 
-def _brush_batch(n: int) -> bytes:
-    """An ANNOTATIONS_CREATED as Label Studio 1.23.2 sends it for ``n`` annotations of 2048x1536 photos, each a
-    brush mask of one or two objects (~9 KB of JSON each); every 4th annotation cancelled (skipped)."""
-    rng = np.random.default_rng(0)
-    h, w = 1536, 2048
-    yy, xx = np.ogrid[:h, :w]
-    rles = []
-    for k in range(4):
-        mask = np.zeros((h, w), np.uint8)
-        for _ in range(1 + k % 2):
-            cy, cx, radius = rng.integers(0, h), rng.integers(0, w), rng.integers(40, 120)
-            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < radius * radius] = 255
-        rles.append(mask2rle(mask))
-    annotations = [{"id": i + 1, "result": [{
-        "id": f"r{i}", "type": "brushlabels", "from_name": "semantic", "to_name": "image", "origin": "manual",
-        "original_width": w, "original_height": h, "image_rotation": 0,
-        "value": {"format": "rle", "rle": rles[i % 4], "brushlabels": ["car"]}}],
-        "was_cancelled": i % 4 == 3, "ground_truth": False, "task": i + 1, "project": 1, "completed_by": 1,
-        "lead_time": 12.5, "created_at": "2026-12-07T23:00:00Z"} for i in range(n)]
-    tasks = [{"id": i + 1, "data": {"image": f"/data/upload/1/{i + 1}.png"}, "project": 1, "is_labeled": True}
-             for i in range(n)]
-    project = {"id": 1, "title": "photos", "label_config": SEG, "model_version": ""}
-    return json.dumps({"action": "ANNOTATIONS_CREATED", "annotation": annotations, "project": project,
-                       "task": tasks}).encode()
-
-
 def _post_timed(url: str, path: str, body: bytes) -> tuple[int, Any, float]:
     """POST ``body`` over a plain socket: (status, JSON answer, seconds from the last byte sent to the end of
     the answer), the wait that Label Studio's 1 s webhook timeout bounds (requests' ``elapsed`` also counts
@@ -146,7 +117,7 @@ def _post_timed(url: str, path: str, body: bytes) -> tuple[int, Any, float]:
 
 def test_a_5000_annotation_brush_batch_is_counted_within_1s(world: tuple[FakeLabelStudio, ManagedProcess]) -> None:
     _, backend = world
-    raw = _brush_batch(N_ANNOTATIONS)
+    raw = brush_batch(N_ANNOTATIONS)
     assert 40 * 2**20 < len(raw) < 56 * 2**20  # photo-size: 49 MiB (LS measured 44), over MTAL_MAX_BODY_BYTES
     before = requests.get(f"{backend.url}/status?project=1", timeout=10).json()["labels_since_last_run"]
     # as Label Studio's run_webhook posts it: one try, a 1 s timeout for the answer once the body is sent
