@@ -25,19 +25,21 @@ from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
 
 from backend.labelstudio.images import ImageFetcher
+from backend.labelstudio.interactive import ContextError
 from backend.labelstudio.label_config import LabelConfigError
 from backend.labelstudio.netguard import UnsafeURL, parse_http_url
 from backend.logs import redact
 from backend.loop.queue import QueueUnavailable
 from backend.loop.trainer import QueueTrainer
 from backend.serving.initial import last_start, start_of, weights_fields
+from backend.serving.interactive import Interactive
 from backend.serving.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
 from backend.serving.pool import pool_status
 from backend.serving.store import ModelStore, StoreError
 from backend.serving.unpublished import UnpublishedModels
 from backend.settings import Settings
 from backend.web.guard import RETRY_AFTER_S, RequestGuard, internal_error
-from backend.web.predict_batch import BatchPredictor
+from backend.web.predict_batch import BatchPredictor, summarize
 from backend.web.probe import CachedProbe
 from backend.web.request import ApiError, field, json_body, parse_project_id
 
@@ -131,12 +133,14 @@ def create_app(
     if trainer is None:
         trainer = QueueTrainer(settings, store)
     state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
+    interactive = Interactive()  # smart tools' clicks, with the per-image feature cache
     handle = getattr(trainer, "handle", None)  # the queue (QueueTrainer): large /predicts' rest, claims
     batches = BatchPredictor(settings, getattr(handle, "queue", None), getattr(handle, "connection", None))
     app = Flask("mtal-backend")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["mtal"] = state
+    app.extensions["mtal_interactive"] = interactive
     m = state.metrics
 
     def credentials_ok(auth: Authorization | None) -> bool:
@@ -244,8 +248,13 @@ def create_app(
             model.schema  # noqa: B018 - parse now so config errors are 400s
         except (LabelConfigError, ValueError) as e:
             raise ApiError(400, f"label_config: {e}") from e
-        try:  # any number of tasks: what is not computed in time is pushed in the background (predict_batch)
-            answer = batches.answer(model, pid, tasks, params.get("context"))
+        try:
+            if params.get("context") is not None:  # a smart tool's click (is_interactive): the drawn label only
+                answer = summarize(interactive.answer(model, tasks, params["context"], pid))
+            else:  # any number of tasks: what is not computed in time is pushed in the background
+                answer = batches.answer(model, pid, tasks)
+        except ContextError as e:
+            raise ApiError(400, f"params.context: {e}") from e
         except ConfigConflict as e:
             raise ApiError(409, str(e)) from e
         except ModelSetupError as e:

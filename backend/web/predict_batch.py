@@ -20,7 +20,7 @@ stores nothing for that task. An error or a timeout stores nothing at all (it us
 
 Each task answered with a prediction is claimed for /predict (:mod:`backend.loop.served`): a task whose
 prediction of the version a background job pushed meanwhile (an imported task's scoring) is answered ``[]``.
-A request with a ``context`` (interactive pre-annotation) is passed to the model unchanged.
+A request with a ``context`` (a smart tool's click) is not one of these: :mod:`backend.web.interactive`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from backend.loop.predict_rest import hand_over
 from backend.loop.served import PREDICT, ServedTasks
 from backend.settings import Settings
 
-__all__ = ["SLICE", "BatchAnswer", "BatchPredictor"]
+__all__ = ["SLICE", "BatchAnswer", "BatchPredictor", "summarize"]
 
 log = logging.getLogger(__name__)
 SLICE = 64  # tasks per model.predict call of a large request
@@ -65,11 +65,9 @@ class BatchPredictor:
         self.queue = queue
         self.served = ServedTasks(connection) if connection is not None else None
 
-    def answer(self, model: Any, project: str, tasks: Sequence[Mapping[str, Any]], context: Any = None) -> BatchAnswer:
-        """The answer to a /predict of ``tasks`` for ``model`` (an :class:`MTALModel` of ``project``)."""
-        if context is not None:  # interactive: one task, the model's own answer
-            results = list(model.predict(tasks, context=context))
-            return _summary(results, 0)
+    def answer(self, model: Any, project: str, tasks: Sequence[Mapping[str, Any]]) -> BatchAnswer:
+        """The answer to a /predict of ``tasks`` (without ``params.context``) for ``model`` (an
+        :class:`MTALModel` of ``project``)."""
         t0 = time.monotonic()
         current = model.model_version
         results: list[Any] = [[] for _ in tasks]
@@ -88,7 +86,7 @@ class BatchPredictor:
         rest = [tasks[i] for i in todo[done:]]
         if rest:
             self._hand_over(model, project, rest, len(tasks), time.monotonic() - t0)
-        return _summary(results, len(rest))
+        return summarize(results, len(rest))
 
     def _claim(self, project: str, tasks: Sequence[Mapping[str, Any]], results: list[Any]) -> None:
         """Answer ``[]`` for the tasks a background push served meanwhile (claims of :mod:`backend.loop.served`)."""
@@ -140,7 +138,8 @@ def _holds(task: Mapping[str, Any], version: str | None) -> bool:
         isinstance(p, Mapping) and p.get("model_version") == version for p in preds)
 
 
-def _summary(results: list[Any], handed_over: int) -> BatchAnswer:
+def summarize(results: list[Any], handed_over: int = 0) -> BatchAnswer:
+    """A :class:`BatchAnswer` of ``results`` (also for the interactive path's, which has no rest)."""
     made = [r for r in results if isinstance(r, dict)]
     failed = sum(1 for r in made if not r.get("result") and "score" not in r)
     version = made[0].get("model_version") if made else None
