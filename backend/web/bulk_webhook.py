@@ -120,15 +120,18 @@ class _TopLevel:
         self._state = "start"  # start, first_key, key, colon, value, first_item, item, after_item, after_value, end
         self._key = ""
         self._items: list[Any] | None = None
-        self._retry_at = 0  # an incomplete value: decode again once the text is this long
+        self._retry_at = 0  # an unfinished value: decode again once the text is this long (from _pos)
+        self._waiting: list[str] = []  # text fed meanwhile, not joined yet
+        self._waiting_len = 0
         self._decode = json.JSONDecoder().raw_decode
 
     def feed(self, text: str, final: bool = False) -> None:
-        self._text = self._text[self._pos:] + text
-        self._retry_at -= self._pos
-        self._pos = 0
-        if len(self._text) < self._retry_at and not final:
-            return
+        self._waiting.append(text)
+        self._waiting_len += len(text)
+        if len(self._text) - self._pos + self._waiting_len < self._retry_at and not final:
+            return  # an unfinished value: joined and decoded again once the text has doubled
+        self._text = self._text[self._pos:] + "".join(self._waiting)
+        self._waiting, self._waiting_len, self._pos, self._retry_at = [], 0, 0, 0
         try:
             while self._step(final):
                 pass
@@ -155,7 +158,7 @@ class _TopLevel:
                 raise StreamError(f"request body must be a JSON object ({e.msg} at byte ~{e.pos})") from None
             if len(self._text) - self._pos > _MAX_VALUE:
                 raise StreamError(f"a value of the body is over {_MAX_VALUE} characters once masks are cut") from None
-            self._retry_at = len(self._text) + max(len(self._text) - self._pos, 1)  # not again for every chunk
+            self._retry_at = 2 * (len(self._text) - self._pos) + 1  # not again for every piece
             return False, None
         self._pos = end
         return True, value

@@ -171,3 +171,11 @@ def test_the_same_at_every_chunk_size(size: int) -> None:
         "tasks": [{"id": 7, "data": {"image": "a\\b.png", "s": "ü"}}, 5], "annotations": [{"id": 1}, "junk"],
         "annotation": {"was_cancelled": True, "result": [7, {"from_name": "seg", "value": {}}]},
     }
+
+
+def test_long_values_split_over_many_pieces() -> None:
+    body = {"action": "TASKS_CREATED", "project": {"id": 3, "label_config": "<View>" + "x" * 300_000 + "</View>"},
+            "tasks": [{"id": 1, "data": {"t": "é" * 200_000}}, {"id": 2, "data": {}}], "task": ["z" * 100_000]}
+    for size in (1000, 65536):
+        kept = _stream(json.dumps(body, ensure_ascii=False).encode(), size).body()
+        assert kept == {k: body[k] for k in ("action", "project", "tasks")}
