@@ -84,7 +84,11 @@ class Settings:
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
-    max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks per /predict request (more: 413);
+    max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks one /predict computes at most; a larger
+    request (Retrieve Predictions on the whole project) gets the others' predictions pushed through Label
+    Studio's API in the background (:mod:`backend.web.predict_batch`);
+    predict_deadline_s [MTAL_PREDICT_DEADLINE_S] (60 s, > 0): a /predict starts no further slice of its
+    tasks past this (Label Studio waits 100 s; gateways cut at ~90 s): the rest go to the background too;
     predict_fetch_s [MTAL_PREDICT_FETCH_S] (20 s, > 0): deadline for fetching a /predict's images (all
     fetched concurrently; a task whose image is not in by then gets an empty result, its reason logged);
     max_projects [MTAL_MAX_PROJECTS] (1000, >= 1): projects the model store holds (a /setup for one more
@@ -166,6 +170,7 @@ class Settings:
     body_read_timeout: float = 30.0
     max_predict_tasks: int = 1000
     predict_fetch_s: float = 20.0
+    predict_deadline_s: float = 60.0
     max_projects: int = 1000
     unpublished_models: int = 4
     prefill_per_class: bool = False
@@ -220,6 +225,8 @@ class Settings:
             raise SettingsError(
                 "MTAL_MAX_BODY_BYTES must be >= 1024, MTAL_BODY_READ_TIMEOUT > 0 and MTAL_MAX_PREDICT_TASKS >= 1"
             )
+        if not self.predict_deadline_s > 0:
+            raise SettingsError(f"MTAL_PREDICT_DEADLINE_S must be > 0, got {self.predict_deadline_s}")
         if not self.predict_fetch_s > 0 or self.max_projects < 1 or self.unpublished_models < 1:
             raise SettingsError("MTAL_PREDICT_FETCH_S must be > 0, MTAL_MAX_PROJECTS and MTAL_UNPUBLISHED_MODELS >= 1")
         if not self.lease_s > 0 or not 0 <= self.quality_gate <= 1:
@@ -366,6 +373,7 @@ class Settings:
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),
             max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
             predict_fetch_s=get_float("MTAL_PREDICT_FETCH_S", 20.0),
+            predict_deadline_s=get_float("MTAL_PREDICT_DEADLINE_S", 60.0),
             max_projects=get_int("MTAL_MAX_PROJECTS", 1000),
             unpublished_models=get_int("MTAL_UNPUBLISHED_MODELS", 4),
             prefill_per_class=get_bool("MTAL_PREFILL_PER_CLASS", False),

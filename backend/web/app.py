@@ -39,6 +39,7 @@ from backend.serving.store import ModelStore, StoreError
 from backend.serving.unpublished import UnpublishedModels
 from backend.settings import Settings
 from backend.web.guard import RETRY_AFTER_S, RequestGuard, internal_error
+from backend.web.predict_batch import BatchPredictor, summarize
 from backend.web.probe import CachedProbe
 from backend.web.request import ApiError, field, json_body, parse_project_id
 
@@ -133,6 +134,8 @@ def create_app(
         trainer = QueueTrainer(settings, store)
     state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
     interactive = Interactive()  # smart tools' clicks, with the per-image feature cache
+    handle = getattr(trainer, "handle", None)  # the queue (QueueTrainer): large /predicts' rest, claims
+    batches = BatchPredictor(settings, getattr(handle, "queue", None), getattr(handle, "connection", None))
     app = Flask("mtal-backend")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -231,9 +234,6 @@ def create_app(
     def predict() -> Response:
         body = json_body()
         tasks = field(body, "tasks", list)
-        if len(tasks) > settings.max_predict_tasks:
-            raise ApiError(413, f"{len(tasks)} tasks in one /predict; at most {settings.max_predict_tasks} "
-                                "(MTAL_MAX_PREDICT_TASKS)")
         pid = parse_project_id(body.get("project"))
         label_config = field(body, "label_config", str, required=False)
         params = field(body, "params", dict, required=False) or {}
@@ -250,20 +250,19 @@ def create_app(
             raise ApiError(400, f"label_config: {e}") from e
         try:
             if params.get("context") is not None:  # a smart tool's click (is_interactive): the drawn label only
-                results = interactive.answer(model, tasks, params["context"], pid)
-            else:
-                results = model.predict(tasks)
+                answer = summarize(interactive.answer(model, tasks, params["context"], pid))
+            else:  # any number of tasks: what is not computed in time is pushed in the background
+                answer = batches.answer(model, pid, tasks)
         except ContextError as e:
             raise ApiError(400, f"params.context: {e}") from e
         except ConfigConflict as e:
             raise ApiError(409, str(e)) from e
         except ModelSetupError as e:
             raise ApiError(422, str(e)) from e
-        m.predictions.inc(len(results))
-        m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
+        m.predictions.inc(answer.predicted + answer.failed)
+        m.failed.inc(answer.failed)
         # the version the results came from: CURRENT may have switched while they were computed
-        version = results[0]["model_version"] if results else model.model_version
-        return jsonify(results=results, model_version=version)
+        return jsonify(results=answer.results, model_version=answer.version or model.model_version)
 
     def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         action = field(body, "action", str)
