@@ -52,23 +52,31 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(__name__).warning("restarted the dead runs of projects %s", recovered)
     except Exception as e:  # noqa: BLE001 - recovery must not keep the worker from serving
         logging.getLogger(__name__).error("dead-run recovery failed: %s", redact(str(e)))
-    serve(handle, args.name, args.burst)
+    serve(handle, args.name, args.burst, maintenance_s=settings.lease_s)
     return 0
 
 
-def serve(handle: Any, name: str | None, burst: bool, max_wait_s: float = 30.0) -> None:
+def serve(handle: Any, name: str | None, burst: bool, max_wait_s: float = 30.0,
+          maintenance_s: float | None = None) -> None:
     """Work the queue until done (``burst``) or stopped. A lost Redis (restart, network blip) makes RQ's
     loop raise, even from its own teardown: the worker then waits, doubling up to ``max_wait_s``, and
     serves again on the same connection pool (which reconnects) instead of exiting. A run it was doing
     when Redis went away has finished or failed by then; the lease (``backend.loop.coordinator``) restarts
-    runs whose state was lost."""
+    runs whose state was lost.
+
+    ``maintenance_s`` (the run lease, ``MTAL_RUN_LEASE_S``): RQ's registry maintenance runs at least this often
+    (at least every 5 s), also while the worker waits for a job (RQ's default: 10 min, and an idle worker waits
+    405 s per dequeue), so that a rank chunk whose worker died (its registry entry expires ``lease_s`` after its
+    last heartbeat: :mod:`backend.loop.rank_fanout`) is retried within about twice the lease."""
     log = logging.getLogger(__name__)
     wait, attempt = 1.0, 0
     while True:
         # SimpleWorker: jobs run in this process, so a CUDA context and the image cache stay warm between jobs.
         worker_name = name if name is None or attempt == 0 else f"{name}-{attempt}"  # the old one may be registered
+        timing = {} if maintenance_s is None else {"maintenance_interval": max(5, int(maintenance_s)),
+                                                    "worker_ttl": max(20, int(maintenance_s) + 15)}
         try:
-            SimpleWorker([handle.queue], connection=handle.connection, name=worker_name).work(burst=burst)
+            SimpleWorker([handle.queue], connection=handle.connection, name=worker_name, **timing).work(burst=burst)
             return
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             attempt += 1

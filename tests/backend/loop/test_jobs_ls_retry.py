@@ -11,7 +11,7 @@ import pytest
 from rq import Queue
 
 from backend.labelstudio.client import LabelStudioAPIError
-from backend.loop import jobs
+from backend.loop import jobs, rank_fanout
 from backend.loop.coordinator import Coordinator
 from backend.loop.queue import QUEUE_NAME, QueueHandle
 from backend.loop.rank_pass import NothingFetched
@@ -52,8 +52,8 @@ def ranking(monkeypatch: pytest.MonkeyPatch) -> Any:
                             ls_backoff_s=backoff)
         ctx = jobs.JobContext(settings, store=_Store(), coordinator=coord, ls=ls, fetcher=None)  # type: ignore[arg-type]
         monkeypatch.setattr(jobs.JobContext, "create", classmethod(lambda cls: ctx))
-        monkeypatch.setattr(jobs.JobContext, "schema", lambda self, project: "schema")
-        monkeypatch.setattr(jobs, "rank_tasks", lambda *a, **k: {"pushed": 0})
+        monkeypatch.setattr(jobs.JobContext, "config_and_schema", lambda self, project: ("<View/>", "schema"))
+        monkeypatch.setattr(rank_fanout, "rank_tasks", lambda *a, **k: {"pushed": 0, "tasks": 0})
         seen: list[str | None] = []
         waits: list[float] = []
 
@@ -79,7 +79,7 @@ class _Store:
 def test_ls_back_after_two_failures(ranking: Any) -> None:
     ls = DownLS(2, LabelStudioAPIError("list tasks", None, "ConnectError: [Errno 111] Connection refused"))
     outcome, seen, waits, coord = ranking(ls)
-    assert outcome == {"pushed": 0} and ls.calls == 3
+    assert outcome == {"pushed": 0, "tasks": 0, "chunks": 1} and ls.calls == 3
     assert waits == [2.0, 4.0]  # exponential backoff
     assert seen[0].startswith("ranking: Label Studio unreachable (try 1 of 4, next in 2 s)")
     assert "Connection refused" in seen[0] and "try 2 of 4" in seen[1]
