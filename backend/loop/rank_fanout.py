@@ -309,7 +309,8 @@ def _chunk_failure(ctx: Any, run: str, index: int) -> str:
     result = job.latest_result()
     error = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
     tries = CHUNK_TRIES - (job.retries_left or 0)
-    return f"chunk {index + 1} ({job.get_status()} after {tries} tries): {error[0] if error else 'no error recorded'}"
+    status = getattr(job.get_status(), "value", job.get_status())
+    return f"chunk {index + 1} ({status} after {tries} tries): {error[0] if error else 'no error recorded'}"
 
 
 def unscored_of(ctx: Any, project: str, run: str) -> set[str]:
