@@ -19,10 +19,9 @@ A chunk job (:func:`score_chunk`) drops its work when the run is no longer the p
 or a take-over replaced it: stale), else fetches, decodes and scores its tasks (a task whose image fails is
 logged and left out; the chunk goes on), spools the pre-annotations to a named file and writes its rows,
 strategy scores and pooled features [n, D] with ``torch.save`` (atomic rename: a chunk killed mid-write
-leaves nothing); a second execution of the same chunk writes the same files again. While it runs a
-thread renews its entry in RQ's started-job registry every ``lease_s / 4`` seconds with a TTL of
-``lease_s`` (what RQ's forking worker does for its work horse), so a chunk whose worker died is found
-abandoned within ``MTAL_RUN_LEASE_S`` by any worker's registry maintenance and retried by RQ.
+leaves nothing); a second execution of the same chunk writes the same files again. The worker keeps a
+short heartbeat on it in RQ's started-job registry (:class:`backend.loop.worker.HeartbeatWorker`), so a chunk
+whose worker died is found abandoned by any worker's registry maintenance and retried by RQ.
 
 The merge job (:func:`merge_ranking`) counts the chunks' files: one missing (its chunk failed
 ``CHUNK_TRIES`` times) fails the ranking with the chunk's error in ``/status``; nothing is pushed, and the
@@ -39,10 +38,8 @@ import io
 import json
 import logging
 import shutil
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +56,8 @@ from backend.serving.model import load_schema
 from backend.serving.store import atomic_write_bytes, atomic_write_json
 from backend.serving.strategy import strategy_for
 
-__all__ = ["CHUNK_TRIES", "RankRun", "RankingFailed", "is_current", "merge_ranking", "registry_heartbeat",
-           "score_chunk", "split", "start_ranking", "unscored_of"]
+__all__ = ["CHUNK_TRIES", "RankRun", "RankingFailed", "is_current", "merge_ranking", "score_chunk", "split",
+           "start_ranking", "unscored_of"]
 
 log = logging.getLogger(__name__)
 CHUNK_TRIES = 3  # a chunk that fails this many times (an error, or its worker died) fails the ranking
@@ -203,58 +200,25 @@ def score_chunk(ctx: Any, project: str, run: str, index: int) -> dict[str, Any]:
             job.meta["rank"] = {"run": run, "chunk": index, "tasks": len(tasks), "scored": done, "failed": failed}
             job.save_meta()
 
-    with registry_heartbeat(job, ctx.settings.lease_s):
-        model, strategy, prefill, _ = load_ranker(ctx, project, schema, plan["version"])
-        labelled = set(plan["labelled"])
-        with ResultSpool(path=files.spool_path(index)) as spool:
-            rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks,
-                                               {t["id"] for t in tasks if str(t["id"]) in labelled}, spool, prefill,
-                                               progress=report)
-            if tasks and not rows:
-                Path(spool.path).unlink(missing_ok=True)
-                raise NothingFetched(f"project {project}: rank chunk {index}: no task image of {len(tasks)} "
-                                     "could be fetched")
-            if not is_current(ctx.coordinator, project, run):
-                Path(spool.path).unlink(missing_ok=True)
-                log.info("project %s: rank chunk %d of %s scored but dropped: the ranking was superseded",
-                         project, index, run)
-                return {"run": run, "chunk": index, "stale": True}
-            files.save_chunk(index, rows, parts, pooled, spool)
+    model, strategy, prefill, _ = load_ranker(ctx, project, schema, plan["version"])
+    labelled = set(plan["labelled"])
+    with ResultSpool(path=files.spool_path(index)) as spool:
+        rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks,
+                                           {t["id"] for t in tasks if str(t["id"]) in labelled}, spool, prefill,
+                                           progress=report)
+        if tasks and not rows:
+            Path(spool.path).unlink(missing_ok=True)
+            raise NothingFetched(f"project {project}: rank chunk {index}: no task image of {len(tasks)} "
+                                 "could be fetched")
+        if not is_current(ctx.coordinator, project, run):
+            Path(spool.path).unlink(missing_ok=True)
+            log.info("project %s: rank chunk %d of %s scored but dropped: the ranking was superseded",
+                     project, index, run)
+            return {"run": run, "chunk": index, "stale": True}
+        files.save_chunk(index, rows, parts, pooled, spool)
     progress.chunk(run, index, counts[0], counts[1], done=True)
     log.info("project %s: rank chunk %d of %s: %d tasks scored, %d failed", project, index, run, *counts)
     return {"run": run, "chunk": index, "scored": counts[0], "failed": counts[1]}
-
-
-@contextmanager
-def registry_heartbeat(job: Job | None, ttl_s: float) -> Iterator[None]:
-    """While the block runs, renew ``job``'s executions in RQ's started-job registry every ``ttl_s / 4`` s with a
-    TTL of ``ttl_s`` (RQ's own :meth:`Execution.heartbeat`): a job whose process died is abandoned ``ttl_s``
-    after its last renewal, and the next registry maintenance of any worker retries it. No-op outside RQ."""
-    if job is None:
-        yield
-        return
-    stop = threading.Event()
-    ttl = max(2, int(round(ttl_s)))
-
-    def beat() -> None:
-        while True:
-            try:
-                with job.connection.pipeline() as pipe:
-                    for execution in job.get_executions():
-                        execution.heartbeat(job.started_job_registry, ttl, pipe)
-                    pipe.execute()
-            except Exception as e:  # noqa: BLE001 - Redis away: the entry runs out, RQ retries the chunk
-                log.warning("job %s: registry heartbeat failed: %s", job.id, e)
-            if stop.wait(ttl / 4):
-                return
-
-    thread = threading.Thread(target=beat, name=f"mtal-rq-beat-{job.id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def merge_ranking(ctx: Any, project: str, run: str, n_chunks: int, guard: Callable[[], None]) -> dict[str, Any]:

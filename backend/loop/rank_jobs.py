@@ -19,8 +19,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from rq import get_current_job
-
 from backend.loop.coordinator import LeaseLost
 from backend.loop.job_context import JobContext, project_id, retry_ls, run_job
 from backend.loop.new_tasks import queue_unscored
@@ -28,7 +26,6 @@ from backend.loop.rank_fanout import (
     RankingFailed,
     RankRun,
     merge_ranking,
-    registry_heartbeat,
     score_chunk,
     start_ranking,
     unscored_of,
@@ -100,9 +97,7 @@ def rank_merge_job(project: Any, run: str, chunks: int) -> dict[str, Any]:
     def body(ctx: JobContext, project: str) -> dict[str, Any]:
         guard = lambda: ctx.check_owner(project)  # noqa: E731
         try:
-            with registry_heartbeat(get_current_job(), ctx.settings.lease_s):  # a dead merge is retried by RQ
-                summary = retry_ls(ctx, project, "ranking",
-                                   lambda: merge_ranking(ctx, project, run, int(chunks), guard))
+            summary = retry_ls(ctx, project, "ranking", lambda: merge_ranking(ctx, project, run, int(chunks), guard))
         except RankingFailed as e:
             ctx.coordinator.fail(project, f"rank: {e}", owner=ctx.owner)
             return {"run": run, "failed": str(e)}
