@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handle = open_queue(settings.redis_url)
     nice = lower_priority(settings.worker_nice)  # before torch starts any thread: they all inherit it
+    import backend.loop.jobs  # noqa: F401 - torch and the model core now, not in the first job (a chunk)
     logging.getLogger(__name__).info(
         "worker on %s queue %r, device %s, nice %s", redact(settings.redis_url), QUEUE_NAME,
         settings.torch_device(), nice,
