@@ -1,8 +1,10 @@
 """One ranking pass over a project's tasks: score every task with the project's strategy, select, push one
 prediction per unlabelled task to Label Studio, store the ranking (and prune older versions' predictions).
 
-Driven by the rank job (:mod:`backend.loop.jobs`, which owns the Label Studio / coordinator plumbing)
-and directly by tests and benchmarks.
+Driven by the rank jobs (:mod:`backend.loop.rank_jobs`, which own the Label Studio / coordinator plumbing):
+:func:`rank_tasks` in one job; a ranking fanned out over RQ (:mod:`backend.loop.rank_fanout`) runs
+:func:`_score_tasks` per chunk job and :func:`select_and_push` in its merge job. Also driven directly by tests
+and benchmarks.
 """
 
 from __future__ import annotations
