@@ -118,11 +118,11 @@ def ls_unreachable(e: BaseException) -> bool:
     return isinstance(e, NothingFetched)
 
 
-def retry_ls(ctx: JobContext, project: str, what: str, step: Any) -> Any:
+def retry_ls(ctx: JobContext, project: str, what: str, step: Any, in_status: bool = True) -> Any:
     """``step()``, tried again while Label Studio is unreachable: ``ls_retries`` more times after waits of
-    ``ls_backoff_s`` doubling up to 60 s (the lease is renewed meanwhile); each wait is shown in /status as
-    the ``error``, cleared on success. The last failure is raised (the run fails, the project goes back to
-    idle with its counts)."""
+    ``ls_backoff_s`` doubling up to 60 s (the lease is renewed meanwhile); each wait is logged and, with
+    ``in_status`` (a job that owns the run), shown in /status as the ``error``, cleared on success. The last
+    failure is raised (the run fails, the project goes back to idle with its counts)."""
     settings, attempt = ctx.settings, 0
     while True:
         try:
@@ -135,10 +135,11 @@ def retry_ls(ctx: JobContext, project: str, what: str, step: Any) -> Any:
             message = (f"{what}: Label Studio unreachable (try {attempt} of {settings.ls_retries + 1}, "
                        f"next in {wait:g} s): {e}")
             log.warning("project %s: %s", project, message)
-            ctx.coordinator.progress(project, ctx.owner, error=message[:2000], ls_retries=attempt)
+            if in_status:
+                ctx.coordinator.progress(project, ctx.owner, error=message[:2000], ls_retries=attempt)
             time.sleep(wait)
             continue
-        if attempt:
+        if attempt and in_status:
             with contextlib.suppress(LeaseLost):  # the step handed the run over (to a fanned-out ranking's merge)
                 ctx.coordinator.progress(project, ctx.owner, error="", ls_retries=attempt)
         return result

@@ -155,11 +155,11 @@ def start_ranking(ctx: Any, project: str, schema: ProjectSchema, label_config: s
         return {**summary, "chunks": 1}
     run = f"mtal-rank-{uuid.uuid4().hex}"
     files = RankRun(ctx.store, project, run)
+    guard()  # this job still owns the run: every other run's folder is stale
     files.remove_others()
     files.write_plan({"version": version, "label_config": label_config, "labelled": sorted(map(str, labelled_ids)),
                       "unscored": sorted(unscored)}, chunks)
     progress.start(run, version, len(chunks), len(tasks))
-    guard()
     ctx.coordinator.progress(project, ctx.owner, job_id=run)  # hand the run to the merge job (owner-checked)
     queue: Queue = ctx.coordinator.handle.queue
     timeout, kept = ctx.coordinator.job_timeout, {"result_ttl": 24 * 3600, "failure_ttl": 7 * 24 * 3600}
@@ -228,6 +228,7 @@ def merge_ranking(ctx: Any, project: str, run: str, n_chunks: int, guard: Callab
     if ctx.store.ranking(project).get("run") == run:
         log.info("project %s: ranking %s was published already; nothing pushed again", project, run)
         return {"run": run, "already_published": True, "pushed": 0}
+    guard()  # a superseded run stops here (LeaseLost)
     files, progress = RankRun(ctx.store, project, run), RankProgress(ctx.coordinator.redis, project)
     chunks, missing = files.load_chunks(n_chunks)
     try:

@@ -82,10 +82,13 @@ def rank_job(project: Any) -> dict[str, Any]:
 
 def rank_chunk_job(project: Any, run: str, index: int) -> dict[str, Any]:
     """Score chunk ``index`` of the fanned-out ranking ``run`` of ``project``; holds no lease (the merge job
-    owns the run) and records no failure in the run (RQ retries it; the merge reports one that failed for good)."""
+    owns the run) and records no failure in the run (RQ retries it; the merge reports one that failed for good).
+    Label Studio unreachable: retried in the job as :func:`retry_ls` does (``MTAL_LS_RETRIES``), then by RQ."""
     project = project_id("rank chunk", project)
     ctx, _ = _pooled(JobContext.create(), project)
-    return score_chunk(ctx, project, str(run), int(index))
+    run, index = str(run), int(index)
+    return retry_ls(ctx, project, f"rank chunk {index + 1}", lambda: score_chunk(ctx, project, run, index),
+                    in_status=False)
 
 
 def rank_merge_job(project: Any, run: str, chunks: int) -> dict[str, Any]:

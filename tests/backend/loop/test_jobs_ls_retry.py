@@ -109,3 +109,30 @@ def test_backoff_is_capped(ranking: Any) -> None:
     ls = DownLS(100, LabelStudioAPIError("list tasks", None, "ReadTimeout"))
     _, _, waits, _ = ranking(ls, retries=4, backoff=20.0)
     assert waits == [20.0, 40.0, 60.0, 60.0]
+
+
+def test_a_rank_chunk_waits_for_label_studio_without_writing_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk job of a fanned-out ranking waits for Label Studio as the one-job ranking does, but records
+    nothing in the run's state (the merge job owns it)."""
+    from backend.loop import rank_jobs
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    coord = Coordinator(QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=False))
+    settings = Settings(label_studio_url="http://ls.invalid", label_studio_api_key="t", ls_retries=3, ls_backoff_s=2.0)
+    ctx = jobs.JobContext(settings, store=_Store(), coordinator=coord, ls=None, fetcher=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(jobs.JobContext, "create", classmethod(lambda cls: ctx))
+    monkeypatch.setattr(rank_jobs, "_pooled", lambda ctx, project: (ctx, None))
+    calls: list[tuple[str, str, int]] = []
+
+    def score(ctx: Any, project: str, run: str, index: int) -> dict[str, Any]:
+        calls.append((project, run, index))
+        if len(calls) <= 2:
+            raise LabelStudioAPIError("image", None, "ConnectError: [Errno 111] Connection refused")
+        return {"scored": 4}
+
+    waits: list[float] = []
+    monkeypatch.setattr(rank_jobs, "score_chunk", score)
+    monkeypatch.setattr(jobs.time, "sleep", waits.append)
+    assert jobs.rank_chunk_job("5", "mtal-rank-x", "2") == {"scored": 4}
+    assert calls == [("5", "mtal-rank-x", 2)] * 3 and waits == [2.0, 4.0]
+    assert conn.keys("mtal:project:5") == []  # no state written
