@@ -25,12 +25,14 @@ from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
 
 from backend.labelstudio.images import ImageFetcher
+from backend.labelstudio.interactive import ContextError
 from backend.labelstudio.label_config import LabelConfigError
 from backend.labelstudio.netguard import UnsafeURL, parse_http_url
 from backend.logs import redact
 from backend.loop.queue import QueueUnavailable
 from backend.loop.trainer import QueueTrainer
 from backend.serving.initial import last_start, start_of, weights_fields
+from backend.serving.interactive import Interactive
 from backend.serving.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
 from backend.serving.pool import pool_status
 from backend.serving.store import ModelStore, StoreError
@@ -130,10 +132,12 @@ def create_app(
     if trainer is None:
         trainer = QueueTrainer(settings, store)
     state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
+    interactive = Interactive()  # smart tools' clicks, with the per-image feature cache
     app = Flask("mtal-backend")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["mtal"] = state
+    app.extensions["mtal_interactive"] = interactive
     m = state.metrics
 
     def credentials_ok(auth: Authorization | None) -> bool:
@@ -245,7 +249,12 @@ def create_app(
         except (LabelConfigError, ValueError) as e:
             raise ApiError(400, f"label_config: {e}") from e
         try:
-            results = model.predict(tasks, context=params.get("context"))
+            if params.get("context") is not None:  # a smart tool's click (is_interactive): the drawn label only
+                results = interactive.answer(model, tasks, params["context"], pid)
+            else:
+                results = model.predict(tasks)
+        except ContextError as e:
+            raise ApiError(400, f"params.context: {e}") from e
         except ConfigConflict as e:
             raise ApiError(409, str(e)) from e
         except ModelSetupError as e:

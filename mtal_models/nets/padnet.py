@@ -242,6 +242,22 @@ class PADNet(MultiTaskNet):
         return losses
 
     @torch.no_grad()
+    def trunk(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] in [0, 1] -> fused trunk features [B, C, H/8, W/8] (eval mode)."""
+        check_images(images)
+        with self._eval_mode():
+            return self.fusion(self.backbone(images))
+
+    @torch.no_grad()
+    def heads(self, trunk: Tensor, size: tuple[int, int], given: Labels | None = None) -> dict[str, Tensor]:
+        """Fused features [B, C, h, w] -> ``predict``'s activated final outputs at ``size`` (eval mode)."""
+        with self._eval_mode():
+            encoded = self._encode_given(given, trunk.shape[0], trunk.shape[-2:])
+            _, final, _, _ = self._heads(self._initial_blocks(trunk), encoded, tuple(size), initial=False,
+                                         committee=False, mc=False)
+            return self._activated(final)
+
+    @torch.no_grad()
     def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
         """MC-dropout: trunk + fusion once, heads ``n`` times (batched) with dropout on, even in eval mode.
 
