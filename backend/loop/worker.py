@@ -3,8 +3,9 @@
 Start as many as you like (one per GPU) on any machine that reaches ``REDIS_URL`` and shares
 ``MODEL_DIR`` with the server; each runs the train and rank jobs in its own process, on CUDA when
 it is present (``MTAL_DEVICE`` overrides), at a lower CPU priority than the server
-(``MTAL_WORKER_NICE``, default 10). Without ``REDIS_URL`` there is nothing to join: the server
-runs jobs itself in its embedded queue.
+(``MTAL_WORKER_NICE``, default 10). The chunk jobs of one big project's ranking spread over all of them
+(:mod:`backend.loop.rank_fanout`); a job whose worker died is retried by another (:class:`HeartbeatWorker`).
+Without ``REDIS_URL`` there is nothing to join: the server runs jobs itself in its embedded queue.
 """
 
 from __future__ import annotations
