@@ -81,6 +81,9 @@ class Settings:
     rank_max_tasks [MTAL_RANK_MAX_TASKS] (0 = off; >= 0): each ranking scores a random subset of this many
     unlabelled tasks (seeded by MTAL_SEED and the version number), as baal's ``max_sample``; the others
     keep their last prediction and stored score (:func:`backend.loop.rank_pass.rank_subset`).
+    rank_chunk_tasks [MTAL_RANK_CHUNK_TASKS] (500, >= 1): a ranking of more tasks is fanned out over the
+    queue in chunk jobs of this many tasks and one merge job (:mod:`backend.loop.rank_fanout`); a ranking
+    of this many tasks or fewer runs in one job.
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
@@ -165,6 +168,7 @@ class Settings:
     set_sampling: bool = True
     keep_prediction_versions: int = 1
     rank_max_tasks: int = 0
+    rank_chunk_tasks: int = 500
     worker_nice: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
     body_read_timeout: float = 30.0
@@ -203,6 +207,8 @@ class Settings:
             raise SettingsError(f"MTAL_KEEP_PREDICTION_VERSIONS must be >= 0, got {self.keep_prediction_versions}")
         if self.rank_max_tasks < 0:
             raise SettingsError(f"MTAL_RANK_MAX_TASKS must be >= 0 (0 = score every task), got {self.rank_max_tasks}")
+        if self.rank_chunk_tasks < 1:
+            raise SettingsError(f"MTAL_RANK_CHUNK_TASKS must be >= 1 (tasks per chunk), got {self.rank_chunk_tasks}")
         if not 0 <= self.prefill_min_area < 1:
             raise SettingsError(f"MTAL_PREFILL_MIN_AREA must be in [0, 1), got {self.prefill_min_area}")
         if not 0 <= self.prefill_polygon_tolerance <= 100:
@@ -368,6 +374,7 @@ class Settings:
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
             keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 1),
             rank_max_tasks=get_int("MTAL_RANK_MAX_TASKS", 0),
+            rank_chunk_tasks=get_int("MTAL_RANK_CHUNK_TASKS", 500),
             worker_nice=get_int("MTAL_WORKER_NICE", 10),
             max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),
