@@ -121,7 +121,7 @@ def _ensure_ls_venv() -> None:
     subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ls_venv.sh")], check=True, stdout=subprocess.DEVNULL)
 
 
-def _wait_trained(backend_url: str, project: int, old: str | None, timeout: float = 1800) -> dict:
+def _wait_trained(backend_url: str, project: int, old: str | None, timeout: float = 3600) -> dict:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
