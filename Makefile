@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 9090
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv lock run test lint bench demo simulate results clean services ls-venv redis
+.PHONY: venv lock run test lint bench demo demo-pool simulate results clean services ls-venv redis
 
 # The backend's venv holds exactly the dev lock (runtime + test tools, every package pinned with hashes);
 # pip-sync removes what an older lock installed. `make lock` refreshes the locks from the *.in files.
@@ -56,6 +56,9 @@ test: venv lint services
 # Label Studio + the backend (embedded queue) + a ranked sample project; prints where to click.
 demo: venv ls-venv
 	$(BIN)/python scripts/demo.py
+
+demo-pool: venv ls-venv
+	$(BIN)/python scripts/demo_pool.py
 
 # Every bench.* module, their METRIC lines collected into one table (runs/bench-results.md).
 bench: venv redis

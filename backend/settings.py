@@ -63,7 +63,7 @@ class Settings:
     cache_dir [MTAL_CACHE_DIR]: on-disk image cache (default <MODEL_DIR>/.image-cache: Label Studio asks
         for the same tasks again after every version, and its upload URLs never change; "off" = none).
     initial_checkpoint [MTAL_INITIAL_CHECKPOINT]: checkpoint used as a project's first version.
-    predict_batch_size [MTAL_PREDICT_BATCH]: images per forward pass in /predict (default 32).
+    predict_batch_size [MTAL_PREDICT_BATCH]: images per forward pass in /predict and the ranking (default 32).
     seed [MTAL_SEED]: seed of the untrained initial network (default 0).
     log_level [LOG_LEVEL]: Python logging level (default INFO).
     Training / ranking (read by the RQ jobs):
@@ -81,10 +81,17 @@ class Settings:
     rank_max_tasks [MTAL_RANK_MAX_TASKS] (0 = off; >= 0): each ranking scores a random subset of this many
     unlabelled tasks (seeded by MTAL_SEED and the version number), as baal's ``max_sample``; the others
     keep their last prediction and stored score (:func:`backend.loop.rank_pass.rank_subset`).
+    rank_chunk_tasks [MTAL_RANK_CHUNK_TASKS] (500, >= 1): a ranking of more tasks is fanned out over the
+    queue in chunk jobs of this many tasks and one merge job (:mod:`backend.loop.rank_fanout`); a ranking
+    of this many tasks or fewer runs in one job.
     Limits (hostile input; see README "Reliability and security"):
     max_body_bytes [MTAL_MAX_BODY_BYTES] (32 MiB): largest request body, checked before reading it;
     body_read_timeout [MTAL_BODY_READ_TIMEOUT] (30 s): longest time to receive a request body;
-    max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks per /predict request (more: 413);
+    max_predict_tasks [MTAL_MAX_PREDICT_TASKS] (1000): tasks one /predict computes at most; a larger
+    request (Retrieve Predictions on the whole project) gets the others' predictions pushed through Label
+    Studio's API in the background (:mod:`backend.web.predict_batch`);
+    predict_deadline_s [MTAL_PREDICT_DEADLINE_S] (60 s, > 0): a /predict starts no further slice of its
+    tasks past this (Label Studio waits 100 s; gateways cut at ~90 s): the rest go to the background too;
     predict_fetch_s [MTAL_PREDICT_FETCH_S] (20 s, > 0): deadline for fetching a /predict's images (all
     fetched concurrently; a task whose image is not in by then gets an empty result, its reason logged);
     max_projects [MTAL_MAX_PROJECTS] (1000, >= 1): projects the model store holds (a /setup for one more
@@ -161,11 +168,13 @@ class Settings:
     set_sampling: bool = True
     keep_prediction_versions: int = 1
     rank_max_tasks: int = 0
+    rank_chunk_tasks: int = 500
     worker_nice: int = 10
     max_body_bytes: int = 32 * 1024 * 1024
     body_read_timeout: float = 30.0
     max_predict_tasks: int = 1000
     predict_fetch_s: float = 20.0
+    predict_deadline_s: float = 60.0
     max_projects: int = 1000
     unpublished_models: int = 4
     prefill_per_class: bool = False
@@ -198,6 +207,8 @@ class Settings:
             raise SettingsError(f"MTAL_KEEP_PREDICTION_VERSIONS must be >= 0, got {self.keep_prediction_versions}")
         if self.rank_max_tasks < 0:
             raise SettingsError(f"MTAL_RANK_MAX_TASKS must be >= 0 (0 = score every task), got {self.rank_max_tasks}")
+        if self.rank_chunk_tasks < 1:
+            raise SettingsError(f"MTAL_RANK_CHUNK_TASKS must be >= 1 (tasks per chunk), got {self.rank_chunk_tasks}")
         if not 0 <= self.prefill_min_area < 1:
             raise SettingsError(f"MTAL_PREFILL_MIN_AREA must be in [0, 1), got {self.prefill_min_area}")
         if not 0 <= self.prefill_polygon_tolerance <= 100:
@@ -220,6 +231,8 @@ class Settings:
             raise SettingsError(
                 "MTAL_MAX_BODY_BYTES must be >= 1024, MTAL_BODY_READ_TIMEOUT > 0 and MTAL_MAX_PREDICT_TASKS >= 1"
             )
+        if not self.predict_deadline_s > 0:
+            raise SettingsError(f"MTAL_PREDICT_DEADLINE_S must be > 0, got {self.predict_deadline_s}")
         if not self.predict_fetch_s > 0 or self.max_projects < 1 or self.unpublished_models < 1:
             raise SettingsError("MTAL_PREDICT_FETCH_S must be > 0, MTAL_MAX_PROJECTS and MTAL_UNPUBLISHED_MODELS >= 1")
         if not self.lease_s > 0 or not 0 <= self.quality_gate <= 1:
@@ -361,11 +374,13 @@ class Settings:
             set_sampling=get_bool("MTAL_SET_SAMPLING", True),
             keep_prediction_versions=get_int("MTAL_KEEP_PREDICTION_VERSIONS", 1),
             rank_max_tasks=get_int("MTAL_RANK_MAX_TASKS", 0),
+            rank_chunk_tasks=get_int("MTAL_RANK_CHUNK_TASKS", 500),
             worker_nice=get_int("MTAL_WORKER_NICE", 10),
             max_body_bytes=get_int("MTAL_MAX_BODY_BYTES", 32 * 1024 * 1024),
             body_read_timeout=get_float("MTAL_BODY_READ_TIMEOUT", 30.0),
             max_predict_tasks=get_int("MTAL_MAX_PREDICT_TASKS", 1000),
             predict_fetch_s=get_float("MTAL_PREDICT_FETCH_S", 20.0),
+            predict_deadline_s=get_float("MTAL_PREDICT_DEADLINE_S", 60.0),
             max_projects=get_int("MTAL_MAX_PROJECTS", 1000),
             unpublished_models=get_int("MTAL_UNPUBLISHED_MODELS", 4),
             prefill_per_class=get_bool("MTAL_PREFILL_PER_CLASS", False),

@@ -25,6 +25,7 @@ import io
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -70,6 +71,7 @@ class FakeLabelStudio:
     calls: Counter = field(default_factory=Counter)
     server: ThreadingHTTPServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    image_delay_s: float = 0.0  # each image answer waits this long (a slow image store)
     _port: int = 0
 
     @classmethod
@@ -179,6 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         if m := _IMAGE.match(parts.path):
             fake.calls["image"] += 1
+            if fake.image_delay_s > 0:
+                time.sleep(fake.image_delay_s)
             self._send(200, fake.images[int(m.group(2)) % len(fake.images)], "image/png")
         elif parts.path.rstrip("/") == "/api/tasks":
             fake.calls["tasks"] += 1

@@ -2,7 +2,7 @@
 the fake Label Studio over HTTP (download, decode, forward, strategy, pre-annotations, push), against the bare
 batched forward of the same images at the same input size, in the same run (issue #24, item 1).
 
-    python -m bench.rank_photo [--photos 24] [--config single detseg] [--net small [default]] [--threads 1]
+    python -m bench.rank_photo [--photos 24] [--config single detseg dense] [--net small [default]] [--threads 1]
 
 Photos: the first ``--photos`` CamVid training images (480x360) of ../shared/datasets/camvid, re-encoded as
 JPEG (quality 90), or, without that folder, generated photo-like JPEGs of that size
@@ -16,8 +16,10 @@ cache for every ranking (so each one downloads and decodes every photo), the pro
   photos at the same input size (issue #24's targets: <= 1.3 for single-pass strategies, <= 2.5 for
   MC-dropout ones).
 
-Configs: ``single`` (one brush tag, dense) and ``detseg`` (a brush tag + rectangles). Each measurement is the
-median of ``--runs`` alternating runs of ranking and forward.
+Configs: ``single`` (one brush tag, dense), ``detseg`` (a brush tag + rectangles) and ``dense`` (PAD-Net
+multi-task: the brush tag + depth + normals, whose ground truth would come from task data: these tasks carry
+none, so all three are predicted and scored). Each measurement is the median of ``--runs`` alternating runs of
+ranking and forward. Peak memory of a 10,000-task ranking: :mod:`bench.rank_rss`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ CONFIGS = {
     "detseg": (f'<View><Image name="image" value="$image"/>{_BRUSH}'
                '<RectangleLabels name="objects" toName="image"><Label value="car"/><Label value="person"/>'
                '</RectangleLabels></View>'),
+    # PAD-Net multi-task: depth and normals ground truth would come from task data (hidden Image tags); the
+    # benchmark's tasks carry none, so every task is ranked on all three predictions
+    "dense": (f'<View><Image name="image" value="$image"/>{_BRUSH}<View style="display: none">'
+              '<Image name="depth" value="$depth"/><Image name="normals" value="$normals"/></View></View>'),
 }
 
 
@@ -134,7 +140,7 @@ def _inputs(jpegs: list[bytes], settings: Settings) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.rank_photo", description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=24, help="photos per ranking (default 24)")
-    ap.add_argument("--config", nargs="+", default=["single", "detseg"], choices=sorted(CONFIGS))
+    ap.add_argument("--config", nargs="+", default=["single", "detseg", "dense"], choices=sorted(CONFIGS))
     ap.add_argument("--net", nargs="+", default=["small"], choices=["tiny", "small", "default"])
     ap.add_argument("--runs", type=int, default=1, help="alternating ranking / forward runs (median)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a worker's, default 1)")

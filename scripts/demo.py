@@ -88,6 +88,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="epochs of each training round (default 50 scenes / 80 photographs)")
     p.add_argument("--lr", type=float, help="learning rate of the training (default 3e-3 scenes / 5e-3 photographs)")
     p.add_argument("--net", default="small", choices=["tiny", "small", "default"], help="network size (default small)")
+    p.add_argument("--semi-weight", type=float, default=float(os.environ.get("MTAL_SEMI_WEIGHT", "0")),
+                   help="MTAL_SEMI_WEIGHT of the backend: every training also learns from the unlabelled tasks "
+                        "(default 0 = off)")
+    p.add_argument("--pretrain-minutes", type=float, default=float(os.environ.get("MTAL_PRETRAIN_MINUTES", "0")),
+                   help="MTAL_PRETRAIN_MINUTES of the backend: the cold start pretrains on the project's images "
+                        "before any label; the demo waits for it (default 0 = off)")
     p.add_argument("--summary", type=Path, help="write the edit cost before / after training here (JSON)")
     p.add_argument("--figure", type=Path, help="write a before / after picture of 3 prefilled tasks here (PNG)")
     p.add_argument("--no-wait", action="store_true", help="stop everything once the project is ranked")
@@ -115,7 +121,7 @@ def _ensure_ls_venv() -> None:
     subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ls_venv.sh")], check=True, stdout=subprocess.DEVNULL)
 
 
-def _wait_trained(backend_url: str, project: int, old: str | None, timeout: float = 1800) -> dict:
+def _wait_trained(backend_url: str, project: int, old: str | None, timeout: float = 3600) -> dict:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -131,6 +137,19 @@ def _wait_trained(backend_url: str, project: int, old: str | None, timeout: floa
             last = (status["state"], epoch)
         time.sleep(3)
     raise RuntimeError(f"no trained version within {timeout:.0f} s")
+
+
+def _wait_pretrained(backend_url: str, project: int, timeout: float = 3600) -> dict:
+    """The cold start's outcome (/status "pretrain") once the project is idle again (ranked when it
+    published a version)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = requests.get(f"{backend_url}/status", params={"project": project}, timeout=10).json()
+        outcome = status.get("pretrain") or {}
+        if status["state"] == "idle" and outcome.get("state") not in (None, "pretraining", "filling the pool"):
+            return outcome
+        time.sleep(3)
+    raise RuntimeError(f"no pretrain outcome within {timeout:.0f} s")
 
 
 def _results(url: str, headers: dict, project: Any, version: str, indices: list[int]) -> dict[int, list]:
@@ -171,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         _step(f"Label Studio is up at {ls.url} ({ls.startup_s:.0f} s)")
         env = backend_env(ls.url, TOKEN, data_dir / "models", cache_dir=data_dir / "cache",
                           MTAL_NET_CONFIG=args.net, MTAL_IMAGE_SIZE=str(args.net_size), MTAL_TRAIN_LR=str(args.lr),
-                          MTAL_TRAIN_EPOCHS=str(args.epochs), MTAL_TRAIN_THRESHOLD="0", LOG_LEVEL="INFO")
+                          MTAL_TRAIN_EPOCHS=str(args.epochs), MTAL_TRAIN_THRESHOLD="0", LOG_LEVEL="INFO",
+                          MTAL_SEMI_WEIGHT=str(args.semi_weight), MTAL_PRETRAIN_MINUTES=str(args.pretrain_minutes))
         _step(f"starting the MTAL backend (gunicorn, embedded queue) on port {args.port}...")
         backend = services.enter_context(start_backend(env, data_dir, port=args.port))
         _step(f"backend is up at {backend.url} (log: {backend.log_path})")
@@ -191,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         ml_id = r.json()["id"]
         v1 = requests.get(f"{backend.url}/versions", params={"project": project.id}, timeout=10).json()["current"]
         v1 = v1.get(str(project.id))
+        if args.pretrain_minutes > 0:  # the cold start publishes a pretrained version before any label
+            _step(f"backend connected (ML backend id {ml_id}); pretraining on the project's images "
+                  f"(up to {args.pretrain_minutes:g} min)...")
+            outcome = _wait_pretrained(backend.url, project.id)
+            _step(f"pretrain {outcome.get('state')}: {outcome}")
+            if outcome.get("state") != "done":
+                raise RuntimeError(f"the pretrain did not publish a version: {outcome}")
+            v1 = outcome["version"]
         _step(f"backend connected (ML backend id {ml_id}, initial version {v1}); retrieving predictions...")
         requests.post(f"{ls.url}/api/dm/actions/", headers=ls.headers, timeout=600,
                       params={"id": "retrieve_tasks_predictions", "project": project.id},
@@ -217,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             _step(f"figure: {save_prefill_figure(args.figure, project, shown, first, later)}")
         if args.summary:
             args.summary.write_text(json.dumps({"before": before, "after": after, "version": status["version"],
+                                                "semi_weight": args.semi_weight,
+                                                "pretrain_minutes": args.pretrain_minutes,
                                                 "initial_version": v1, "metrics": status.get("metrics")}, indent=1))
         nxt = requests.get(f"{ls.url}/api/projects/{project.id}/next", headers=ls.headers, timeout=60).json()
 

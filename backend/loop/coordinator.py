@@ -65,6 +65,7 @@ from backend.loop.coordinator_scripts import (
     TAKE_OVER,
 )
 from backend.loop.queue import QUEUE_NAME, QueueHandle
+from backend.loop.rank_progress import RankProgress
 
 __all__ = ["Coordinator", "LeaseLost"]
 
@@ -189,6 +190,12 @@ class Coordinator:
         they publish a version or push to Label Studio."""
         self._set(project, owner, {})
 
+    def run_owner(self, project: int | str) -> tuple[str | None, str | None]:
+        """(state, id of the job that owns the run) of ``project``, read only (a rank chunk job asks whether its
+        ranking is still the project's: :mod:`backend.loop.rank_fanout`)."""
+        state, job_id = self.redis.hmget(self._keys(project)[0], ["state", "job_id"])
+        return (state.decode() if state else None), (job_id.decode() if job_id else None)
+
     def _set(self, project: int | str, owner: str | None, mapping: dict[str, Any]) -> None:
         args = [owner or "", *(str(x) for kv in mapping.items() for x in kv)]
         if not self._owned_set(keys=self._keys(project)[:1], args=args):
@@ -296,6 +303,7 @@ class Coordinator:
             "labels_since_last_run": counts,
             "updated": _num(raw.get("updated")),
             "pretrain": _json_or_none(raw.get("pretrain")),
+            "ranking": RankProgress(self.redis, project).status(),  # the latest ranking's chunks, tasks, time left
             "lease_expired": raw.get("state") in _RUNNING
             and (_num(raw.get("lease")) or 0.0) < time.time() and not self._job_waiting(raw.get("job_id")),
         }

@@ -9,13 +9,14 @@ train_job(project)
     weights, holds out a validation split, trains with the strategy's training options (MTAL sample
     weights, committee, MTPSL term), publishes a new version with its metrics (atomic), then enqueues
     the rank job. A failure is recorded in the coordinator and never touches the current version.
-rank_job(project)
-    Scores every task with the project's strategy in one pass that also produces the
-    pre-annotations, pushes one prediction per unlabelled task (score: low = label first, cluster,
-    the new model version, the requested modalities ticked in the choices tag), sets the project's
-    ``model_version`` and ``sampling = "Uncertainty sampling"`` so ``/next`` serves that order, and
-    stores the ranking for ``/predict``. Unlabelled tasks it finds without a score afterwards (imported
-    while it ran) are handed to score_new_job.
+rank_job(project), rank_chunk_job(project, run, index), rank_merge_job(project, run, chunks)
+    Score every task with the project's strategy (a pass that also produces the pre-annotations), push one
+    prediction per unlabelled task (score: low = label first, cluster, the new model version, the
+    requested modalities ticked in the choices tag), set the project's ``model_version`` and
+    ``sampling = "Uncertainty sampling"`` so ``/next`` serves that order, and store the ranking for
+    ``/predict``. A project of more tasks than ``MTAL_RANK_CHUNK_TASKS`` is fanned out over RQ: chunk jobs
+    that any worker takes, then one merge job (:mod:`backend.loop.rank_jobs`, :mod:`backend.loop.rank_fanout`).
+    Unlabelled tasks found without a score afterwards (imported while it ran) are handed to score_new_job.
 pretrain_job(project)
     The cold start (``MTAL_PRETRAIN_MINUTES`` > 0; issue 25): lists the project's tasks, fills the
     unlabelled pool cache, refuses with a reason in /status when it is under the minimum, pretrains the
@@ -37,116 +38,33 @@ Studio unreachable while reading annotations or ranking: retried with backoff (`
 from __future__ import annotations
 
 import logging
-import re
-import threading
 import time
 import zlib
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq import get_current_job
 
-from backend.labelstudio.client import LabelStudioAPI, LabelStudioAPIError
-from backend.labelstudio.images import ImageFetcher
 from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_tasks
 from backend.logs import redact
-from backend.loop.coordinator import Coordinator, LeaseLost
-from backend.loop.new_tasks import NewTasks, RankingStarted, queue_unscored
+from backend.loop.coordinator import LeaseLost
+from backend.loop.job_context import JobContext, configure, ls_unreachable
+from backend.loop.job_context import project_id as _project_id
+from backend.loop.job_context import retry_ls as _retry_ls
+from backend.loop.job_context import run_job as _run
+from backend.loop.new_tasks import NewTasks, RankingStarted
 from backend.loop.pretrain_round import PoolImages, pretrain_config, pretrain_version, skip_reason
-from backend.loop.queue import open_queue
+from backend.loop.rank_jobs import rank_chunk_job, rank_job, rank_merge_job
 from backend.loop.rank_new import score_new_tasks
-from backend.loop.rank_pass import NothingFetched, rank_subset, rank_tasks
 from backend.loop.train_round import train_version
-from backend.serving.model import MTALModel, load_schema
-from backend.serving.pool import PoolCache, PooledFetcher
-from backend.serving.store import ModelStore, version_number
-from backend.settings import Settings
+from backend.serving.pool import PoolCache
 from mtal_models.training.pretrain import check_pool
 
-__all__ = ["JobContext", "configure", "ls_unreachable", "pretrain_job", "rank_job", "score_new_job",
-           "train_job"]
+__all__ = ["JobContext", "configure", "ls_unreachable", "pretrain_job", "rank_chunk_job", "rank_job",
+           "rank_merge_job", "score_new_job", "train_job"]
 
 log = logging.getLogger(__name__)
-_configured: Settings | None = None
 PROGRESS_EVERY_S = 1.0  # the pretrain's step reports to /status, at most one per this many seconds
-
-
-def configure(settings: Settings | None) -> None:
-    """Jobs running inside the server (embedded queue) use the server's settings, not the environment."""
-    global _configured
-    _configured = settings
-
-
-@dataclass
-class JobContext:
-    """Everything a job needs, built once per job from the settings."""
-
-    settings: Settings
-    store: ModelStore
-    coordinator: Coordinator
-    ls: LabelStudioAPI
-    fetcher: ImageFetcher
-    owner: str | None = None  # the RQ job id that owns the run (None outside RQ: unchecked)
-    lost: threading.Event = field(default_factory=threading.Event)  # set once the run was taken over
-
-    def check_owner(self, project: str) -> None:
-        """LeaseLost when this job's run was taken over (called before every write that outlives it)."""
-        self.coordinator.check_owner(project, self.owner)
-
-    @classmethod
-    def create(cls) -> JobContext:
-        settings = _configured or Settings.from_env()
-        if not settings.label_studio_url or not settings.label_studio_api_key:
-            raise RuntimeError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read annotations")
-        return cls(
-            settings=settings,
-            store=ModelStore(settings.model_dir, device=settings.torch_device()),
-            coordinator=Coordinator(open_queue(settings.redis_url, start_worker=False), lease_s=settings.lease_s),
-            ls=LabelStudioAPI(settings.label_studio_url, settings.label_studio_api_key),
-            fetcher=ImageFetcher(
-                settings.label_studio_url,
-                settings.label_studio_api_key,
-                allow_hosts=settings.allow_hosts,
-                cache_dir=settings.cache_dir,
-            ),
-        )
-
-    def schema(self, project: str) -> ProjectSchema:
-        """The project's schema from its current labeling config in Label Studio; makes sure the store
-        has a version matching it (a fresh initial one if the config changed its modalities)."""
-        config = self.ls.get_project(int(project))["label_config"]
-        MTALModel(project, config, self.settings, self.store).setup()
-        return load_schema(config, self.settings.dense_fields)
-
-
-def _run(stage: str, project: Any, body: Any) -> Any:
-    """Run ``body(ctx, project)``; on failure record the error (the state machine gives the label
-    counts back and honours follow-ups) and re-raise so RQ keeps the traceback too."""
-    project = _project_id(stage, project)
-    job = get_current_job()
-    owner = job.id if job is not None else None
-    ctx = None
-    try:
-        ctx = JobContext.create()
-        ctx.owner = owner
-        with ctx.coordinator.hold(project, owner) as lost:  # the lease: a killed job's run is taken over
-            ctx.lost = lost
-            return body(ctx, project)
-    except LeaseLost as e:  # another run owns the project now: leave its state, versions and ranking alone
-        log.warning("%s job of project %s stopped: %s", stage, project, e)
-        raise
-    except Exception as e:
-        if ctx is not None:
-            coordinator = ctx.coordinator
-        else:
-            coordinator = Coordinator(open_queue((_configured or Settings.from_env()).redis_url, start_worker=False))
-        try:
-            coordinator.fail(project, f"{stage}: {type(e).__name__}: {e}", owner=owner)
-        except LeaseLost:
-            log.warning("%s job of project %s failed after its run was taken over: %s", stage, project, e)
-        raise
 
 
 def train_job(project: Any) -> str:
@@ -211,41 +129,6 @@ def _fill_pool(ctx: JobContext, project: str, schema: ProjectSchema, labelled: l
     log.info("project %s: pool of %d images (%d fetched now, %d failed)", project, stats.images, stats.fetched,
              stats.failed)
     return cache.dataset(schema.modalities) if stats.images else None
-
-
-def rank_job(project: Any) -> dict[str, Any]:
-    """Rank every task of ``project`` with the current version and push predictions to Label Studio;
-    Label Studio unreachable: the ranking is retried (see :func:`_retry_ls`)."""
-
-    left_out: set[str] = set()  # MTAL_RANK_MAX_TASKS: unlabelled tasks this ranking does not score
-
-    def rank(ctx: JobContext, project: str) -> dict[str, Any]:
-        schema = ctx.schema(project)
-        version = ctx.store.current(project)
-        labelled = {t["id"]: t for t in ctx.ls.iter_labelled_tasks(int(project))}
-        tasks = list(labelled.values()) + [
-            t for t in ctx.ls.iter_tasks(int(project), only_unlabelled=True) if t["id"] not in labelled
-        ]
-        tasks, skipped = rank_subset(tasks, set(labelled), ctx.settings.rank_max_tasks,
-                                     ctx.settings.seed + (version_number(version, project) or 0))
-        left_out.clear()
-        left_out.update(skipped)
-        # Images the train job's pool fill decoded are read from the pool, not fetched and decoded again.
-        fetcher = PooledFetcher(PoolCache.from_settings(ctx.settings, project, None), ctx.fetcher)
-        summary = rank_tasks(replace(ctx, fetcher=fetcher), project, schema, version, tasks, set(labelled),
-                             guard=lambda: ctx.check_owner(project), unscored=skipped)
-        log.info("project %s: ranking read %d images from the pool, fetched %d", project, fetcher.hits,
-                 fetcher.misses)
-        return summary
-
-    def body(ctx: JobContext, project: str) -> dict[str, Any]:
-        ctx.coordinator.progress(project, ctx.owner, state="ranking")
-        summary = _retry_ls(ctx, project, "ranking", lambda: rank(ctx, project))
-        ctx.coordinator.finish(project, ctx.owner)
-        queue_unscored(ctx.store, ctx.ls, ctx.coordinator, project, left_out)
-        return summary
-
-    return _run("rank", project, body)
 
 
 def pretrain_job(project: Any) -> dict[str, Any]:
@@ -348,47 +231,6 @@ def score_new_job(project: Any) -> dict[str, Any]:
         raise
     finally:
         pending.done(project, requeue=requeue)
-
-
-def ls_unreachable(e: BaseException) -> bool:
-    """Label Studio did not answer, or answered that it is down or overloaded (no response, 408, 429, 5xx),
-    or not one task image could be fetched: worth another try later."""
-    if isinstance(e, LabelStudioAPIError):
-        return e.status is None or e.status in (408, 429) or e.status >= 500
-    return isinstance(e, NothingFetched)
-
-
-def _retry_ls(ctx: JobContext, project: str, what: str, step: Any) -> Any:
-    """``step()``, tried again while Label Studio is unreachable: ``ls_retries`` more times after waits of
-    ``ls_backoff_s`` doubling up to 60 s (the lease is renewed meanwhile); each wait is shown in /status as
-    the ``error``, cleared on success. The last failure is raised (the run fails, the project goes back to
-    idle with its counts)."""
-    settings, attempt = ctx.settings, 0
-    while True:
-        try:
-            result = step()
-        except Exception as e:
-            if not ls_unreachable(e) or attempt == settings.ls_retries:
-                raise
-            wait = min(60.0, settings.ls_backoff_s * 2**attempt)
-            attempt += 1
-            message = (f"{what}: Label Studio unreachable (try {attempt} of {settings.ls_retries + 1}, "
-                       f"next in {wait:g} s): {e}")
-            log.warning("project %s: %s", project, message)
-            ctx.coordinator.progress(project, ctx.owner, error=message[:2000], ls_retries=attempt)
-            time.sleep(wait)
-            continue
-        if attempt:
-            ctx.coordinator.progress(project, ctx.owner, error="", ls_retries=attempt)
-        return result
-
-
-def _project_id(stage: str, project: Any) -> str:
-    """``project`` as a Label Studio project id string; never "7\\n" (int() accepts it)."""
-    project = str(project)
-    if not re.fullmatch(r"[0-9]{1,20}", project):
-        raise ValueError(f"{stage}: {project[:40]!r} is not a Label Studio project id")
-    return project
 
 
 def _in_val(sample_id: str, fraction: float) -> bool:

@@ -30,6 +30,7 @@ from backend.labelstudio.label_config import ProjectSchema
 from backend.loop.rank_fields import requested_modalities
 from backend.loop.rank_pass import RankContext, _score_tasks
 from backend.loop.result_spool import ResultSpool
+from backend.loop.served import PUSH, ServedTasks
 from backend.serving.prefill import Prefill
 from backend.serving.strategy import strategy_for
 from backend.serving.task_score import UNLABELLED_MAX, is_labelled, placed_score
@@ -65,12 +66,19 @@ def _stored_raw(held: Mapping[str, Mapping[str, Any]]) -> list[float | None] | N
     return [e.get("strategy_score") if isinstance(e, Mapping) else None for e in held.values()]
 
 
+def _served(ctx: Any) -> ServedTasks | None:
+    """The claims of the job's queue Redis (``ctx.coordinator``), None for a context without one."""
+    coordinator = getattr(ctx, "coordinator", None)
+    return None if coordinator is None else ServedTasks(coordinator.redis)
+
+
 def score_new_tasks(ctx: RankContext, project: str, schema: ProjectSchema, tasks: Sequence[Mapping[str, Any]],
                     guard: Callable[[], None] | None = None) -> dict[str, Any]:
     """Score and push the ``tasks`` (LS task dicts with ``id`` and ``data``) that are unlabelled and not in
-    the current version's ranking; add them to it. ``guard()`` runs before the push and the ranking write and
-    may raise to stop them (a full ranking started). Returns a summary {"version", "scored", "pushed",
-    "skipped", "reason"?}."""
+    the current version's ranking; add them to it; a task a /predict answered already is ranked but not
+    pushed (:mod:`backend.loop.served`, on ``ctx.coordinator``'s Redis when the context has one). ``guard()``
+    runs before the push and the ranking write and may raise to stop them (a full ranking started). Returns a
+    summary {"version", "scored", "pushed", "skipped", "reason"?}."""
     guard = guard or (lambda: None)
     store, settings = ctx.store, ctx.settings
     version = store.current(project)
@@ -109,12 +117,19 @@ def score_new_tasks(ctx: RankContext, project: str, schema: ProjectSchema, tasks
                     "reason": "a new ranking replaced the current one"}
         now_held = latest.get("tasks") or {}
         keep = [i for i in everyone if str(rows[i]["id"]) not in now_held]
+        served = _served(ctx)  # tasks a /predict answered meanwhile have their prediction: not pushed again
+        mine = None if served is None else served.claim(project, version, [rows[i]["id"] for i in keep], PUSH)
         predictions = []
-        for i in keep:
+        for i in (keep if mine is None else [i for i in keep if str(rows[i]["id"]) in mine]):
             choices = predictions_to_results({}, schema, *rows[i]["size"], requested=requested.get(i) or None)
             predictions.append({"task": int(rows[i]["id"]), "result": spool.get(rows[i]["spooled"]) + choices,
                                 "score": scores[i], "model_version": version})
-    pushed = ctx.ls.create_predictions_bulk(int(project), predictions) if predictions else 0
+    try:
+        pushed = ctx.ls.create_predictions_bulk(int(project), predictions) if predictions else 0
+    except Exception:
+        if served is not None:  # not pushed: a /predict may serve them until the job tries again
+            served.release(project, version, [p["task"] for p in predictions], PUSH)
+        raise
     guard()
     entries = {str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, []),
                                     "strategy_score": raw[i], "added": True} for i in keep}

@@ -1,8 +1,10 @@
 """One ranking pass over a project's tasks: score every task with the project's strategy, select, push one
 prediction per unlabelled task to Label Studio, store the ranking (and prune older versions' predictions).
 
-Driven by the rank job (:mod:`backend.loop.jobs`, which owns the Label Studio / coordinator plumbing)
-and directly by tests and benchmarks.
+Driven by the rank jobs (:mod:`backend.loop.rank_jobs`, which own the Label Studio / coordinator plumbing):
+:func:`rank_tasks` in one job; a ranking fanned out over RQ (:mod:`backend.loop.rank_fanout`) runs
+:func:`_score_tasks` per chunk job and :func:`select_and_push` in its merge job. Also driven directly by tests
+and benchmarks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from backend.labelstudio.label_config import ProjectSchema
 from backend.labelstudio.tasks import prepare_tasks
 from backend.loop.rank_fields import kmeans_clusters, ls_scores, requested_modalities
 from backend.loop.result_spool import ResultSpool
-from backend.serving.predict import task_scores
+from backend.serving.predict import FORWARD_PIXELS, task_scores
 from backend.serving.prefill import Prefill
 from backend.serving.store import ModelStore, version_number
 from backend.serving.strategy import strategy_for
@@ -31,11 +33,15 @@ from mtal_models.strategies import Strategy, batch_outputs, concat_pool
 from mtal_models.strategies.collect import crop_outputs
 from mtal_models.training import load_checkpoint
 
-__all__ = ["NothingFetched", "RankContext", "loss_weights", "prune_predictions", "rank_subset", "rank_tasks"]
+__all__ = ["NothingFetched", "Progress", "RankContext", "load_ranker", "loss_weights", "prune_predictions",
+           "rank_subset", "rank_tasks", "select_and_push"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 64  # tasks fetched and held in memory at once while ranking
 _PUSH_CHUNK = 500  # predictions built and sent to Label Studio at once
+
+
+Progress = Callable[[int, int], None]  # (tasks scored so far, tasks whose image failed so far)
 
 
 class NothingFetched(ValueError):
@@ -74,49 +80,62 @@ def rank_tasks(
     labelled_ids: set[Any],
     guard: Callable[[], None] | None = None,
     unscored: Collection[str] = (),
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score ``tasks`` (labelled ones too: diversity needs them) with the project's strategy (TypiClust for
     a version marked pretrained: :func:`backend.serving.strategy.strategy_for`), push one
     prediction per unlabelled task, point the project at ``version``, store the ranking. ``guard()`` runs
     before every write to Label Studio or the store and may raise to stop them (a run that lost its lease).
     ``unscored``: ids of unlabelled tasks this ranking leaves out (:func:`rank_subset`): they keep their
-    entry of the previous stored ranking, and no older version's predictions are deleted (theirs among them)."""
+    entry of the previous stored ranking, and no older version's predictions are deleted (theirs among them).
+    ``progress(done, failed)``: see :func:`_score_tasks`. One chunk of :mod:`backend.loop.rank_fanout` in one
+    call: a fanned-out ranking runs :func:`load_ranker` and :func:`_score_tasks` per chunk job and
+    :func:`select_and_push` in its merge job."""
+    model, strategy, prefill, previous = load_ranker(ctx, project, schema, version)
+    with ResultSpool(ctx.store.tmp_dir(project)) as spool:
+        rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill,
+                                           progress=progress)
+        return select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool.get,
+                               guard or (lambda: None), set(unscored))
+
+
+def load_ranker(ctx: RankContext, project: str, schema: ProjectSchema,
+                version: str) -> tuple[Any, Strategy, Prefill, dict[str, Any]]:
+    """(network of ``version`` on the settings' device in eval mode, the project's strategy with its stored
+    state, the version's prefill, the previous stored ranking)."""
     settings, store = ctx.settings, ctx.store
-    device = settings.torch_device()
-    model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model.to(device).eval()
+    model = load_checkpoint(store.checkpoint_path(project, version), map_location="cpu").model
+    model = model.to(settings.torch_device()).eval()
     meta = store.metadata(project, version)
     strategy = strategy_for(settings, schema, meta)  # a pretrained version (cold start): TypiClust
     previous = store.ranking(project)
     strategy.load_state((previous.get("strategy_state") or {}).get(strategy.name, {}))
-    prefill = Prefill.for_version(settings, meta)
-    with ResultSpool(store.tmp_dir(project)) as spool:
-        rows, parts, pooled = _score_tasks(ctx, model, strategy, schema, tasks, labelled_ids, spool, prefill)
-        if not rows:
-            raise NothingFetched(f"project {project}: no task image could be fetched; nothing to rank")
-        return _select_and_push(ctx, project, schema, version, strategy, previous, rows, parts, pooled, spool,
-                                guard or (lambda: None), set(unscored))
+    return model, strategy, Prefill.for_version(settings, meta), previous
 
 
 def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: ProjectSchema,
                  tasks: Sequence[Mapping[str, Any]], labelled_ids: set[Any],
-                 spool: ResultSpool, prefill: Prefill | None = None,
+                 spool: ResultSpool, prefill: Prefill | None = None, progress: Progress | None = None,
                  ) -> tuple[list[dict[str, Any]], list[Any], list[torch.Tensor]]:
     """One pass over ``tasks`` in chunks: per-batch strategy scores, pooled features [B, D] (CPU), and
     per fetched task a row {id, labelled modalities, size, "spooled": spool key of its pre-annotations,
     "certainty": its ``1 - u`` as /predict computes it (:func:`backend.serving.predict.task_scores`); both
-    None for labelled tasks}."""
+    None for labelled tasks}. A task whose image fails has no row (its reason is logged). ``progress(done,
+    failed)`` after every 64 tasks: tasks scored so far, tasks whose image failed so far."""
     prefill = prefill or Prefill()
     settings, size, device = ctx.settings, ctx.settings.image_size, ctx.settings.torch_device()
     rows: list[dict[str, Any]] = []
     parts, pooled = [], []
+    failed = 0
     for start in range(0, len(tasks), _CHUNK):
         prepared = prepare_tasks(ctx, tasks[start:start + _CHUNK], schema, size)
+        failed += len(tasks[start:start + _CHUNK]) - len(prepared)
         # inputs of one shape and one image size inside it batched together (portrait and landscape photos
         # would pad each other), so that the strategy scores each batch without its padding
         prepared.sort(key=lambda tp: _shape_key(tp[1]))
-        n = settings.predict_batch_size
         for (shape, inside), same in itertools.groupby(prepared, key=lambda tp: _shape_key(tp[1])):
             same = list(same)
+            n = max(1, min(settings.predict_batch_size, FORWARD_PIXELS // (shape[0] * shape[1])))  # /predict's bound
             for group in (same[b:b + n] for b in range(0, len(same), n)):
                 batch = collate([p.sample for _, p in group], schema.modalities).to(device)
                 given = batch.labels if strategy.needs.conditioned else None
@@ -131,6 +150,8 @@ def _score_tasks(ctx: RankContext, model: Any, strategy: Strategy, schema: Proje
                         key = spool.add(prefill.results(preds, schema, p.height, p.width, requested=None, fit=p.fit))
                     rows.append({"id": task["id"], "spooled": key, "labelled": p.labelled,
                                  "size": (p.height, p.width), "certainty": certainty})
+        if progress is not None:
+            progress(len(rows), failed)
     return rows, parts, pooled
 
 
@@ -140,14 +161,18 @@ def _shape_key(p: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     return shape, tuple(p.fit.resized) if p.fit is not None else shape
 
 
-def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,
-                     previous: Mapping[str, Any], rows: list[dict[str, Any]], parts: list[Any],
-                     pooled: list[torch.Tensor], spool: ResultSpool, guard: Callable[[], None],
-                     unscored: set[str]) -> dict[str, Any]:
-    """Select over the scored pool, push one prediction per candidate in chunks of 500 (pre-annotations
-    read back from ``spool``), point the project at ``version``, store the ranking (with the previous
-    entries of the ``unscored`` tasks)."""
+def select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, version: str, strategy: Strategy,
+                    previous: Mapping[str, Any], rows: list[dict[str, Any]], parts: list[Any],
+                    pooled: list[torch.Tensor], spooled: Callable[[Any], list[dict[str, Any]]],
+                    guard: Callable[[], None], unscored: set[str], run: str | None = None) -> dict[str, Any]:
+    """Select over the scored pool (``rows``, ``parts``, ``pooled`` as :func:`_score_tasks` gives them, of one
+    or more chunks in task order), push one prediction per candidate in chunks of 500 (pre-annotations
+    read back with ``spooled(row["spooled"])``), point the project at ``version``, store the ranking (with
+    the previous entries of the ``unscored`` tasks, and ``run``: the fanned-out ranking that stored it).
+    NothingFetched when ``rows`` is empty."""
     settings, store = ctx.settings, ctx.store
+    if not rows:
+        raise NothingFetched(f"project {project}: no task image could be fetched; nothing to rank")
 
     n = len(rows)
     sensor = [m for m in schema.modalities if m not in schema.annotatable]  # depth/normals: not requestable
@@ -161,7 +186,7 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
 
     def prediction(i: int) -> dict[str, Any]:
         choices = predictions_to_results({}, schema, *rows[i]["size"], requested=requested.get(i) or None)
-        pred = {"task": int(rows[i]["id"]), "result": spool.get(rows[i]["spooled"]) + choices, "score": scores[i],
+        pred = {"task": int(rows[i]["id"]), "result": spooled(rows[i]["spooled"]) + choices, "score": scores[i],
                 "model_version": version}
         if clusters is not None:
             pred["cluster"] = int(clusters[i])
@@ -181,6 +206,7 @@ def _select_and_push(ctx: RankContext, project: str, schema: ProjectSchema, vers
     guard()
     store.save_ranking(project, {
         "model_version": version,
+        **({"run": run} if run else {}),
         "strategy": strategy.name,
         "tasks": {**{t: held[t] for t in unscored if t in held},
                   **{str(rows[i]["id"]): {"score": scores[i], "requested": requested.get(i, []),

@@ -165,19 +165,7 @@ class MTALModel:
         if not tasks:
             return []
         schema = self.schema
-        loaded = None
-        if self.store.current(self.project_id) is not None:
-            loaded = self.store.load_model(self.project_id)
-        if loaded is None or not _model_fits(loaded.model, loaded.metadata, schema):
-            if loaded is not None and self._has_trained_version():
-                raise ConfigConflict(
-                    f"project {self.project_id}: the current version {loaded.version} was trained for another "
-                    "labeling config (other modalities or labels); /predict does not replace a trained model. "
-                    "If the config really changed, POST /setup with the new config (Label Studio does when the "
-                    "model is connected again): it switches to the newest version built for that config, or "
-                    "publishes a fresh initial one; earlier versions stay in the store (GET /versions)."
-                )
-            loaded = self._unpublished(schema)
+        loaded = self.network(schema)
         if self.fetcher is None:
             raise RuntimeError("MTALModel.predict needs an image fetcher")
         return predict_tasks(
@@ -194,6 +182,26 @@ class MTALModel:
             prefill=Prefill.for_version(self.settings, loaded.metadata),
             fetch_deadline=self.settings.predict_fetch_s,
         )
+
+    def network(self, schema: ProjectSchema | None = None) -> LoadedModel:
+        """The network /predict answers from: the current version when it fits ``schema`` (default: the
+        project's), else the unpublished initial one; a trained current version that does not fit is a
+        :class:`ConfigConflict`."""
+        schema = schema or self.schema
+        loaded = None
+        if self.store.current(self.project_id) is not None:
+            loaded = self.store.load_model(self.project_id)
+        if loaded is None or not _model_fits(loaded.model, loaded.metadata, schema):
+            if loaded is not None and self._has_trained_version():
+                raise ConfigConflict(
+                    f"project {self.project_id}: the current version {loaded.version} was trained for another "
+                    "labeling config (other modalities or labels); /predict does not replace a trained model. "
+                    "If the config really changed, POST /setup with the new config (Label Studio does when the "
+                    "model is connected again): it switches to the newest version built for that config, or "
+                    "publishes a fresh initial one; earlier versions stay in the store (GET /versions)."
+                )
+            loaded = self._unpublished(schema)
+        return loaded
 
     def fit(self, event: str, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Route a webhook event to the trainer (queue); returns what it answered. Never trains here."""

@@ -25,18 +25,21 @@ from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
 
 from backend.labelstudio.images import ImageFetcher
+from backend.labelstudio.interactive import ContextError
 from backend.labelstudio.label_config import LabelConfigError
 from backend.labelstudio.netguard import UnsafeURL, parse_http_url
 from backend.logs import redact
 from backend.loop.queue import QueueUnavailable
 from backend.loop.trainer import QueueTrainer
 from backend.serving.initial import last_start, start_of, weights_fields
+from backend.serving.interactive import Interactive
 from backend.serving.model import ConfigConflict, ModelSetupError, MTALModel, Trainer
 from backend.serving.pool import pool_status
 from backend.serving.store import ModelStore, StoreError
 from backend.serving.unpublished import UnpublishedModels
 from backend.settings import Settings
 from backend.web.guard import RETRY_AFTER_S, RequestGuard, internal_error
+from backend.web.predict_batch import BatchPredictor, summarize
 from backend.web.probe import CachedProbe
 from backend.web.request import ApiError, field, json_body, parse_project_id
 
@@ -130,10 +133,14 @@ def create_app(
     if trainer is None:
         trainer = QueueTrainer(settings, store)
     state = _State(settings, store, trainer, fetcher_factory or _default_fetcher_factory(settings))
+    interactive = Interactive()  # smart tools' clicks, with the per-image feature cache
+    handle = getattr(trainer, "handle", None)  # the queue (QueueTrainer): large /predicts' rest, claims
+    batches = BatchPredictor(settings, getattr(handle, "queue", None), getattr(handle, "connection", None))
     app = Flask("mtal-backend")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["mtal"] = state
+    app.extensions["mtal_interactive"] = interactive
     m = state.metrics
 
     def credentials_ok(auth: Authorization | None) -> bool:
@@ -227,9 +234,6 @@ def create_app(
     def predict() -> Response:
         body = json_body()
         tasks = field(body, "tasks", list)
-        if len(tasks) > settings.max_predict_tasks:
-            raise ApiError(413, f"{len(tasks)} tasks in one /predict; at most {settings.max_predict_tasks} "
-                                "(MTAL_MAX_PREDICT_TASKS)")
         pid = parse_project_id(body.get("project"))
         label_config = field(body, "label_config", str, required=False)
         params = field(body, "params", dict, required=False) or {}
@@ -245,16 +249,20 @@ def create_app(
         except (LabelConfigError, ValueError) as e:
             raise ApiError(400, f"label_config: {e}") from e
         try:
-            results = model.predict(tasks, context=params.get("context"))
+            if params.get("context") is not None:  # a smart tool's click (is_interactive): the drawn label only
+                answer = summarize(interactive.answer(model, tasks, params["context"], pid))
+            else:  # any number of tasks: what is not computed in time is pushed in the background
+                answer = batches.answer(model, pid, tasks)
+        except ContextError as e:
+            raise ApiError(400, f"params.context: {e}") from e
         except ConfigConflict as e:
             raise ApiError(409, str(e)) from e
         except ModelSetupError as e:
             raise ApiError(422, str(e)) from e
-        m.predictions.inc(len(results))
-        m.failed.inc(sum(1 for r in results if not r["result"] and "score" not in r))
+        m.predictions.inc(answer.predicted + answer.failed)
+        m.failed.inc(answer.failed)
         # the version the results came from: CURRENT may have switched while they were computed
-        version = results[0]["model_version"] if results else model.model_version
-        return jsonify(results=results, model_version=version)
+        return jsonify(results=answer.results, model_version=answer.version or model.model_version)
 
     def webhook_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         action = field(body, "action", str)

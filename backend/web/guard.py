@@ -7,7 +7,10 @@ Guards, in this order, before any byte of a body is read or parsed (each answers
 2. a ``POST`` with a body must say ``Content-Type: application/json`` (415): a cross-site form or
    ``text/plain`` POST from a browser is refused, as no CORS preflight protects it;
 3. ``Content-Length`` is required for a body (411, no chunked uploads) and at most ``max_body``
-   (413, ``MTAL_MAX_BODY_BYTES``);
+   (413, ``MTAL_MAX_BODY_BYTES``), except a ``POST /webhook`` over ``stream_from`` bytes (1 MiB) or over
+   ``max_body``: Label Studio's bulk events (5,000 brush annotations are ~44 MiB, sent once with a 1 s
+   timeout) are counted as they arrive, in bounded memory and without a size limit
+   (:mod:`backend.web.bulk_webhook`);
 4. the body is read within ``read_timeout`` seconds in total (408): a watchdog shuts the read side of
    a client socket that is still dripping its body at the deadline, so a slow client holds a server
    thread for at most that long. (Without a socket in the environ, e.g. the test client, the body is
@@ -40,6 +43,8 @@ from typing import Any
 
 from werkzeug.datastructures import Authorization
 
+from backend.web.bulk_webhook import STREAM_FROM, StreamError, WebhookStream, summary
+
 __all__ = [
     "RETRY_AFTER_S", "BodyRefused", "RequestGuard", "WebhookAnswer", "WebhookFastPath", "internal_error",
     "json_error_body", "parse_object",
@@ -50,6 +55,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # body (a JSON object) -> (HTTP status, JSON-able answer or error body)
 WebhookAnswer = Callable[[Mapping[str, Any]], tuple[int, dict[str, Any]]]
 _CHUNK = 64 * 1024
+_STREAM_CHUNK = 256 * 1024  # a streamed webhook's reads: fewer, larger pieces to filter and decode
 RETRY_AFTER_S = 5  # the Retry-After of every 503 (the training queue unavailable)
 _ENDPOINTS = frozenset({"health", "setup", "predict", "webhook", "train", "status", "versions", "metrics"})
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -147,6 +153,7 @@ class RequestGuard:
         read_timeout: float = 30.0,
         path: str = "/webhook",
         open_paths: tuple[str, ...] = ("/health",),
+        stream_from: int = STREAM_FROM,
     ) -> None:
         self.inner = inner
         self.answer = answer
@@ -156,6 +163,7 @@ class RequestGuard:
         self.read_timeout = float(read_timeout)
         self.path = path
         self.open_paths = open_paths
+        self.stream_from = int(stream_from)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         t0 = time.perf_counter()
@@ -170,10 +178,13 @@ class RequestGuard:
                                [("WWW-Authenticate", 'Basic realm="mtal"')])
             if method not in ("POST", "PUT", "PATCH"):
                 return self.inner(environ, start_response)
-            raw = self._read_body(environ)
-            if path != self.path:
-                return self.inner(environ, start_response)
-            body = parse_object(raw)
+            if path == self.path and _declared_length(environ) > min(self.stream_from, self.max_body):
+                body = self._read_streamed(environ)  # a bulk event: counted as it arrives
+            else:
+                raw = self._read_body(environ)
+                if path != self.path:
+                    return self.inner(environ, start_response)
+                body = parse_object(raw)
         except BodyRefused as e:
             if e.status in (401, 415):
                 log.info("%s %s -> %d: %s", method_label, endpoint, e.status, e.message)
@@ -200,14 +211,29 @@ class RequestGuard:
         self.metrics.latency.labels(labels[0]).observe(time.perf_counter() - t0)
         return [data]
 
-    def _read_body(self, environ: dict[str, Any]) -> bytes:
-        """The whole body (guards 2-4), put back into the environ as a fresh stream."""
+    def _read_streamed(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """A ``POST /webhook`` body over ``stream_from`` (or ``max_body``) bytes: guards 2 and 4 (no size limit),
+        fed to a :class:`backend.web.bulk_webhook.WebhookStream` as it arrives; returns what counting needs."""
+        t0, stream = time.perf_counter(), WebhookStream()
+        try:
+            self._read_body(environ, sink=stream.feed)
+            body = stream.body()
+        except StreamError as e:
+            raise BodyRefused(400, str(e)) from None
+        log.info("POST /webhook: %d bytes streamed (%s; %d bytes of masks skipped) in %.3f s", stream.received,
+                 summary(body), stream.cut, time.perf_counter() - t0)
+        return body
+
+    def _read_body(self, environ: dict[str, Any], sink: Callable[[bytes], None] | None = None) -> bytes:
+        """The whole body (guards 2-4), put back into the environ as a fresh stream; with ``sink``, each
+        chunk goes to it instead, nothing is kept, and there is no size limit (guard 3 only asks for a
+        Content-Length)."""
         raw_length = environ.get("CONTENT_LENGTH") or ""
         chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
         if chunked or (raw_length and not raw_length.isdigit()):
             raise BodyRefused(411, "a request body needs a Content-Length (chunked bodies are not accepted)")
         length = int(raw_length or 0)
-        if length > self.max_body:
+        if length > self.max_body and sink is None:
             raise BodyRefused(413, f"request body of {length} bytes exceeds the limit of {self.max_body} "
                                 "(MTAL_MAX_BODY_BYTES)")
         if length:
@@ -217,24 +243,34 @@ class RequestGuard:
         stream = environ["wsgi.input"]
         sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
         token = _WATCHDOG.watch(sock, time.monotonic() + self.read_timeout) if length and sock is not None else None
-        buf = bytearray()
+        buf, got = bytearray(), 0
         try:
-            while len(buf) < length:
-                chunk = stream.read(min(_CHUNK, length - len(buf)))
+            while len(buf) + got < length:
+                chunk = stream.read(min(_CHUNK if sink is None else _STREAM_CHUNK, length - len(buf) - got))
                 if not chunk:
                     break
-                buf += chunk
+                if sink is None:
+                    buf += chunk
+                else:
+                    sink(chunk)
+                    got += len(chunk)
         except (OSError, ValueError) as e:
             raise BodyRefused(408, f"request body could not be read: {type(e).__name__}") from None
         finally:
             if token is not None:
                 _WATCHDOG.done(token)
-        if len(buf) < length:
+        if len(buf) + got < length:
             raise BodyRefused(408, f"request body incomplete after {self.read_timeout:g} s "
-                                f"({len(buf)} of {length} bytes)")
+                                f"({len(buf) + got} of {length} bytes)")
         environ["wsgi.input"] = io.BytesIO(bytes(buf))
         environ["CONTENT_LENGTH"] = str(len(buf))
         return bytes(buf)
+
+
+def _declared_length(environ: Mapping[str, Any]) -> int:
+    """The request's Content-Length, 0 when absent or not a number (guard 3 refuses those later)."""
+    raw = environ.get("CONTENT_LENGTH") or ""
+    return int(raw) if raw.isdigit() else 0
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:

@@ -10,7 +10,8 @@ the same type whatever the configuration; fields a network does not produce are 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +112,7 @@ class MultiTaskNet(nn.Module, ABC):
         ``weights``: optional per-sample weights [B] per modality (MTAL-WACV s_k)."""
 
     @abstractmethod
-    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
+    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> Mapping[str, Tensor]:
         """MC-dropout: run the backbone once and the heads ``n`` times with dropout on.
         Returns, per dense modality, raw outputs stacked as [B, n, C, H, W]."""
 
@@ -126,3 +127,29 @@ class MultiTaskNet(nn.Module, ABC):
         finally:
             self.train(was_training)
         return {k: self.modalities[k].activate(v) if self.modalities[k].dense else v for k, v in out.final.items()}
+
+    # ---- split inference (interactive pre-annotation: the trunk once per image, the heads per click) ----
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def trunk(self, images: Tensor) -> Any:
+        """The part of ``predict`` that ``given`` does not change, for images [B, 3, H, W] in [0, 1]; what
+        :meth:`heads` takes. Networks that do not split return the images (``heads`` then runs it all)."""
+        return images
+
+    @torch.no_grad()
+    def heads(self, trunk: Any, size: tuple[int, int], given: Labels | None = None) -> dict[str, Tensor]:
+        """``predict``'s outputs (same formats, at ``size`` = the input's (H, W)) from :meth:`trunk`'s:
+        ``heads(trunk(x), x.shape[-2:], given) == predict(x, given)``. Eval mode."""
+        return self.predict(trunk, given)
+
+    def _activated(self, final: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: self.modalities[k].activate(v) if self.modalities[k].dense else v for k, v in final.items()}
+

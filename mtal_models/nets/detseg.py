@@ -214,6 +214,29 @@ class DetSegNet(MultiTaskNet):
             for m, mode in modes.items():
                 m.training = mode
 
+    @torch.no_grad()
+    def trunk(self, images: Tensor) -> list[Tensor]:
+        """images [B, 3, H, W] in [0, 1] -> the FPN maps P2..P7 [B, F, ., .] (eval mode)."""
+        self._check_images(images)
+        with self._inference(dropout=False):
+            return self._pyramid(images)[1]
+
+    @torch.no_grad()
+    def heads(self, trunk: list[Tensor], size: tuple[int, int], given: Labels | None = None) -> dict[str, Tensor]:
+        """FPN maps P2..P7 -> ``predict``'s outputs at ``size``: padded detections [B, K, 6 + C], dense
+        activated [B, C, H, W] (eval mode; ``given`` ignored, as in ``forward``)."""
+        size = (int(size[0]), int(size[1]))
+        with self._inference(dropout=False):
+            det_feats = trunk[1:]
+            head_outputs = self.fcos.head(det_feats)
+            shape = det_feats[0].new_empty((det_feats[0].shape[0], 0, *size))  # the anchor grid reads the size
+            anchors = self.fcos.anchor_generator(ImageList(shape, [size] * shape.shape[0]), det_feats)
+            per_level = [f.shape[-2] * f.shape[-1] for f in det_feats]
+            final, _ = self._dense(self.fusion(trunk), size)
+            final[self.det_name] = postprocess_detections(self.fcos, head_outputs, anchors, per_level, size,
+                                                          self.config.max_detections)
+            return self._activated({n: final[n] for n in self.modalities})
+
     def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
         """Backbone + FPN + fusion once, each dense head ``n`` times with dropout on ->
         {dense modality: outputs [B, n, C, H, W]} as in ``final`` (logits; unit normals). Runs in eval

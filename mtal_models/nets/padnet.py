@@ -48,6 +48,7 @@ from mtal_models.nets.base import Labels, MultiTaskNet, MultiTaskOutput
 from mtal_models.nets.blocks import LabelEncoder, MultiModalDistillation, TaskHead, format_predictions, label_to_map
 from mtal_models.nets.config import NetConfig, get_config
 from mtal_models.nets.losses import masked_mean
+from mtal_models.nets.mc import MCSamples
 
 __all__ = ["PADNet"]
 
@@ -196,21 +197,38 @@ class PADNet(MultiTaskNet):
         modalities present, per sample. ``committee=True`` also fills ``refined[k][j]``.
         head_features: [B, K * head_channels, H/8, W/8]; pooled: [B, c5 channels].
         """
+        return self._forward(images, given, committee)[0]
+
+    @torch.no_grad()
+    def forward_and_mc(self, images: Tensor, n: int, given: Labels | None = None,
+                       committee: bool = False) -> tuple[MultiTaskOutput, MCSamples]:
+        """``forward(images, given, committee)`` and ``mc_samples(images, n, given)`` on one trunk pass (the
+        trunk, fusion and initial blocks are deterministic: the same values as the two calls, for one
+        backbone pass less). No grad; use eval mode."""
+        _check_n(n)
+        out, blocks, encoded = self._forward(images, given, committee)
+        return out, self._mc(blocks, encoded, n, (images.shape[-2], images.shape[-1]))
+
+    def _forward(self, images: Tensor, given: Labels | None, committee: bool
+                 ) -> tuple[MultiTaskOutput, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+        """(the forward's output, the initial heads' blocks, the encoded given labels)."""
         check_images(images)
         batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
         feats = self.backbone(images)
         fused = self.fusion(feats)
         encoded = self._encode_given(given, batch, fused.shape[-2:])
+        blocks = self._initial_blocks(fused)
         initial, final, refined, head_features = self._heads(
-            self._initial_blocks(fused), encoded, size, initial=True, committee=committee, mc=False
+            blocks, encoded, size, initial=True, committee=committee, mc=False
         )
-        return MultiTaskOutput(
+        out = MultiTaskOutput(
             final=final,
             initial=initial,
             refined=refined,
             head_features=head_features,
             pooled=feats[-1].mean(dim=(2, 3)),
         )
+        return out, blocks, encoded
 
     def losses(
         self, out: MultiTaskOutput, labels: Labels, weights: Mapping[str, Tensor] | None = None
@@ -242,22 +260,44 @@ class PADNet(MultiTaskNet):
         return losses
 
     @torch.no_grad()
-    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> dict[str, Tensor]:
+    def trunk(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] in [0, 1] -> fused trunk features [B, C, H/8, W/8] (eval mode)."""
+        check_images(images)
+        with self._eval_mode():
+            return self.fusion(self.backbone(images))
+
+    @torch.no_grad()
+    def heads(self, trunk: Tensor, size: tuple[int, int], given: Labels | None = None) -> dict[str, Tensor]:
+        """Fused features [B, C, h, w] -> ``predict``'s activated final outputs at ``size`` (eval mode)."""
+        with self._eval_mode():
+            encoded = self._encode_given(given, trunk.shape[0], trunk.shape[-2:])
+            _, final, _, _ = self._heads(self._initial_blocks(trunk), encoded, tuple(size), initial=False,
+                                         committee=False, mc=False)
+            return self._activated(final)
+
+    @torch.no_grad()
+    def mc_samples(self, images: Tensor, n: int, given: Labels | None = None) -> MCSamples:
         """MC-dropout: trunk + fusion once, heads ``n`` times (batched) with dropout on, even in eval mode.
 
         The initial heads' conv blocks come before their dropout, so they are computed once and their
         output repeated: the same samples as n full head passes, for less work.
 
-        Returns name -> final outputs [B, n, C, H, W] (same formats as ``forward``'s ``final``).
+        Returns name -> final outputs [B, n, C, H, W] (same formats as ``forward``'s ``final``), as an
+        :class:`~mtal_models.nets.mc.MCSamples` mapping: brought to the input size when read, whole or one
+        image at a time (:meth:`~mtal_models.nets.mc.MCSamples.image`, what the MC scores use: a photo batch's
+        full-size samples are never held at once).
         BatchNorm follows the module's mode (use eval mode for inference).
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"mc_samples: n must be a positive int, got {n!r}")
+        _check_n(n)
         check_images(images)
-        batch, size = images.shape[0], (images.shape[-2], images.shape[-1])
         fused = self.fusion(self.backbone(images))
-        encoded = self._encode_given(given, batch, fused.shape[-2:])
-        blocks = self._initial_blocks(fused)
+        encoded = self._encode_given(given, images.shape[0], fused.shape[-2:])
+        return self._mc(self._initial_blocks(fused), encoded, n, (images.shape[-2], images.shape[-1]))
+
+    def _mc(self, blocks: dict[str, Tensor], encoded: dict[str, tuple[Tensor, Tensor]], n: int,
+            size: tuple[int, int]) -> MCSamples:
+        """MC samples from the initial heads' blocks (name -> [B, C, h, w]) and the encoded given labels."""
+        batch = next(iter(blocks.values())).shape[0]
         # a few copies per pass: batching all n copies is slower on CPU (the distillation's large
         # intermediate tensors fall out of cache), one copy per pass wastes small-batch efficiency
         per_pass = max(1, min(n, _MC_IMAGES_PER_PASS // batch))
@@ -268,9 +308,13 @@ class PADNet(MultiTaskNet):
             for k, v in final.items():
                 raw[k].append(v.view(copies, batch, *v.shape[1:]))
         # order sample-major at low resolution (cheap), so the full-size outputs need no further copy
-        low = {k: torch.cat(v).transpose(0, 1).reshape(batch * n, *v[0].shape[2:]) for k, v in raw.items()}
-        full = format_predictions(self.modalities, low, size)
-        return {k: v.view(batch, n, *v.shape[1:]) for k, v in full.items()}
+        low = {k: torch.cat(v).transpose(0, 1).contiguous() for k, v in raw.items()}
+        return MCSamples(self.modalities, low, size)
+
+
+def _check_n(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"mc_samples: n must be a positive int, got {n!r}")
 
 
 def _default_encoders_trained(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

@@ -73,7 +73,7 @@ class BatchOutputs:
     final:         name -> raw final output (logits / metres / normals / padded detections [B, K, 6 + C]).
     initial:       name -> raw initial (pre-distillation) output.
     refined:       refined[k][j] raw committee outputs (MTAL-WACV).
-    mc:            dense name -> MC-dropout raw outputs [B, D, C, H, W].
+    mc:            dense name -> MC-dropout raw outputs [B, D, C, H, W] (PAD-Net: an MCSamples mapping).
     flipped:       name -> raw final output for the flipped images, flipped back to the original frame.
     pooled:        [B, D] backbone features; head_features: [B, F, h, w].
     crops:         per image, segmentation logits of the crop around each detected box [N_i, C, s, s].
@@ -83,7 +83,7 @@ class BatchOutputs:
     final: dict[str, Tensor] = field(default_factory=dict)
     initial: dict[str, Tensor] = field(default_factory=dict)
     refined: dict[str, dict[str, Tensor]] = field(default_factory=dict)
-    mc: dict[str, Tensor] = field(default_factory=dict)
+    mc: Mapping[str, Tensor] = field(default_factory=dict)
     flipped: dict[str, Tensor] = field(default_factory=dict)
     pooled: Tensor | None = None
     head_features: Tensor | None = None

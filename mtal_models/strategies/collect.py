@@ -4,7 +4,8 @@ strategy's per-batch reduction, and concatenate. It collects exactly what ``stra
 
 - always: ``model(images, given, committee=needs.committee)`` in eval mode (final, initial, refined,
   pooled, head_features);
-- ``mc_samples > 0``: ``model.mc_samples(images, n, given)``;
+- ``mc_samples > 0``: ``model.mc_samples(images, n, given)`` (a network with ``forward_and_mc``, PAD-Net, gives
+  both from one trunk pass);
 - ``flip``: ``model(images.flip(-1))`` with dense outputs flipped back (normals: x negated);
 - ``crops``: ``model.segment_crops(images, boxes, size)`` for every non-padding detected box (det+seg net).
 
@@ -24,22 +25,29 @@ from torch import Tensor
 from mtal_models.data.sample import Batch
 from mtal_models.modalities import unpack_detections
 from mtal_models.nets.base import Labels, MultiTaskNet
+from mtal_models.nets.mc import MCSamples
 from mtal_models.strategies.base import BatchOutputs, Needs, PoolScores, Strategy, concat_pool
 from mtal_models.strategies.consistency import unflip
 
 __all__ = ["batch_outputs", "collect_pool_outputs", "crop_outputs"]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def batch_outputs(model: MultiTaskNet, images: Tensor, given: Labels | None, needs: Needs) -> BatchOutputs:
     """Everything ``needs`` asks for, for one batch of images [B, 3, H, W]. The model is left in the
-    train/eval mode it had."""
+    train/eval mode it had. Runs under ``torch.inference_mode`` (the same values as ``no_grad``; measured by
+    ``bench.infer_paths``): its tensors are read-only outside it, and whatever is built from them (a
+    concatenated pool, ``torch.cat``) is an ordinary tensor."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty [B, 3, H, W] tensor, got {_shape(images)}")
     was_training = model.training
     model.eval()
     try:
-        out = model(images, given, committee=needs.committee)
+        both = getattr(model, "forward_and_mc", None) if needs.mc_samples else None
+        if both is not None:  # PAD-Net: the forward and the MC samples on one trunk pass (the same values)
+            out, mc = both(images, needs.mc_samples, given, committee=needs.committee)
+        else:
+            out, mc = model(images, given, committee=needs.committee), None
         res = BatchOutputs(
             modalities=model.modalities,
             final=out.final,
@@ -49,7 +57,7 @@ def batch_outputs(model: MultiTaskNet, images: Tensor, given: Labels | None, nee
             head_features=out.head_features,
         )
         if needs.mc_samples:
-            res.mc = model.mc_samples(images, needs.mc_samples, given)
+            res.mc = mc if mc is not None else model.mc_samples(images, needs.mc_samples, given)
         if needs.flip:
             mirrored = model(images.flip(-1)).final
             res.flipped = {k: unflip(model.modalities[k], v) for k, v in mirrored.items() if model.modalities[k].dense}
@@ -72,7 +80,8 @@ def crop_outputs(out: BatchOutputs, height: int, width: int) -> BatchOutputs:
 
     refined = {k: {j: t[..., :height, :width] for j, t in v.items()} if k in dense else v
                for k, v in out.refined.items()}  # refined[k][j]: modality k's output refined by j
-    return replace(out, final=cut(out.final), initial=cut(out.initial), mc=cut(out.mc), flipped=cut(out.flipped),
+    mc = out.mc.cropped(height, width) if isinstance(out.mc, MCSamples) else cut(out.mc)
+    return replace(out, final=cut(out.final), initial=cut(out.initial), mc=mc, flipped=cut(out.flipped),
                    refined=refined)
 
 

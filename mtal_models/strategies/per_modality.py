@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from mtal_models.nets.mc import MCSamples
 from mtal_models.strategies.base import BatchOutputs, Needs, PoolScores, Strategy
 from mtal_models.strategies.consistency import flip_inconsistency
 from mtal_models.strategies.selection import Selection, check_labelled, check_scores, select_images, select_pairs
@@ -54,6 +55,9 @@ def mc_uncertainties(out: BatchOutputs) -> PoolScores:
     unknown = sorted(set(out.mc) - set(out.modalities))
     if unknown:
         raise ValueError(f"MC samples for unknown modalities {unknown}; the network has {sorted(out.modalities)}")
+    if isinstance(out.mc, MCSamples):  # one image's full-size samples at a time (the same values)
+        return {k: torch.cat([image_uncertainty(out.modalities[k], out.mc.image(k, i)[None])
+                              for i in range(out.mc.batch)]) for k in out.mc if out.modalities[k].dense}
     return {k: image_uncertainty(out.modalities[k], v) for k, v in out.mc.items() if out.modalities[k].dense}
 
 

@@ -21,8 +21,15 @@ __all__ = ["MinMaxNormalizer", "image_uncertainty", "rank_sum", "ranks"]
 
 
 def image_uncertainty(spec: ModalitySpec, samples: Tensor) -> Tensor:
-    """Mean per-pixel uncertainty [B] from MC samples [B, D, C, H, W] of one dense modality."""
-    return spec.uncertainty(samples).flatten(1).mean(dim=1)
+    """Mean per-pixel uncertainty [B] from MC samples [B, D, C, H, W] of one dense modality.
+
+    One image at a time: the same values as the whole batch at once (every step is per pixel, then a mean
+    per image), with the intermediates (probabilities [D, C, H, W]) of one image only, which stay in cache
+    and keep a photo-size batch's scoring from doubling its memory (CamVid 384x512, 10 samples, 6 classes:
+    47 MB per image instead of 1.5 GB for a batch of 32)."""
+    if samples.dim() != 5 or samples.shape[0] == 0:
+        return spec.uncertainty(samples).flatten(1).mean(dim=1)  # its own error for a bad shape
+    return torch.cat([spec.uncertainty(samples[i : i + 1]).flatten(1).mean(dim=1) for i in range(samples.shape[0])])
 
 
 class MinMaxNormalizer:

@@ -11,7 +11,7 @@ import pytest
 from rq import Queue
 
 from backend.labelstudio.client import LabelStudioAPIError
-from backend.loop import jobs
+from backend.loop import jobs, rank_fanout
 from backend.loop.coordinator import Coordinator
 from backend.loop.queue import QUEUE_NAME, QueueHandle
 from backend.loop.rank_pass import NothingFetched
@@ -52,8 +52,8 @@ def ranking(monkeypatch: pytest.MonkeyPatch) -> Any:
                             ls_backoff_s=backoff)
         ctx = jobs.JobContext(settings, store=_Store(), coordinator=coord, ls=ls, fetcher=None)  # type: ignore[arg-type]
         monkeypatch.setattr(jobs.JobContext, "create", classmethod(lambda cls: ctx))
-        monkeypatch.setattr(jobs.JobContext, "schema", lambda self, project: "schema")
-        monkeypatch.setattr(jobs, "rank_tasks", lambda *a, **k: {"pushed": 0})
+        monkeypatch.setattr(jobs.JobContext, "config_and_schema", lambda self, project: ("<View/>", "schema"))
+        monkeypatch.setattr(rank_fanout, "rank_tasks", lambda *a, **k: {"pushed": 0, "tasks": 0})
         seen: list[str | None] = []
         waits: list[float] = []
 
@@ -79,7 +79,7 @@ class _Store:
 def test_ls_back_after_two_failures(ranking: Any) -> None:
     ls = DownLS(2, LabelStudioAPIError("list tasks", None, "ConnectError: [Errno 111] Connection refused"))
     outcome, seen, waits, coord = ranking(ls)
-    assert outcome == {"pushed": 0} and ls.calls == 3
+    assert outcome == {"pushed": 0, "tasks": 0, "chunks": 1} and ls.calls == 3
     assert waits == [2.0, 4.0]  # exponential backoff
     assert seen[0].startswith("ranking: Label Studio unreachable (try 1 of 4, next in 2 s)")
     assert "Connection refused" in seen[0] and "try 2 of 4" in seen[1]
@@ -109,3 +109,30 @@ def test_backoff_is_capped(ranking: Any) -> None:
     ls = DownLS(100, LabelStudioAPIError("list tasks", None, "ReadTimeout"))
     _, _, waits, _ = ranking(ls, retries=4, backoff=20.0)
     assert waits == [20.0, 40.0, 60.0, 60.0]
+
+
+def test_a_rank_chunk_waits_for_label_studio_without_writing_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk job of a fanned-out ranking waits for Label Studio as the one-job ranking does, but records
+    nothing in the run's state (the merge job owns it)."""
+    from backend.loop import rank_jobs
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    coord = Coordinator(QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), embedded=False))
+    settings = Settings(label_studio_url="http://ls.invalid", label_studio_api_key="t", ls_retries=3, ls_backoff_s=2.0)
+    ctx = jobs.JobContext(settings, store=_Store(), coordinator=coord, ls=None, fetcher=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(jobs.JobContext, "create", classmethod(lambda cls: ctx))
+    monkeypatch.setattr(rank_jobs, "_pooled", lambda ctx, project: (ctx, None))
+    calls: list[tuple[str, str, int]] = []
+
+    def score(ctx: Any, project: str, run: str, index: int) -> dict[str, Any]:
+        calls.append((project, run, index))
+        if len(calls) <= 2:
+            raise LabelStudioAPIError("image", None, "ConnectError: [Errno 111] Connection refused")
+        return {"scored": 4}
+
+    waits: list[float] = []
+    monkeypatch.setattr(rank_jobs, "score_chunk", score)
+    monkeypatch.setattr(jobs.time, "sleep", waits.append)
+    assert jobs.rank_chunk_job("5", "mtal-rank-x", "2") == {"scored": 4}
+    assert calls == [("5", "mtal-rank-x", 2)] * 3 and waits == [2.0, 4.0]
+    assert conn.keys("mtal:project:5") == []  # no state written

@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from backend.loop import jobs, pretrain_round, train_round
+from backend.loop import jobs, pretrain_round, rank_fanout, train_round
 from backend.loop.queue import QUEUE_NAME, QueueHandle, ThreadWorker
 from backend.loop.trainer import QueueTrainer
 from backend.serving.store import ModelStore
@@ -109,7 +109,7 @@ def make_rig(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         store = ModelStore(settings.model_dir, device="cpu")
         trainer = QueueTrainer(settings, store, handle=QueueHandle(conn, Queue(QUEUE_NAME, connection=conn), False))
         rig = Rig(create_app(settings, store, trainer).test_client(), trainer, store, ls, conn)
-        real_rank, real_fit = jobs.rank_tasks, train_round.fit
+        real_rank, real_fit = rank_fanout.rank_tasks, train_round.fit
 
         def rank(*a: Any, **k: Any) -> dict[str, Any]:
             summary = real_rank(*a, **k)
@@ -120,7 +120,7 @@ def make_rig(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             rig.fit_trunks.append(trunk_of(model).state(model))
             return real_fit(model, *a, **k)
 
-        monkeypatch.setattr(jobs, "rank_tasks", rank)
+        monkeypatch.setattr(rank_fanout, "rank_tasks", rank)
         monkeypatch.setattr(train_round, "fit", fit)
         return rig
 

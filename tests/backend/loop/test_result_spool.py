@@ -25,3 +25,18 @@ def test_round_trip_in_any_order_and_nothing_left_on_disk(tmp_path: Path) -> Non
         assert spool.get(keys[-1]) == [{"late": True}] and spool.get(keys[-2]) == []
         with pytest.raises(KeyError, match="key 99"):
             spool.get(99)
+
+
+def test_a_named_spool_is_read_again_by_another_process(tmp_path: Path) -> None:
+    """A rank chunk spools to a named file; the merge job reopens it with the offsets the chunk saved."""
+    stored = [[{"value": {"rle": [i] * i}}] for i in range(20)]
+    path = tmp_path / "chunk-0.jsonl"
+    with ResultSpool(path=path) as spool:
+        keys = [spool.add(r) for r in stored]
+        spool.sync()
+        offsets = spool.offsets
+    assert os.listdir(tmp_path) == ["chunk-0.jsonl"]  # kept: the merge reads it
+    with ResultSpool.reopen(path, offsets) as again:
+        assert len(again) == 20 and [again.get(k) for k in reversed(keys)] == stored[::-1]
+        with pytest.raises(KeyError):
+            again.get(20)

@@ -13,7 +13,7 @@ import pytest
 import redis
 from rq import Queue
 
-from backend.loop import jobs, train_round
+from backend.loop import jobs, rank_fanout, train_round
 from backend.loop.queue import QUEUE_NAME, QueueHandle, ThreadWorker
 from backend.loop.trainer import QueueTrainer
 from backend.serving.store import ModelStore
@@ -49,7 +49,7 @@ def _run(redis_url: str, tmp_path: Path, ls: FakeLabelStudio, semi_weight: float
     client = create_app(settings, store, trainer).test_client()
     pools: list[int | None] = []
     downloads: dict[str, int] = {}
-    real_fit, real_rank = train_round.fit, jobs.rank_tasks
+    real_fit, real_rank = train_round.fit, rank_fanout.rank_tasks
 
     def fit(model: Any, *a: Any, unlabelled: Any = None, **k: Any) -> Any:
         pools.append(None if unlabelled is None else len(unlabelled))
@@ -62,7 +62,7 @@ def _run(redis_url: str, tmp_path: Path, ls: FakeLabelStudio, semi_weight: float
         return out
 
     monkeypatch.setattr(train_round, "fit", fit)
-    monkeypatch.setattr(jobs, "rank_tasks", rank)
+    monkeypatch.setattr(rank_fanout, "rank_tasks", rank)
     try:
         assert client.post("/setup", json={"project": f"{PROJECT}.1712345678", "schema": CONFIG}).status_code == 200
         body = {"action": "START_TRAINING", "project": {"id": int(PROJECT)}}

@@ -169,6 +169,45 @@ def geometry_results() -> list[tuple[str, Any]]:
     return out
 
 
+SMART = CONFIG.replace("</View>", """<RectangleLabels name="box_smart" toName="image" smart="true">
+<Label value="car"/></RectangleLabels><KeyPointLabels name="kp" toName="image" smart="true"><Label value="car"/>
+</KeyPointLabels></View>""")
+
+
+def smart_contexts() -> list[tuple[str, Any, list[dict[str, Any]], set[int]]]:
+    """Interactive /predict (issue #31): (name, params.context, tasks, expected statuses)."""
+    ok = [_task("/data/upload/1/ok.png")]
+
+    def kp(**v: Any) -> dict[str, Any]:
+        return {"from_name": "kp", "type": "keypointlabels", "value": {"x": 5, "y": 5, "labels": ["car"], **v}}
+
+    box = {**_rect(), "from_name": "box_smart"}
+    return [
+        ("string", "x", ok, CLIENT_ERROR), ("result dict", {"result": {}}, ok, CLIENT_ERROR),
+        ("region list", {"result": [[1]]}, ok, CLIENT_ERROR), ("keypoint without x", {"result": [kp(x=None)]}, ok,
+                                                                 CLIENT_ERROR),
+        ("keypoint x string", {"result": [kp(x="5")]}, ok, CLIENT_ERROR),
+        ("keypoint label ints", {"result": [kp(labels=[1])]}, ok, CLIENT_ERROR),
+        ("unknown label", {"result": [kp(labels=["bus"])]}, ok, CLIENT_ERROR),
+        ("is_positive string", {"result": [{**kp(), "is_positive": "no"}]}, ok, CLIENT_ERROR),
+        ("negative width", {"result": [{**box, "value": {**box["value"], "width": -5}}]}, ok, CLIENT_ERROR),
+        ("300 regions", {"result": [kp()] * 300}, ok, CLIENT_ERROR),
+        ("task of another project", {"result": [kp()]}, [{**ok[0], "project": 99}], CLIENT_ERROR),
+        ("two tasks", {"result": [kp()]}, ok * 2, CLIENT_ERROR),
+        ("keypoint far outside", {"result": [kp(x=1e308, y=-1e308)]}, ok, PER_TASK),
+        ("box far outside", {"result": [{**box, "value": {**box["value"], "x": 1e5, "width": 1e5}}]}, ok,
+         PER_TASK),
+        ("box absurd", {"result": [{**box, "value": {**box["value"], "x": 1e307, "width": 1e308}}]}, ok,
+         CLIENT_ERROR),
+        ("box rotated", {"result": [{**box, "value": {**box["value"], "rotation": 45}}]}, ok, PER_TASK),
+        ("zero-size box", {"result": [{**box, "value": {**box["value"], "width": 0, "height": 0}}]}, ok, PER_TASK),
+        ("only negative points", {"result": [{**kp(), "is_positive": False}]}, ok, PER_TASK),
+        ("own region garbage rle", {"result": [_brush([1, 2, 3])]}, ok, PER_TASK),
+        ("image missing", {"result": [kp()]}, [_task("/data/upload/1/missing.png")], PER_TASK),
+        ("empty", {"result": []}, ok, PER_TASK),
+    ]
+
+
 def cases(ls_hostport: str, canary_url: str) -> list[Case]:
     """Every table-driven case (see the module docstring)."""
     canary = canary_url.split("://", 1)[1]
@@ -191,7 +230,7 @@ def cases(ls_hostport: str, canary_url: str) -> list[Case]:
                        ("result not a list", [{"result": 5}]),
                        ("cancelled", [{"result": [_rect()], "was_cancelled": True}])]:
         predict(name, [_task("/data/upload/1/ok.png", anns)])
-    predict("1001 tasks", [_task("/data/upload/1/ok.png", tid=i) for i in range(1001)], {413})
+    predict("1001 tasks", [_task("/data/upload/1/ok.png", tid=i) for i in range(1001)])  # one over: background
     ids = (None, "a", 1.5, [1], {"a": 1}, -1, 10**40)
     predict("task ids of every type", [_task("/data/upload/1/ok.png", tid=t) for t in ids])
     for name, tasks in [("tasks not a list", {"a": 1}), ("task not a dict", [5]), ("data missing", [{"id": 1}]),
@@ -207,6 +246,8 @@ def cases(ls_hostport: str, canary_url: str) -> list[Case]:
                         ("project newline", {"project": "3\n"}), ("project traversal", {"project": "../3"}),
                         ("project unicode digits", {"project": "٣"}), ("project 65 chars", {"project": "a" * 65})]:
         predict(name, [_task("/data/upload/1/ok.png")], CLIENT_ERROR, **extra)
+    for name, context, tasks, expect in smart_contexts():
+        predict(f"context {name}", tasks, expect, label_config=SMART, params={"context": context})
 
     def setup(name: str, body: Any, expect: set[int]) -> None:
         out.append((f"setup: {name}", "/setup", body, expect))

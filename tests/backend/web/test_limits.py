@@ -23,11 +23,15 @@ def test_predict_with_a_bomb_annotation_answers_per_task(tmp_path: Path, canary:
     assert r.status_code == 200 and len(r.get_json()["results"]) == 1
 
 
-def test_too_many_tasks_is_a_413(tmp_path: Path) -> None:
+def test_more_tasks_than_the_limit_answer_every_task(tmp_path: Path) -> None:
+    """Over MTAL_MAX_PREDICT_TASKS: one item per task (Label Studio maps them by position), the tasks over the
+    limit ``[]`` (left to the background push: tests/backend/web/test_predict_batch.py), never a 413."""
     app, _ = _app(_settings(tmp_path, max_predict_tasks=5))
     tasks = [{"id": i, "data": {"image": "/x.png"}} for i in range(6)]
     r = app.test_client().post("/predict", json={"project": "3", "label_config": SEG, "tasks": tasks})
-    assert r.status_code == 413 and "MTAL_MAX_PREDICT_TASKS" in r.get_json()["message"]
+    assert r.status_code == 200
+    results = r.get_json()["results"]
+    assert len(results) == 6 and all(isinstance(p, dict) for p in results[:5]) and results[5] == []
 
 
 @pytest.mark.parametrize("config", [

@@ -126,3 +126,12 @@ def test_rbal_rank_sum_on_hand_made_table() -> None:
     sel = RBAL(mc_samples=2).select(table, labelled, 4)
     assert sel.by_image() == {2: ["a", "b"], 0: ["a", "b"]}  # tie 0/1 -> lower index first
     assert ranks(torch.tensor([1.0, 1.0, 0.0])).tolist() == [1, 2, 0]
+
+
+@pytest.mark.parametrize(("kind", "channels"), [("segmentation", 6), ("binary", 1), ("depth", 1), ("normals", 3)])
+def test_image_uncertainty_equals_the_whole_batch_at_once(kind: str, channels: int) -> None:
+    """Scored one image at a time (the photo-size memory bound), the values are those of the batch at once."""
+    spec = ModalitySpec("m", kind, channels)
+    samples = torch.randn(3, 4, channels, 9, 7, generator=torch.Generator().manual_seed(0)) * 3
+    whole = spec.uncertainty(samples).flatten(1).mean(dim=1)
+    assert torch.equal(image_uncertainty(spec, samples), whole)
