@@ -14,7 +14,8 @@ Prints:
   Label Studio sends them, from one asyncio client; the 99th percentile over all of them. Then the
   counts, the single follow-up run and the final idle state are checked.
 - ``METRIC webhook_noop_p99_ms``: the same bursts, interleaved with those, against ``bench.noop_wsgi``
-  under the same gunicorn settings: the floor that HTTP, gunicorn and the client set on this machine.
+  under the same gunicorn settings: the floor that HTTP, gunicorn and the client set on this machine;
+  ``METRIC webhook_p99_over_noop``: the ratio of the two, side by side in one run (issue #27: <= 2).
 - ``METRIC webhook_nice0_p99_ms``: the MTAL bursts again with the worker at the server's own priority
   (``MTAL_WORKER_NICE=0``), what the default priority buys.
 - ``METRIC rank_1k_s`` / ``METRIC rank_10k_s`` / ``METRIC rank_10k_over_1k`` (linear = ~10):
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"target <= 50", flush=True)
             print(f"METRIC webhook_noop_p99_ms={lat['noop_p99']:.1f}  # the same bursts against a no-op WSGI app "
                   f"under the same gunicorn: the floor of HTTP + client on this machine", flush=True)
+            print(f"METRIC webhook_p99_over_noop={lat['p99'] / lat['noop_p99']:.2f}  # side by side in one run; "
+                  f"target <= 2", flush=True)
             print(f"METRIC webhook_nice0_p99_ms={lat['nice0_p99']:.1f}  # the same, with the training worker at "
                   f"the server's priority (MTAL_WORKER_NICE=0 instead of {lat['nice']:.0f})", flush=True)
         if not args.skip_rank:

@@ -16,7 +16,12 @@ Measures each ``--net`` (default: ``small``, the server's default ``MTAL_NET_CON
 predict_vs_forward=<the worst of them>`` (target <= 1.25) and ``METRIC serve_peak_rss_mb=<peak RSS of
 this process, all nets>`` (target <= 1500).
 
-    python -m bench.serve [--net small default] [--device cpu|cuda|auto] [--runs 7]
+``--stages`` also times, inside each timed /predict, the batched forward (``predict._infer``: forward,
+task scores, float16 copy) and the conversion to Label Studio results (``predict._one_prediction`` of
+every task: argmax, speckle removal, brush RLE), and prints their medians as multiples of the bare
+forward (what docs/backend.md's breakdown is made of; the rest is fetch + decode + HTTP + JSON).
+
+    python -m bench.serve [--net small default] [--device cpu|cuda|auto] [--runs 7] [--stages]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
@@ -39,6 +45,7 @@ import torch
 from PIL import Image
 from werkzeug.serving import make_server
 
+import backend.serving.predict as predict_module
 from backend.serving.predict import INFERENCE
 from backend.settings import Settings
 from backend.web.app import create_app
@@ -87,8 +94,50 @@ def _write_images(root: Path) -> list[np.ndarray]:
     return images
 
 
-def measure(net: str, device_arg: str, runs: int) -> dict[str, float | str]:
-    """One net: warm up, then ``runs`` interleaved (/predict, bare forward) pairs; medians in seconds."""
+class StageTimer:
+    """Seconds spent in ``predict._infer`` and ``predict._one_prediction`` per /predict, by wrapping them
+    (the app runs in this process); ``start()`` before a request, ``stop()`` after it."""
+
+    NAMES = {"_infer": "infer", "_one_prediction": "convert"}
+
+    def __init__(self) -> None:
+        self.current = dict.fromkeys(self.NAMES.values(), 0.0)
+        self.runs: list[dict[str, float]] = []
+        self._originals = {name: getattr(predict_module, name) for name in self.NAMES}
+
+    def install(self) -> None:
+        for name, stage in self.NAMES.items():
+            setattr(predict_module, name, self._wrap(self._originals[name], stage))
+
+    def uninstall(self) -> None:
+        for name, fn in self._originals.items():
+            setattr(predict_module, name, fn)
+
+    def _wrap(self, fn: Any, stage: str) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.current[stage] += time.perf_counter() - t0
+        return timed
+
+    def start(self) -> None:
+        self.current = dict.fromkeys(self.current, 0.0)
+
+    def stop(self) -> None:
+        self.runs.append(dict(self.current))
+
+    def medians(self) -> dict[str, float]:
+        return {k: statistics.median(r[k] for r in self.runs) for k in self.current} if self.runs else {}
+
+
+def measure(net: str, device_arg: str, runs: int, stages: bool = False) -> dict[str, Any]:
+    """One net: warm up, then ``runs`` interleaved (/predict, bare forward) pairs; medians in seconds
+    (``stages``: also the medians of the forward and conversion inside /predict, see StageTimer)."""
+    timer = StageTimer()
+    if stages:
+        timer.install()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         images = _write_images(root / "ls")
@@ -131,9 +180,11 @@ def measure(net: str, device_arg: str, runs: int) -> dict[str, float | str]:
             return time.perf_counter() - t0
 
         def predict() -> float:
+            timer.start()
             t0 = time.perf_counter()
             r = session.post(f"{url}/predict", json=body, timeout=120)
             dt = time.perf_counter() - t0
+            timer.stop()
             r.raise_for_status()
             results = r.json()["results"]
             if len(results) != N_TASKS or any(not p["result"] and "score" not in p for p in results):
@@ -141,12 +192,14 @@ def measure(net: str, device_arg: str, runs: int) -> dict[str, float | str]:
             return dt
 
         predict(), forward()  # warm-up: first load, allocator, caches
+        timer.runs.clear()
         t_pred, t_fwd = [], []
         for _ in range(runs):
             t_pred.append(predict())
             t_fwd.append(forward())
         http_server.shutdown()
         files.shutdown()
+    timer.uninstall()
     return {
         "net": net,
         "device": device,
@@ -155,6 +208,7 @@ def measure(net: str, device_arg: str, runs: int) -> dict[str, float | str]:
         "forward_s": statistics.median(t_fwd),
         "ratio": statistics.median(t_pred) / statistics.median(t_fwd),
         "pair_ratio": statistics.median(p / f for p, f in zip(t_pred, t_fwd, strict=True)),
+        "stages": timer.medians() if stages else {},
     }
 
 
@@ -163,15 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--net", nargs="+", default=["small", "default"], choices=["tiny", "small", "default"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--stages", action="store_true", help="time the forward and the conversion inside /predict")
     args = ap.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    rows = [measure(net, args.device, args.runs) for net in args.net]
+    rows = [measure(net, args.device, args.runs, args.stages) for net in args.net]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     for r in rows:
         print(f"# net={r['net']} device={r['device']} version={r['version']} tasks={N_TASKS} {SIZE}x{SIZE}")
         print(f"# median /predict {r['predict_s'] * 1e3:.1f} ms, median bare forward {r['forward_s'] * 1e3:.1f} ms, "
               f"median of per-run ratios {r['pair_ratio']:.3f}, runs={args.runs}")
+        if r["stages"]:
+            fwd = float(r["forward_s"])
+            print("# inside /predict, x the bare forward: " + ", ".join(
+                f"{k} {v / fwd:.3f}" for k, v in r["stages"].items()) + f"; the rest (fetch, decode, HTTP, JSON) "
+                f"{(float(r['predict_s']) - sum(r['stages'].values())) / fwd:.3f}")
     for r in rows:
         print(f"METRIC predict_vs_forward_{r['net']}={r['ratio']:.3f}")
     print(f"METRIC predict_vs_forward={max(float(r['ratio']) for r in rows):.3f}")

@@ -19,6 +19,7 @@ from backend.labelstudio.label_config import ProjectSchema, TagInfo
 from backend.labelstudio.regions import (
     box_to_rect,
     check_size,
+    class_map_to_rle,
     encode_rle,
     mask_to_polygons,
     mask_to_rle,
@@ -26,12 +27,14 @@ from backend.labelstudio.regions import (
     rect_to_box,
     rle_to_mask,
 )
+from mtal_models.data.geometry import class_max
 from mtal_models.data.sample import empty_label
 
 __all__ = [
     "annotation_to_labels",
     "SegmentationArgmax",
     "box_to_rect",
+    "class_map_to_rle",
     "encode_rle",
     "mask_to_polygons",
     "mask_to_rle",
@@ -228,9 +231,8 @@ def _argmax(probs: np.ndarray, schema: ProjectSchema, tag: TagInfo) -> tuple[np.
     if probs.ndim != 3 or probs.shape[0] != len(names) or 0 in probs.shape:
         want = f"[{len(names)}, H, W]"
         raise ValueError(f"modality {tag.modality!r}: segmentation probs must be {want}, got {probs.shape}")
-    cls = probs.argmax(0)
-    conf = np.take_along_axis(probs, cls[None], 0)[0]
-    return cls.astype(np.int32), conf.astype(np.float32)
+    conf, cls = class_max(probs)  # probs.argmax(0) and its values, faster
+    return cls, conf
 
 
 def _check_argmax(pred: SegmentationArgmax, schema: ProjectSchema, tag: TagInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -249,14 +251,20 @@ def _check_argmax(pred: SegmentationArgmax, schema: ProjectSchema, tag: TagInfo)
 
 
 def class_sums(cls: np.ndarray, conf: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels per class and the sum of their confidence (int [H, W], float [H, W] -> [n], [n]),
-    counted in bands of rows (no full-size int64/float64 temporaries)."""
+    """Pixels per class and the sum of their confidence (int [H, W], float [H, W] -> [n], [n]) for the
+    classes 1..n-1; the background's (0) count is the rest of the pixels and its sum is not computed (0:
+    it is never a region). Counted in bands of rows over the non-background pixels only (no full-size
+    int64/float64 temporaries; a mostly-background map costs little); each class's sum is accumulated
+    in float64 in pixel order, as one ``np.bincount`` over the whole map does."""
     counts, sums = np.zeros(n, np.int64), np.zeros(n, np.float64)
     band = max(1, _BAND_PIXELS // max(1, cls.shape[1]))
     for top in range(0, cls.shape[0], band):
         c = cls[top : top + band].reshape(-1)
+        fg = np.flatnonzero(c)
+        c = c[fg]
         counts += np.bincount(c, minlength=n)[:n]
-        sums += np.bincount(c, weights=conf[top : top + band].reshape(-1), minlength=n)[:n]
+        sums += np.bincount(c, weights=conf[top : top + band].reshape(-1)[fg], minlength=n)[:n]
+    counts[0] = cls.size - counts[1:].sum()
     return counts, sums
 
 
@@ -274,23 +282,23 @@ def _seg_results(
     cls = _resize_nearest(cls, height, width)
     conf = _resize_nearest(conf, height, width)
     counts, sums = class_sums(cls, conf, len(names))
+    present = [c for c in range(1, len(names)) if counts[c]]
     out: list[dict[str, Any]] = []
-    for c in range(1, len(names)):
-        if counts[c] == 0:
-            continue
-        mask = cls == c
-        if tag.tag_type == "PolygonLabels":
-            for points, score in mask_to_polygons(mask, conf, epsilon=polygon_tolerance):
+    if tag.tag_type == "PolygonLabels":
+        for c in present:
+            for points, score in mask_to_polygons(cls == c, conf, epsilon=polygon_tolerance):
                 value = {"points": points, "polygonlabels": [names[c]], "closed": True}
                 out.append({"id": region_id(tag.name, len(out)), **common, "type": tag.result_type,
                             "value": value, "score": score})
-            continue
+        return out
+    rles = class_map_to_rle(cls, present)  # one pass over the pixels for every class
+    for c in present:
         out.append(
             {
                 "id": region_id(tag.name, c),
                 **common,
                 "type": tag.result_type,
-                "value": {"format": "rle", "rle": mask_to_rle(mask), tag.result_type: [names[c]]},
+                "value": {"format": "rle", "rle": rles[c], tag.result_type: [names[c]]},
                 "score": float(sums[c] / counts[c]),
             }
         )

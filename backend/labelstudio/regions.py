@@ -7,8 +7,9 @@ RLE of an RGBA byte array [H, W, 4] (``label_studio_sdk.converter.brush``). Pixe
 - Brush: a pixel belongs to the region where its alpha byte is > 0 (as the SDK's COCO exporter
   reads it); we encode masks with all four bytes 255. Encoding uses :func:`encode_rle`, a vectorised
   re-implementation of ``label_studio_sdk.converter.brush.encode_rle`` that produces the same bytes
-  (the SDK builds a Python bit string: ~10x slower; tests compare both on random masks). Decoding
-  uses the SDK.
+  (the SDK builds a Python bit string: ~10x slower; tests compare both on random masks); the regions
+  of one class map come from :func:`class_map_to_rle` (one pass over the map's runs for every class).
+  Decoding uses the SDK.
 - Rotated rectangles: ``x, y`` is the top-left corner before rotation, ``rotation`` degrees clockwise
   around that corner, applied in pixel space; :func:`rect_to_box` returns the axis-aligned box of
   the rotated rectangle.
@@ -22,7 +23,7 @@ RLE of an RGBA byte array [H, W, 4] (``label_studio_sdk.converter.brush``). Pixe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -32,6 +33,7 @@ from label_studio_sdk.converter.brush import decode_rle
 __all__ = [
     "box_to_rect",
     "check_size",
+    "class_map_to_rle",
     "encode_rle",
     "mask_to_polygons",
     "mask_to_rle",
@@ -119,8 +121,25 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"brush mask must be a non-empty [H, W] array, got shape {mask.shape}")
     # the runs of the 4-byte-per-pixel array are the pixel runs, 4x longer: encode those directly
-    lengths, vals = _runs(mask.astype(bool).reshape(-1))
+    lengths, vals = _runs(mask.astype(bool, copy=False).reshape(-1))
     return _encode_runs(lengths * 4, vals * 255, mask.size * 4)
+
+
+def class_map_to_rle(labels: np.ndarray, classes: Iterable[int]) -> dict[int, list[int]]:
+    """int [H, W] class map -> ``{c: mask_to_rle(labels == c)}`` for each of ``classes`` (same bytes),
+    with one pass over the pixels for all of them: the map's runs are found once, and each class's mask
+    runs are merged from them (the work per class grows with the number of runs, not of pixels)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"class map must be a non-empty [H, W] array, got shape {labels.shape}")
+    lengths, vals = _runs(labels.reshape(-1))
+    ends = np.cumsum(lengths)  # each run's end (exclusive) in the flat map
+    out: dict[int, list[int]] = {}
+    for c in classes:
+        inside = vals == c
+        last = np.append(np.flatnonzero(inside[1:] != inside[:-1]), inside.size - 1)  # last run of each mask run
+        out[int(c)] = _encode_runs(np.diff(ends[last], prepend=0) * 4, inside[last] * 255, labels.size * 4)
+    return out
 
 
 def rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray:

@@ -40,7 +40,7 @@ import torch
 from backend.labelstudio.convert import SegmentationArgmax, predictions_to_results
 from backend.labelstudio.label_config import ProjectSchema
 from backend.settings import Settings
-from mtal_models.data.geometry import Fit
+from mtal_models.data.geometry import Fit, class_max
 from mtal_models.postprocess import DEFAULT_THRESHOLD, PrefillConfig, remove_speckle, suppress_duplicates
 
 __all__ = ["Prefill", "config_from", "prefill_thresholds"]
@@ -113,8 +113,7 @@ class Prefill:
                 probs = probs[0]
             if probs.ndim != 3 or 0 in probs.shape:
                 return pred  # predictions_to_results raises the clear error
-            cls = probs.argmax(0).astype(np.int32)
-            conf = np.take_along_axis(probs, cls[None], 0)[0].astype(np.float32)
+            conf, cls = class_max(probs)
         if cls.ndim != 2 or cls.size == 0:
             return pred
         if size is not None and cls.shape != tuple(size):  # the size the regions are encoded at
@@ -130,12 +129,12 @@ class Prefill:
             probs = probs[0]
         if probs.dim() != 3 or 0 in probs.shape:
             return pred  # predictions_to_results raises the clear error
-        net = fit.crop(probs).float().max(0).indices.to(torch.int32).numpy()  # max: ~20x faster than argmax
+        best, net = class_max(fit.crop(probs))  # torch.max(probs, 0)'s values and classes, faster
         cleaned = remove_speckle(net, self.config.min_area)
-        override = None if cleaned is net else np.where(cleaned != net, cleaned, -1)
+        if fit.resized == (fit.height, fit.width):  # no resize (bench.serve's images): the network-size
+            return SegmentationArgmax(cleaned, best)  # argmax is the original's, cleaned once
+        override = None if cleaned is net else np.where(cleaned != net, cleaned.astype(np.int32), -1)
         cls, conf = fit.probs_to_original(probs, override)
-        if fit.resized == (fit.height, fit.width):  # no resize: cls is the cleaned map (remove_speckle is
-            return SegmentationArgmax(cls, conf)     # idempotent), a second pass would change nothing
         return SegmentationArgmax(remove_speckle(cls, self.config.min_area), conf)
 
     def results(self, preds: Mapping[str, Any], schema: ProjectSchema, height: int, width: int,

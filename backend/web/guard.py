@@ -74,7 +74,12 @@ def internal_error(where: str) -> dict[str, str]:
 
 
 class _ReadWatchdog:
-    """One daemon thread that shuts the read side of sockets whose body read passed its deadline."""
+    """One daemon thread that shuts the read side of sockets whose body read passed its deadline.
+
+    It is woken only when a watch becomes the earliest deadline (the first after an idle spell; the
+    deadlines of one server grow with time), and each time it wakes it drops every finished watch at
+    once: a burst of webhooks costs it one wake-up, not one per request competing with the requests
+    for the CPU and the GIL (issue #27). ``wakeups`` counts them."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, socket.socket]] = []
@@ -82,6 +87,7 @@ class _ReadWatchdog:
         self._ids = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.wakeups = 0
 
     def watch(self, sock: socket.socket, deadline: float) -> int:
         with self._cond:
@@ -91,7 +97,8 @@ class _ReadWatchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mtal-read-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == token:  # earlier than what the thread sleeps until (or it sleeps for good)
+                self._cond.notify()
             return token
 
     def done(self, token: int) -> None:
@@ -101,19 +108,21 @@ class _ReadWatchdog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap:
+                self.wakeups += 1
+                while self._heap and self._heap[0][1] not in self._active:  # finished reads: nothing to do
+                    heapq.heappop(self._heap)
+                if not self._heap:
                     self._cond.wait()
+                    continue
                 deadline, token, sock = self._heap[0]
                 wait = deadline - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-                expired = token in self._active
                 self._active.discard(token)
-            if expired:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RD)  # the blocked recv returns b"": a short body
+            with contextlib.suppress(OSError):  # the read passed its deadline
+                sock.shutdown(socket.SHUT_RD)  # the blocked recv returns b"": a short body
 
 
 _WATCHDOG = _ReadWatchdog()

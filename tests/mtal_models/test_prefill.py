@@ -152,6 +152,44 @@ def test_speckle_removal_equals_its_definition(dtype: type, noise: float) -> Non
     assert (remove_speckle(local, 0.001) == 0).all()
 
 
+def _background_with_specks(dtype: type, seed: int) -> np.ndarray:
+    """What an early network predicts (bench.serve's maps): background in one piece over most of the image,
+    a few specks and blobs of other classes, one class rarer than the speckle size in all; for odd seeds
+    a hole of background inside a blob."""
+    rng = np.random.default_rng(seed)
+    cls = np.zeros((120, 160), dtype)
+    for c, (y, x) in zip([1, 2, 2, 3, 1, 2], rng.integers(5, 100, (6, 2)), strict=True):
+        cls[y : y + rng.integers(1, 14), x : x + rng.integers(1, 14)] = c
+    cls[60:80, 100:130] = 4
+    if seed % 2:
+        cls[65:67, 110:111] = 0  # a 2-pixel hole of the background: background in two pieces
+    cls[rng.integers(0, 120, 9), rng.integers(0, 160, 9)] = 5  # 9 pixels of class 5 in all
+    return cls
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+@pytest.mark.parametrize("seed", range(4))
+def test_speckle_removal_shortcuts_equal_the_definition(dtype: type, seed: int) -> None:
+    """The shortcuts (a class rarer than the speckle size is small as a whole; a dominant class in one
+    piece needs no component statistics; a one-class map is returned as it is) and every histogram path
+    (few ids, uint8, ids up to 4096, negative or large ids) give the plain rule's map."""
+    cls = _background_with_specks(dtype, seed)
+    for m, area in ((cls, 0.002), (cls, 0.02), (np.where(cls == 0, 0, cls + 9).astype(dtype), 0.002)):
+        got, want = remove_speckle(m, area), _speckle_by_definition(m, area)
+        assert got.dtype == m.dtype and (got == want).all()
+        assert not (got == m).all()
+    if np.dtype(dtype).kind == "i":
+        for shift in (-3, 5000):  # np.unique's path
+            m = cls.astype(dtype) + shift
+            assert (remove_speckle(m, 0.002) == _speckle_by_definition(m, 0.002)).all()
+    hole = cls.copy()
+    hole[:] = 0
+    hole[65:67, 110:111] = 4  # the background is the only class of size: everything else goes
+    assert (remove_speckle(hole, 0.002) == 0).all()
+    one = np.full((30, 40), 3, dtype)
+    assert remove_speckle(one, 0.01) is one
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_speckle_removal_is_idempotent(seed: int) -> None:
     """A cleaned map has nothing left to clean (the prefill relies on it: a photo at the network's size is

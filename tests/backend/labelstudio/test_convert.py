@@ -15,6 +15,8 @@ from backend.labelstudio.convert import (
     SegmentationArgmax,
     annotation_to_labels,
     box_to_rect,
+    class_map_to_rle,
+    class_sums,
     encode_rle,
     mask_to_polygons,
     mask_to_rle,
@@ -84,6 +86,33 @@ def test_mask_to_rle_equals_sdk_mask2rle(shape):
     masks = [np.zeros(shape, bool), np.ones(shape, bool), rng.random(shape) < 0.5, blobs[: shape[0], : shape[1]]]
     for mask in masks:
         assert mask_to_rle(mask) == [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 3), (31, 17), (64, 63), (300, 257)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_class_map_to_rle_equals_the_sdk_per_class(shape, dtype):
+    """One pass for all classes gives, per class, the SDK's ``mask2rle`` bytes of that class's mask (and
+    they decode with the SDK to the mask): noise, blobs, one class everywhere, runs over 2**16 pixels."""
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    blobs = np.kron(rng.integers(0, 4, (shape[0] // 4 + 1, shape[1] // 4 + 1)), np.ones((4, 4), np.int64))
+    long_runs = np.zeros(shape, np.int64)
+    long_runs.reshape(-1)[long_runs.size // 3 :] = 2
+    maps = [rng.integers(0, 5, shape), blobs[: shape[0], : shape[1]], np.full(shape, 3), long_runs]
+    for labels in maps:
+        labels = labels.astype(dtype)
+        got = class_map_to_rle(labels, [0, 1, 2, 3, 4, 7])
+        assert list(got) == [0, 1, 2, 3, 4, 7]
+        for c, rle in got.items():
+            mask = labels == c
+            assert rle == [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)], (c, shape)
+            np.testing.assert_array_equal(decode_rle(bytes(rle)).reshape(*shape, 4)[:, :, 3] > 0, mask)
+
+
+def test_class_map_to_rle_rejects_bad_maps():
+    with pytest.raises(ValueError, match="class map"):
+        class_map_to_rle(np.zeros((0, 3), np.uint8), [1])
+    with pytest.raises(ValueError, match="class map"):
+        class_map_to_rle(np.zeros(5, np.uint8), [1])
 
 
 def test_mask_to_rle_reproduces_golden_sdk_bytes():
@@ -236,6 +265,26 @@ def test_predictions_match_golden(schema):
     for g, w in zip(got, want, strict=True):
         assert g.pop("score", None) == pytest.approx(w.pop("score", None))
         assert json.loads(json.dumps(g)) == w
+
+
+@pytest.mark.parametrize("background", [0.0, 0.5, 0.99])
+def test_class_sums_equal_one_bincount_over_the_map(background):
+    """Counts and float64 confidence sums of classes 1..n-1 are bit-identical to ``np.bincount`` over the
+    whole map (the sum's order is the pixels'); the background's count is the rest, its sum is skipped.
+    A map of over 2**20 pixels is summed in bands of rows (as before #27): equal to float rounding."""
+    rng = np.random.default_rng(int(background * 100))
+    for shape in [(3, 5), (64, 80), (1100, 1000)]:
+        cls = np.where(rng.random(shape) < background, 0, rng.integers(1, 6, shape)).astype(np.uint8)
+        conf = rng.random(shape, dtype=np.float32)
+        counts, sums = class_sums(cls, conf, 7)
+        want_counts = np.bincount(cls.reshape(-1), minlength=7)
+        want_sums = np.bincount(cls.reshape(-1), weights=conf.reshape(-1), minlength=7)
+        assert counts.tolist() == want_counts.tolist()
+        assert sums[0] == 0
+        if cls.size <= 1 << 20:
+            assert sums[1:].tolist() == want_sums[1:].tolist()
+        else:
+            np.testing.assert_allclose(sums[1:], want_sums[1:], rtol=1e-12)
 
 
 def test_predictions_content_by_construction(schema):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import mtal_models.data.geometry as geometry
-from mtal_models.data.geometry import Fit
+from mtal_models.data.geometry import Fit, class_max
 
 
 @pytest.mark.parametrize(("h", "w", "want"), [
@@ -120,3 +120,33 @@ def test_collate_pads_inputs_of_different_sizes() -> None:
     assert (seg[0, :32] == 1).all() and (seg[0, 32:] == 255).all()  # padding unlabelled
     assert (batch.labels.values["depth"][0, 0, 32:] == 0).all()  # depth padding invalid
     assert batch.labels.values["boxes"][1]["boxes"].tolist() == [[1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, 2, 5, 12, 300])
+def test_class_max_equals_torch_max(dtype: torch.dtype, channels: int) -> None:
+    """Values and first-index classes of ``torch.max(probs, 0)``: random scores, scores with many ties
+    (a few levels), a cropped (non-contiguous) view; uint8 classes up to 256 channels, int32 past."""
+    gen = torch.Generator().manual_seed(channels)
+    for probs in (torch.rand(channels, 37, 53, generator=gen),
+                  torch.randint(0, 3, (channels, 37, 53), generator=gen).float() / 3):
+        probs = probs.to(dtype)
+        for view in (probs, probs[:, 3:30, 5:41]):
+            best, cls = class_max(view)
+            want = view.max(0)
+            assert cls.dtype == (np.uint8 if channels <= 256 else np.int32) and best.dtype == np.float32
+            np.testing.assert_array_equal(cls, want.indices.numpy())
+            np.testing.assert_array_equal(best, want.values.float().numpy().astype(np.float32))
+    best, cls = class_max(np.zeros((3, 2, 2), np.float32))  # numpy input, all tied: class 0
+    assert (cls == 0).all() and (best == 0).all()
+
+
+def test_class_max_rejects_bad_shapes_and_gives_nan_class_0() -> None:
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        class_max(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        class_max(torch.zeros(0, 4, 4))
+    probs = torch.rand(3, 4, 4)
+    probs[1, 2, 2] = float("nan")
+    best, cls = class_max(probs)
+    assert cls[2, 2] == 0 and np.isnan(best[2, 2])
