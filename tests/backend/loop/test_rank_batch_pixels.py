@@ -3,7 +3,6 @@ a batch of 32 photos at 384x512 held ~1 GB of activations and outputs in a rank 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,40 +13,10 @@ import backend.loop.rank_pass as rank_pass
 from backend.serving.model import MTALModel, load_schema
 from backend.serving.store import ModelStore
 from backend.settings import Settings
+from tests.backend.loop.test_rank_contract import Ctx, DictFetcher, RecordingLS
 
 CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="semantic" toName="image">'
           '<Label value="road"/><Label value="car"/></BrushLabels></View>')
-
-
-@dataclass
-class RecordingLS:
-    pushed: list[dict[str, Any]] = field(default_factory=list)
-
-    def create_predictions_bulk(self, project: int, predictions: list[dict[str, Any]]) -> int:
-        self.pushed.extend(predictions)
-        return len(predictions)
-
-    def set_project_ranking(self, project: int, version: str, **_: Any) -> None:
-        pass
-
-    def model_versions(self, project: int) -> dict[str, int]:
-        return {}
-
-
-@dataclass
-class ArrayFetcher:
-    images: dict[str, np.ndarray]
-
-    def fetch_image(self, url: str, task_id: int | None = None) -> np.ndarray:
-        return self.images[url]
-
-
-@dataclass
-class Ctx:
-    settings: Settings
-    store: ModelStore
-    ls: RecordingLS
-    fetcher: ArrayFetcher
 
 
 @pytest.mark.parametrize(("pixels_per_forward", "batch", "expected"), [
@@ -75,7 +44,7 @@ def test_rank_forwards_are_bounded_like_predict(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(rank_pass, "FORWARD_PIXELS", pixels_per_forward)
     monkeypatch.setattr(rank_pass, "batch_outputs", recording)
     ls = RecordingLS()
-    summary = rank_pass.rank_tasks(Ctx(settings, store, ls, ArrayFetcher(images)), "1", load_schema(CONFIG), version,
+    summary = rank_pass.rank_tasks(Ctx(settings, store, ls, DictFetcher(images)), "1", load_schema(CONFIG), version,
                                    tasks, set())
     assert sizes == expected
     assert summary["pushed"] == 5 and len(ls.pushed) == 5
