@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--plots", default="docs/results", help="where the PNG plots are copied")
     ap.add_argument("--notes", default="docs/results/notes.md", help="hand-written notes included verbatim")
-    sections = "docs/results/detseg.md,docs/results/photographs.md,docs/results/pool.md"
+    sections = "docs/results/detseg.md,docs/results/photographs.md,docs/results/pool.md,docs/results/pool-pennfudan.md"
     ap.add_argument("--sections", default=sections,
                     help="comma-separated markdown files appended verbatim (those that exist)")
     args = ap.parse_args(argv)
