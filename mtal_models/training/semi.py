@@ -41,7 +41,7 @@ from mtal_models.data.sample import Batch, Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels, MultiTaskNet
 from mtal_models.training.config import TrainConfig
-from mtal_models.training.data import make_loader
+from mtal_models.training.data import SampleDataset
 
 __all__ = ["EMATeacher", "SemiBranch", "frozen_bn_stats", "rampup", "teacher_targets", "unlabelled_loader"]
 
@@ -141,13 +141,17 @@ def unlabelled_loader(
 ) -> DataLoader:
     """A shuffling DataLoader of Batches over ``unlabelled``: a list of Samples, or any map-style Dataset
     of Samples, read lazily (e.g. :class:`mtal_models.data.unlabelled.ImageFiles`). A DataLoader is
-    returned as it is. Only the ``present`` flags of the Batches are used (see :class:`SemiBranch`)."""
+    returned as it is. Only the ``present`` flags of the Batches are used (see :class:`SemiBranch`). A pool
+    whose size leaves a last batch of one image drops that batch (BatchNorm cannot train on one image)."""
     if isinstance(unlabelled, DataLoader):
         return unlabelled
-    if isinstance(unlabelled, list | tuple):
-        return make_loader(unlabelled, modalities, batch_size, True, num_workers, generator, sampling="image")
-    return DataLoader(unlabelled, batch_size=batch_size, shuffle=True, num_workers=num_workers,  # type: ignore[arg-type]
-                      collate_fn=partial(collate, modalities=dict(modalities)), generator=generator)
+    dataset = SampleDataset(unlabelled) if isinstance(unlabelled, list | tuple) else unlabelled
+    # A last batch of one image would make BatchNorm raise in training mode ("Expected more than 1 value per
+    # channel") at the network's 1x1 bottleneck: drop it (the next pass reshuffles, so no image is left out).
+    drop_last = len(dataset) % batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,  # type: ignore[arg-type]
+                      collate_fn=partial(collate, modalities=dict(modalities)), generator=generator,
+                      drop_last=drop_last)
 
 
 class SemiBranch:
@@ -167,6 +171,10 @@ class SemiBranch:
         self.teacher = EMATeacher(student, config.ema_decay)
         self.dense = [n for n, s in student.modalities.items() if s.dense]
         self._batches: Iterator[Batch] | None = None
+        self.last: dict[str, Any] = {}
+        """The last step's views, for inspection (scripts/semi_inspect.py): weak images [B, 3, H, W] (what
+        the teacher saw), strong images (what the student learnt on), teacher targets (moved with the
+        strong view), the same targets before the geometric moves (aligned with the weak images), batch ids."""
 
     def start_epoch(self, epoch: int) -> None:
         self.shuffle.manual_seed(self.config.seed + epoch + 7919)
@@ -189,11 +197,14 @@ class SemiBranch:
         batch = self._next_batch()
         images = batch.images.to(device)
         targets = teacher_targets(self.teacher.model, images, self.config.semi_threshold)
+        weak_targets = targets
         images, targets = hflip_maps(images, targets, student.modalities, self.augment)
         if self.config.semi_cutmix > 0:
             images, targets = cutmix(images, targets, self.augment, self.config.semi_cutmix)
         images = photometric(images, self.augment)
         b = images.shape[0]
+        self.last = {"weak": batch.images, "weak_targets": weak_targets, "strong": images.detach(),
+                     "targets": targets, "ids": batch.ids}
         weights = {}
         for n in self.dense:
             spec = student.modalities[n]

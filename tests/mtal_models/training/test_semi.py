@@ -196,3 +196,37 @@ def test_pool_streams_from_disk(tmp_path: Path) -> None:
         save_png(paths[-1], s.image)
     result = fit(_net(), make_samples(4), CFG, unlabelled=ImageFiles(paths))
     assert result.unlabelled == 5 and result.teacher is not None and result.teacher.updates == 4
+
+
+def _photo_pool(n: int, labelled: bool) -> list[Sample]:
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        if labelled:
+            out.append(Sample(f"l{i}", image, {"sem": (image[..., 0] > 128).astype(np.int64)}, {"sem": True}))
+        else:
+            out.append(Sample(f"u{i}", image))
+    return out
+
+
+@pytest.mark.parametrize("pool_size", [5, 9])
+def test_a_pool_leaving_a_last_batch_of_one_trains(pool_size: int) -> None:
+    """Bug (issue #30 audit): 5 or 9 unlabelled images in batches of 4 left a last batch of one, and PAD-Net's
+    BatchNorm raised "Expected more than 1 value per channel when training" mid-run."""
+    mods = build_modalities([("sem", "segmentation", 2)])
+    torch.manual_seed(0)
+    net = build_network("padnet", mods, "tiny")
+    cfg = TrainConfig(epochs=2, batch_size=4, device="cpu", semi_threshold=0.0)
+    result = fit(net, _photo_pool(8, True), cfg, unlabelled=_photo_pool(pool_size, False))
+    assert result.teacher is not None and result.teacher.updates == 4
+
+
+def test_a_pool_of_one_image_trains_supervised_with_a_warning() -> None:
+    mods = build_modalities([("sem", "segmentation", 2)])
+    torch.manual_seed(0)
+    net = build_network("padnet", mods, "tiny")
+    with pytest.warns(UserWarning, match="one unlabelled image"):
+        result = fit(net, _photo_pool(4, True), TrainConfig(epochs=1, batch_size=4, device="cpu"),
+                     unlabelled=_photo_pool(1, False))
+    assert result.teacher is None
