@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ import numpy as np
 import torch
 
 import mtal_models.training.loop as loop_module
+from mtal_models.data import LabelPool
 from mtal_models.simulate.config import load_config
 from mtal_models.simulate.photos import load_photo_data
 from mtal_models.simulate.rounds import _build_model, _train_config, _train_loader, initial_images
-from mtal_models.data import LabelPool
-from mtal_models.training.loop import evaluate, fit
+from mtal_models.training.config import TrainConfig
 from mtal_models.training.data import make_loader
+from mtal_models.training.loop import evaluate, fit
+from scripts.semi_sweep import parse_set
 
 # CamVid's SegNet palette for the 11 classes; ignored pixels black.
 PALETTE = np.array([(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
@@ -72,12 +75,7 @@ def main() -> None:
     unlabelled = [pool.apply(s, i) for i, s in enumerate(data.pool) if i not in labelled]
     model = _build_model(config, data.modalities, args.seed)
     train_config = _train_config(config, 1, args.seed * 1000, False)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        k, v = item.split("=", 1)
-        overrides[k] = type(getattr(train_config, k))(v) if not isinstance(getattr(train_config, k), bool) else v == "1"
-    train_config = train_config.replace(**overrides) if hasattr(train_config, "replace") else \
-        type(train_config)(**{**train_config.to_dict(), **overrides})
+    train_config = TrainConfig(**{**train_config.to_dict(), **parse_set(args.set)})
     loader = _train_loader(samples, data.modalities, config.batch_size, train_config.seed, args.steps)
     captured: dict[str, Any] = {}
     real = loop_module._semi_branch
@@ -102,7 +100,7 @@ def main() -> None:
         hist = torch.bincount(weak_t[passed], minlength=n_classes)[:n_classes].tolist()
         true_hist = torch.bincount(truth[valid], minlength=n_classes)[:n_classes].tolist()
         row = {"step": step, "loss": round(loss, 4), "pass_share": round(float(passed.float().mean()), 4),
-               "pass_acc": round(float((weak_t[both] == truth[both]).float().mean()) if both.any() else float("nan"), 4),
+               "pass_acc": round(float((weak_t[both] == truth[both]).float().mean()) if both.any() else math.nan, 4),
                "teacher_updates": semi.teacher.updates,
                "passed_classes": " ".join(map(str, hist)), "true_classes": " ".join(map(str, true_hist))}
         rows.append(row)

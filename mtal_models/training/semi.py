@@ -43,7 +43,10 @@ from mtal_models.nets.base import Labels, MultiTaskNet
 from mtal_models.training.config import TrainConfig
 from mtal_models.training.data import SampleDataset
 
-__all__ = ["EMATeacher", "SemiBranch", "frozen_bn_stats", "rampup", "teacher_targets", "unlabelled_loader"]
+__all__ = [
+    "EMATeacher", "SemiBranch", "class_balanced_keep", "frozen_bn_stats",
+    "rampup", "teacher_targets", "unlabelled_loader",
+]
 
 Unlabelled = Sequence[Sample] | Dataset | DataLoader
 """The pool ``fit`` draws unlabelled batches from (see :func:`unlabelled_loader`)."""
@@ -98,19 +101,55 @@ class EMATeacher:
         self.updates = int(state["updates"])
 
 
+def class_balanced_keep(confidence: Tensor, classes: Tensor, threshold: float, share: float) -> Tensor:
+    """Which pixels keep their pseudo-label: bool, the shape of ``confidence`` (the teacher's probability of
+    its class, any shape) and ``classes`` (its class ids, same shape).
+
+    A pixel is kept when its confidence reaches its class's threshold min(``threshold``, q_c), q_c being the
+    (1 - ``share``) quantile of the confidences of the pixels the teacher gives class c in this batch: every
+    class the teacher predicts keeps at least its ``share`` most confident pixels (class-balanced
+    self-training, Zou et al. ECCV 2018), where one global threshold keeps only the frequent classes, the
+    ones a teacher trained on a few images is sure of. ``share`` 0 = the global threshold alone."""
+    keep = confidence >= threshold
+    if share <= 0:
+        return keep
+    for c in classes.unique().tolist():
+        members = classes == c
+        values = confidence[members].float()
+        if values.numel() > 16_000_000:  # torch.quantile's limit: a strided subsample decides
+            values = values[:: values.numel() // 16_000_000 + 1]
+        cut = torch.quantile(values, 1.0 - share)
+        keep |= members & (confidence >= torch.clamp(cut, max=threshold))
+    return keep
+
+
 @torch.no_grad()
-def teacher_targets(teacher: MultiTaskNet, images: Tensor, threshold: float) -> dict[str, Tensor]:
+def teacher_targets(
+    teacher: MultiTaskNet, images: Tensor, threshold: float, class_share: float = 0.0
+) -> dict[str, Tensor]:
     """Targets of the dense modalities from ``teacher`` on images [B, 3, H, W] (eval mode, no grad):
-    categorical pixels below ``threshold`` get ``ignore_index``; regression maps are taken whole."""
+    categorical pixels below their threshold get ``ignore_index`` (``threshold``, lowered per class to keep
+    each predicted class's ``class_share`` most confident pixels: :func:`class_balanced_keep`); regression
+    maps are taken whole."""
     was_training = teacher.training
     teacher.eval()
     try:
         out = teacher(images)
     finally:
         teacher.train(was_training)
-    return {
-        n: s.pseudo_target(out.final[n].float(), threshold) for n, s in teacher.modalities.items() if s.dense
-    }
+    targets = {}
+    for n, s in teacher.modalities.items():
+        if not s.dense:
+            continue
+        pred = out.final[n].float()
+        target = s.pseudo_target(pred, 0.0)
+        if s.categorical:
+            prob = s.activate(pred)
+            confidence = prob.max(dim=1).values if s.kind == "segmentation" else torch.maximum(prob, 1 - prob)
+            keep = class_balanced_keep(confidence, target, threshold, class_share)
+            target = target.masked_fill(~keep, s.ignore_index)
+        targets[n] = target
+    return targets
 
 
 @contextmanager
@@ -196,7 +235,7 @@ class SemiBranch:
         device = next(student.parameters()).device
         batch = self._next_batch()
         images = batch.images.to(device)
-        targets = teacher_targets(self.teacher.model, images, self.config.semi_threshold)
+        targets = teacher_targets(self.teacher.model, images, self.config.semi_threshold, self.config.semi_class_share)
         weak_targets = targets
         images, targets = hflip_maps(images, targets, student.modalities, self.augment)
         if self.config.semi_cutmix > 0:
