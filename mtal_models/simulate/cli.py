@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semi-supervised term on the unlabelled images (0 = off; the backend's MTAL_SEMI_WEIGHT)")
     p.add_argument("--semi-class-share", dest="semi_class_share", type=float,
                    help="semi-supervised pseudo-labels: each predicted class keeps this share of its most confident "
-                        "pixels below the threshold (0 = off)")
+                        "pixels below the threshold (default 0.5; 0 = off)")
     p.add_argument("--min-steps", dest="min_steps", type=int,
                    help="step budget: a training takes max(min_steps, steps_per_label x labelled images) steps")
     p.add_argument("--steps-per-label", dest="steps_per_label", type=float, help="step budget (see --min-steps)")

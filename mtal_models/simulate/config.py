@@ -96,7 +96,7 @@ class SimConfig:
     semi_weight:      semi-supervised term on the images without any label (``TrainConfig.semi_weight``,
                       ``fit(..., unlabelled=)``; 0 = off, as the backend's ``MTAL_SEMI_WEIGHT``).
     semi_class_share: with ``semi_weight`` > 0, each class the teacher predicts keeps its most confident share
-                      of pixels as pseudo-labels below the threshold (``TrainConfig.semi_class_share``; 0 = off).
+                      of pixels as pseudo-labels below the threshold (``TrainConfig.semi_class_share``, 0.5; 0 = off).
     min_steps, steps_per_label: the step budget (:mod:`mtal_models.training.budget`, 0 and 0 = off): every
                       training of a round takes ``max(min_steps, ceil(steps_per_label · N))`` optimizer steps
                       for its N labelled images, and the full-data reference the same rule over the whole pool,
@@ -145,7 +145,7 @@ class SimConfig:
     pseudo_label_teacher: str = "self"
     mtpsl_weight: float = 0.0
     semi_weight: float = 0.0
-    semi_class_share: float = 0.0
+    semi_class_share: float = 0.5
     min_steps: int = 0
     steps_per_label: float = 0.0
     pretrain_steps: int = 0

@@ -95,6 +95,8 @@ _LATER_DEFAULTS = {
 def settings_key(config: SimConfig) -> dict[str, Any]:
     """The fields a stored round depends on (compared on resumption)."""
     d = config.to_dict()
+    if not d["semi_weight"]:  # the class share means nothing without the term: supervised runs stay valid
+        d["semi_class_share"] = _LATER_DEFAULTS["semi_class_share"]
     return {k: d[k] for k in _RESULT_FIELDS if k not in _LATER_DEFAULTS or d[k] != _LATER_DEFAULTS[k]}
 
 

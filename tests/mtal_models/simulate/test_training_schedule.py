@@ -113,3 +113,13 @@ def test_round0_is_trained_once_per_seed_and_shared(tmp_path: Path, monkeypatch:
     calls.clear()
     simulate(config.replace(strategies=("random",), rounds=0, steps_per_round=5), other, progress=False)
     assert [c["steps"] for c in calls] == [2, 5]  # reference and round 0 train
+
+
+def test_class_share_keys_only_semi_supervised_runs() -> None:
+    """semi_class_share (default 0.5) means nothing without the semi-supervised term: supervised runs stored
+    before it existed stay valid; semi-supervised ones, made with the threshold alone (0), are retrained."""
+    assert "semi_class_share" not in rounds.settings_key(TINY)
+    assert rounds.settings_key(TINY.replace(semi_weight=1.0))["semi_class_share"] == 0.5
+    assert "semi_class_share" not in rounds.settings_key(TINY.replace(semi_weight=1.0, semi_class_share=0.0))
+    assert "min_steps" not in rounds.settings_key(TINY)
+    assert rounds.settings_key(TINY.replace(min_steps=9))["min_steps"] == 9
