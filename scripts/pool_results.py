@@ -1,12 +1,13 @@
 """docs/results/pool.md (a section of docs/results.md): what learning from the unlabelled pool buys on
 CamVid (issues #25 and #30).
 
-Reads finished `mtal simulate` runs (their metrics.csv) and writes the tables, ratios from runs made on
+Reads finished `mtal simulate` runs (their metrics.csv) and `scripts/semi_sweep.py` JSON lines (the
+convergence check and semi vs supervised at a chosen length) and writes the tables, ratios from runs made on
 the same machine with the same seeds and the same initial images:
 
     python scripts/pool_results.py --supervised runs/camvid-semi0 --semi runs/camvid-semi1 \
         --cold-random runs/camvid-cold-random --cold-typiclust runs/camvid-cold-typiclust \
-        --sweep runs/i30/*.jsonl --append docs/results/pool_reading.md \
+        --sweep docs/results/pool_sweep/*.jsonl --append docs/results/pool_reading.md \
         --note "2-core machine, load 4-6 (other jobs running); mIoU does not depend on the load" \
         --out docs/results/pool.md
 """
