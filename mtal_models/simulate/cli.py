@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
     p.add_argument("--semi-weight", dest="semi_weight", type=float,
                    help="semi-supervised term on the unlabelled images (0 = off; the backend's MTAL_SEMI_WEIGHT)")
+    p.add_argument("--semi-class-share", dest="semi_class_share", type=float,
+                   help="semi-supervised pseudo-labels: each predicted class keeps this share of its most confident "
+                        "pixels below the threshold (default 0.5; 0 = off)")
+    p.add_argument("--min-steps", dest="min_steps", type=int,
+                   help="step budget: a training takes max(min_steps, steps_per_label x labelled images) steps")
+    p.add_argument("--steps-per-label", dest="steps_per_label", type=float, help="step budget (see --min-steps)")
     p.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
                    help="cold start: pretrain each seed's trunk on the pool this many steps first (0 = off)")
     p.add_argument("--initial-strategy", dest="initial_strategy", choices=("random", "typiclust"),
@@ -95,6 +101,9 @@ def main(argv: Sequence[str] | None = None, readers: Mapping[str, Callable[[Any]
             "device",
             "threads",
             "semi_weight",
+            "semi_class_share",
+            "min_steps",
+            "steps_per_label",
             "pretrain_steps",
             "initial_strategy",
         )

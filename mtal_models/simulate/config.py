@@ -95,6 +95,12 @@ class SimConfig:
                       0 = off, as the backend's ``MTAL_MTPSL_WEIGHT``); only partially labelled images feed it.
     semi_weight:      semi-supervised term on the images without any label (``TrainConfig.semi_weight``,
                       ``fit(..., unlabelled=)``; 0 = off, as the backend's ``MTAL_SEMI_WEIGHT``).
+    semi_class_share: with ``semi_weight`` > 0, each class the teacher predicts keeps its most confident share
+                      of pixels as pseudo-labels below the threshold (``TrainConfig.semi_class_share``, 0.5; 0 = off).
+    min_steps, steps_per_label: the step budget (:mod:`mtal_models.training.budget`, 0 and 0 = off): every
+                      training of a round takes ``max(min_steps, ceil(steps_per_label · N))`` optimizer steps
+                      for its N labelled images, and the full-data reference the same rule over the whole pool,
+                      instead of ``steps_per_round`` / ``full_steps`` (docs/training.md, "How long a run trains").
     pretrain_steps:   > 0: the cold start (issue #25): before round 0 every seed's network pretrains its trunk
                       on the whole pool's images with :func:`mtal_models.training.pretrain.pretrain` (the
                       backend's pretrain job; steps instead of its minutes, so runs repeat), and every
@@ -139,6 +145,9 @@ class SimConfig:
     pseudo_label_teacher: str = "self"
     mtpsl_weight: float = 0.0
     semi_weight: float = 0.0
+    semi_class_share: float = 0.5
+    min_steps: int = 0
+    steps_per_label: float = 0.0
     pretrain_steps: int = 0
     initial_strategy: str = "random"
     batch_size: int = 16
@@ -182,6 +191,9 @@ class SimConfig:
             ("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "must be in [0, 1]"),
             ("mtpsl_weight", self.mtpsl_weight >= 0, "must be >= 0"),
             ("semi_weight", self.semi_weight >= 0, "must be >= 0"),
+            ("semi_class_share", 0 <= self.semi_class_share <= 1, "must be in [0, 1]"),
+            ("min_steps", self.min_steps >= 0, "must be >= 0 (0 = no floor)"),
+            ("steps_per_label", self.steps_per_label >= 0, "must be >= 0 (0 and min_steps 0 = no step budget)"),
             ("pretrain_steps", self.pretrain_steps >= 0, "must be >= 0 (0 = off)"),
             ("initial_strategy", self.initial_strategy in ("random", "typiclust"), "must be 'random' or 'typiclust'"),
             ("pseudo_label_teacher", self.pseudo_label_teacher in ("self", "previous"), "must be 'self' or 'previous'"),

@@ -62,9 +62,12 @@ from mtal_models.training import (
     make_loader,
     save_checkpoint,
 )
+from mtal_models.training.budget import step_budget
 from mtal_models.training.data import draw_probabilities, make_sampler
 
-__all__ = ["initial_images", "label_steps", "merge_weights", "run_reference", "run_strategy", "settings_key"]
+__all__ = [
+    "budget_steps", "initial_images", "label_steps", "merge_weights", "run_reference", "run_strategy", "settings_key",
+]
 
 # Fields that change the meaning of stored rounds; the others (rounds, strategies, seeds, device ...)
 # may change between a run and its resumption.
@@ -73,7 +76,7 @@ _RESULT_FIELDS = (
     "initial", "budget", "net", "epochs_per_round", "full_epochs", "batch_size", "lr", "mc_samples", "data_seed",
     "steps_per_round", "retrain", "full_steps", "substitution_prob", "sampling", "step_budget",
     "pseudo_label_weight", "pseudo_label_confidence", "pseudo_label_teacher", "mtpsl_weight", "semi_weight",
-    "pretrain_steps", "initial_strategy",
+    "pretrain_steps", "initial_strategy", "semi_class_share", "min_steps", "steps_per_label",
 )  # fmt: skip
 
 Tick = Callable[[str], None]
@@ -84,13 +87,16 @@ Tick = Callable[[str], None]
 _LATER_DEFAULTS = {
     "step_budget": "steps", "pseudo_label_weight": 0.0, "pseudo_label_confidence": 0.9,
     "pseudo_label_teacher": "self", "mtpsl_weight": 0.0, "image_width": 0, "semi_weight": 0.0,
-    "pretrain_steps": 0, "initial_strategy": "random",
+    "pretrain_steps": 0, "initial_strategy": "random", "semi_class_share": 0.0, "min_steps": 0,
+    "steps_per_label": 0.0,
 }  # fmt: skip
 
 
 def settings_key(config: SimConfig) -> dict[str, Any]:
     """The fields a stored round depends on (compared on resumption)."""
     d = config.to_dict()
+    if not d["semi_weight"]:  # the class share means nothing without the term: supervised runs stay valid
+        d["semi_class_share"] = _LATER_DEFAULTS["semi_class_share"]
     return {k: d[k] for k in _RESULT_FIELDS if k not in _LATER_DEFAULTS or d[k] != _LATER_DEFAULTS[k]}
 
 
@@ -114,7 +120,7 @@ def _train_config(config: SimConfig, epochs: int, seed: int, committee: bool) ->
         epochs=epochs, batch_size=config.batch_size, lr=config.lr, device=config.device, seed=seed,
         committee=committee, substitution_prob=config.substitution_prob,
         pseudo_label_weight=config.pseudo_label_weight, pseudo_label_confidence=config.pseudo_label_confidence,
-        mtpsl_weight=config.mtpsl_weight, semi_weight=config.semi_weight,
+        mtpsl_weight=config.mtpsl_weight, semi_weight=config.semi_weight, semi_class_share=config.semi_class_share,
     )  # fmt: skip
 
 
@@ -158,6 +164,15 @@ def _schedule(steps: int, epochs: int) -> tuple[int, int]:
     return (steps, 1) if steps > 0 else (0, epochs)
 
 
+def budget_steps(config: SimConfig, n_labelled: int, fixed: int) -> int:
+    """Optimizer steps of a training on ``n_labelled`` images: the step budget's
+    (:func:`~mtal_models.training.budget.step_budget`) when ``min_steps`` or ``steps_per_label`` is set, else
+    ``fixed`` (``steps_per_round`` or ``full_steps``; 0 = count epochs instead)."""
+    if config.min_steps <= 0 and config.steps_per_label <= 0:
+        return fixed
+    return step_budget(n_labelled, config.min_steps, config.steps_per_label)
+
+
 def run_reference(config: SimConfig, data: SimData, seed: int, out: Path) -> dict[str, Any]:
     """Train on every label of the pool for ``full_steps`` steps, or ``full_epochs`` epochs when it is 0
     (same initial weights as the seed's AL runs); returns (and caches in ``reference/seed<s>.json``)
@@ -169,7 +184,7 @@ def run_reference(config: SimConfig, data: SimData, seed: int, out: Path) -> dic
             return stored
     start = time.perf_counter()
     model = _build_model(config, data.modalities, seed)
-    steps, epochs = _schedule(config.full_steps, config.full_epochs)
+    steps, epochs = _schedule(budget_steps(config, len(data.pool), config.full_steps), config.full_epochs)
     loader = _train_loader(data.pool, data.modalities, config.batch_size, seed, steps, config.sampling)
     fit(model, loader, _train_config(config, epochs, seed, False))
     metrics = evaluate(model, make_loader(data.val, data.modalities, config.batch_size))
@@ -325,7 +340,8 @@ class _Run:
             teacher = copy.deepcopy(self.model).eval()
         if self.config.retrain and rnd > 0:
             self.reset_weights()
-        steps, epochs = _schedule(self.config.steps_per_round, self.config.epochs_per_round)
+        steps, epochs = _schedule(budget_steps(self.config, len(samples), self.config.steps_per_round),
+                                  self.config.epochs_per_round)
         if steps and self.config.step_budget == "labels":
             steps = label_steps(samples, self.names, self.config.sampling, steps)
         config = _train_config(self.config, epochs, self.seed * 1000 + rnd, self.committee)

@@ -47,6 +47,9 @@ class TrainConfig:
     given ``unlabelled`` images):
     semi_weight:      weight of the unlabelled term (0 = off: ``fit`` trains exactly as without the pool).
     semi_threshold:   categorical pseudo-labels keep the pixels where the teacher's class is this likely.
+    semi_class_share: per class the teacher predicts, its most confident share of pixels in the batch keeps its
+                      pseudo-label even below ``semi_threshold`` (class-balanced self-training; 0 = off;
+                      0.5 measured better than 0 on CamVid: docs/results/pool.md).
     semi_ramp:        share of the run over which the weight ramps up (exp(-5 (1 - x)^2)); 0 = no ramp.
     ema_decay:        the EMA teacher's decay (warm-up: ``min(ema_decay, (1 + t) / (10 + t))``).
     semi_cutmix:      probability that a strong view gets a CutMix box from another unlabelled image.
@@ -77,6 +80,7 @@ class TrainConfig:
     pseudo_label_confidence: float = 0.9
     semi_weight: float = 1.0
     semi_threshold: float = 0.95
+    semi_class_share: float = 0.5
     semi_ramp: float = 0.2
     ema_decay: float = 0.99
     semi_cutmix: float = 0.5
@@ -104,6 +108,7 @@ class TrainConfig:
              "needs substitution_prob > 0 (the label encoders that condition the guesses train with it)"),
             ("semi_weight", self.semi_weight >= 0, "must be >= 0"),
             ("semi_threshold", 0 <= self.semi_threshold <= 1, "must be in [0, 1]"),
+            ("semi_class_share", 0 <= self.semi_class_share <= 1, "must be in [0, 1]"),
             ("semi_ramp", 0 <= self.semi_ramp <= 1, "must be in [0, 1]"),
             ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1)"),
             ("semi_cutmix", 0 <= self.semi_cutmix <= 1, "must be in [0, 1]"),

@@ -262,6 +262,10 @@ def _semi_branch(
     size = len(unlabelled.dataset) if isinstance(unlabelled, DataLoader) else len(unlabelled)  # type: ignore[arg-type]
     if size == 0:
         return None
+    if size == 1:
+        warnings.warn("one unlabelled image: BatchNorm cannot train on a batch of one; no semi-supervised term",
+                      stacklevel=3)
+        return None
     if not any(s.dense for s in model.modalities.values()):
         warnings.warn("unlabelled images given but the network has no dense modality: no semi-supervised term",
                       stacklevel=3)

@@ -41,9 +41,12 @@ from mtal_models.data.sample import Batch, Sample, collate
 from mtal_models.modalities import ModalitySpec
 from mtal_models.nets.base import Labels, MultiTaskNet
 from mtal_models.training.config import TrainConfig
-from mtal_models.training.data import make_loader
+from mtal_models.training.data import SampleDataset
 
-__all__ = ["EMATeacher", "SemiBranch", "frozen_bn_stats", "rampup", "teacher_targets", "unlabelled_loader"]
+__all__ = [
+    "EMATeacher", "SemiBranch", "class_balanced_keep", "frozen_bn_stats",
+    "rampup", "teacher_targets", "unlabelled_loader",
+]
 
 Unlabelled = Sequence[Sample] | Dataset | DataLoader
 """The pool ``fit`` draws unlabelled batches from (see :func:`unlabelled_loader`)."""
@@ -98,19 +101,55 @@ class EMATeacher:
         self.updates = int(state["updates"])
 
 
+def class_balanced_keep(confidence: Tensor, classes: Tensor, threshold: float, share: float) -> Tensor:
+    """Which pixels keep their pseudo-label: bool, the shape of ``confidence`` (the teacher's probability of
+    its class, any shape) and ``classes`` (its class ids, same shape).
+
+    A pixel is kept when its confidence reaches its class's threshold min(``threshold``, q_c), q_c being the
+    (1 - ``share``) quantile of the confidences of the pixels the teacher gives class c in this batch: every
+    class the teacher predicts keeps at least its ``share`` most confident pixels (class-balanced
+    self-training, Zou et al. ECCV 2018), where one global threshold keeps only the frequent classes, the
+    ones a teacher trained on a few images is sure of. ``share`` 0 = the global threshold alone."""
+    keep = confidence >= threshold
+    if share <= 0:
+        return keep
+    for c in classes.unique().tolist():
+        members = classes == c
+        values = confidence[members].float()
+        if values.numel() > 16_000_000:  # torch.quantile's limit: a strided subsample decides
+            values = values[:: values.numel() // 16_000_000 + 1]
+        cut = torch.quantile(values, 1.0 - share)
+        keep |= members & (confidence >= torch.clamp(cut, max=threshold))
+    return keep
+
+
 @torch.no_grad()
-def teacher_targets(teacher: MultiTaskNet, images: Tensor, threshold: float) -> dict[str, Tensor]:
+def teacher_targets(
+    teacher: MultiTaskNet, images: Tensor, threshold: float, class_share: float = 0.0
+) -> dict[str, Tensor]:
     """Targets of the dense modalities from ``teacher`` on images [B, 3, H, W] (eval mode, no grad):
-    categorical pixels below ``threshold`` get ``ignore_index``; regression maps are taken whole."""
+    categorical pixels below their threshold get ``ignore_index`` (``threshold``, lowered per class to keep
+    each predicted class's ``class_share`` most confident pixels: :func:`class_balanced_keep`); regression
+    maps are taken whole."""
     was_training = teacher.training
     teacher.eval()
     try:
         out = teacher(images)
     finally:
         teacher.train(was_training)
-    return {
-        n: s.pseudo_target(out.final[n].float(), threshold) for n, s in teacher.modalities.items() if s.dense
-    }
+    targets = {}
+    for n, s in teacher.modalities.items():
+        if not s.dense:
+            continue
+        pred = out.final[n].float()
+        target = s.pseudo_target(pred, 0.0)
+        if s.categorical:
+            prob = s.activate(pred)
+            confidence = prob.max(dim=1).values if s.kind == "segmentation" else torch.maximum(prob, 1 - prob)
+            keep = class_balanced_keep(confidence, target, threshold, class_share)
+            target = target.masked_fill(~keep, s.ignore_index)
+        targets[n] = target
+    return targets
 
 
 @contextmanager
@@ -141,13 +180,17 @@ def unlabelled_loader(
 ) -> DataLoader:
     """A shuffling DataLoader of Batches over ``unlabelled``: a list of Samples, or any map-style Dataset
     of Samples, read lazily (e.g. :class:`mtal_models.data.unlabelled.ImageFiles`). A DataLoader is
-    returned as it is. Only the ``present`` flags of the Batches are used (see :class:`SemiBranch`)."""
+    returned as it is. Only the ``present`` flags of the Batches are used (see :class:`SemiBranch`). A pool
+    whose size leaves a last batch of one image drops that batch (BatchNorm cannot train on one image)."""
     if isinstance(unlabelled, DataLoader):
         return unlabelled
-    if isinstance(unlabelled, list | tuple):
-        return make_loader(unlabelled, modalities, batch_size, True, num_workers, generator, sampling="image")
-    return DataLoader(unlabelled, batch_size=batch_size, shuffle=True, num_workers=num_workers,  # type: ignore[arg-type]
-                      collate_fn=partial(collate, modalities=dict(modalities)), generator=generator)
+    dataset = SampleDataset(unlabelled) if isinstance(unlabelled, list | tuple) else unlabelled
+    # A last batch of one image would make BatchNorm raise in training mode ("Expected more than 1 value per
+    # channel") at the network's 1x1 bottleneck: drop it (the next pass reshuffles, so no image is left out).
+    drop_last = len(dataset) % batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,  # type: ignore[arg-type]
+                      collate_fn=partial(collate, modalities=dict(modalities)), generator=generator,
+                      drop_last=drop_last)
 
 
 class SemiBranch:
@@ -167,6 +210,10 @@ class SemiBranch:
         self.teacher = EMATeacher(student, config.ema_decay)
         self.dense = [n for n, s in student.modalities.items() if s.dense]
         self._batches: Iterator[Batch] | None = None
+        self.last: dict[str, Any] = {}
+        """The last step's views, for inspection (scripts/semi_inspect.py): weak images [B, 3, H, W] (what
+        the teacher saw), strong images (what the student learnt on), teacher targets (moved with the
+        strong view), the same targets before the geometric moves (aligned with the weak images), batch ids."""
 
     def start_epoch(self, epoch: int) -> None:
         self.shuffle.manual_seed(self.config.seed + epoch + 7919)
@@ -188,12 +235,15 @@ class SemiBranch:
         device = next(student.parameters()).device
         batch = self._next_batch()
         images = batch.images.to(device)
-        targets = teacher_targets(self.teacher.model, images, self.config.semi_threshold)
+        targets = teacher_targets(self.teacher.model, images, self.config.semi_threshold, self.config.semi_class_share)
+        weak_targets = targets
         images, targets = hflip_maps(images, targets, student.modalities, self.augment)
         if self.config.semi_cutmix > 0:
             images, targets = cutmix(images, targets, self.augment, self.config.semi_cutmix)
         images = photometric(images, self.augment)
         b = images.shape[0]
+        self.last = {"weak": batch.images, "weak_targets": weak_targets, "strong": images.detach(),
+                     "targets": targets, "ids": batch.ids}
         weights = {}
         for n in self.dense:
             spec = student.modalities[n]

@@ -66,6 +66,17 @@ def test_retrain_starts_every_round_from_the_initial_weights(
         assert torch.equal(c["param"], initial) is retrain
 
 
+def test_step_budget_sizes_every_training_and_the_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """min_steps / steps_per_label: each round trains max(min_steps, ceil(steps_per_label · N)) steps for its N
+    labelled images (the fixed steps_per_round ignored), and the reference the same rule over the whole pool."""
+    calls = _record_fit(monkeypatch)
+    config = TINY.replace(strategies=("random",), rounds=2, retrain=True, steps_per_round=3, full_steps=2,
+                          min_steps=5, steps_per_label=1.5)  # pool 16, initial 4, 2 images a round
+    simulate(config, tmp_path, progress=False)
+    assert [c["steps"] for c in calls] == [24, 6, 9, 12]  # reference ceil(1.5 · 16); 4, 6, 8 images: 5 -> 6, 9, 12
+    assert rounds.budget_steps(config, 2, 99) == 5 and rounds.budget_steps(TINY, 2, 99) == 99
+
+
 def test_substitution_prob_reaches_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _record_fit(monkeypatch)
     simulate(TINY.replace(strategies=("random",), rounds=1, substitution_prob=0.25), tmp_path, progress=False)
@@ -102,3 +113,13 @@ def test_round0_is_trained_once_per_seed_and_shared(tmp_path: Path, monkeypatch:
     calls.clear()
     simulate(config.replace(strategies=("random",), rounds=0, steps_per_round=5), other, progress=False)
     assert [c["steps"] for c in calls] == [2, 5]  # reference and round 0 train
+
+
+def test_class_share_keys_only_semi_supervised_runs() -> None:
+    """semi_class_share (default 0.5) means nothing without the semi-supervised term: supervised runs stored
+    before it existed stay valid; semi-supervised ones, made with the threshold alone (0), are retrained."""
+    assert "semi_class_share" not in rounds.settings_key(TINY)
+    assert rounds.settings_key(TINY.replace(semi_weight=1.0))["semi_class_share"] == 0.5
+    assert "semi_class_share" not in rounds.settings_key(TINY.replace(semi_weight=1.0, semi_class_share=0.0))
+    assert "min_steps" not in rounds.settings_key(TINY)
+    assert rounds.settings_key(TINY.replace(min_steps=9))["min_steps"] == 9

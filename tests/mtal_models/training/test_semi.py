@@ -14,6 +14,7 @@ from mtal_models.data.sample import Sample
 from mtal_models.data.unlabelled import ImageFiles
 from mtal_models.modalities import build_modalities
 from mtal_models.nets import build_network
+from mtal_models.nets.base import MultiTaskOutput
 from mtal_models.nets.config import get_config
 from mtal_models.nets.detseg import DetSegNet
 from mtal_models.training import (
@@ -26,7 +27,7 @@ from mtal_models.training import (
     step_budget,
 )
 from mtal_models.training.loop import _semi_branch
-from mtal_models.training.semi import frozen_bn_stats
+from mtal_models.training.semi import class_balanced_keep, frozen_bn_stats, teacher_targets
 from tests.mtal_models.training.helpers import MODALITIES, TinyNet, build_tiny, make_samples
 
 CFG = TrainConfig(epochs=2, batch_size=2, lr=1e-2, weight_decay=0.0, device="cpu", seed=5)
@@ -196,3 +197,65 @@ def test_pool_streams_from_disk(tmp_path: Path) -> None:
         save_png(paths[-1], s.image)
     result = fit(_net(), make_samples(4), CFG, unlabelled=ImageFiles(paths))
     assert result.unlabelled == 5 and result.teacher is not None and result.teacher.updates == 4
+
+
+def _photo_pool(n: int, labelled: bool) -> list[Sample]:
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        if labelled:
+            out.append(Sample(f"l{i}", image, {"sem": (image[..., 0] > 128).astype(np.int64)}, {"sem": True}))
+        else:
+            out.append(Sample(f"u{i}", image))
+    return out
+
+
+@pytest.mark.parametrize("pool_size", [5, 9])
+def test_a_pool_leaving_a_last_batch_of_one_trains(pool_size: int) -> None:
+    """Bug (issue #30 audit): 5 or 9 unlabelled images in batches of 4 left a last batch of one, and PAD-Net's
+    BatchNorm raised "Expected more than 1 value per channel when training" mid-run."""
+    mods = build_modalities([("sem", "segmentation", 2)])
+    torch.manual_seed(0)
+    net = build_network("padnet", mods, "tiny")
+    cfg = TrainConfig(epochs=2, batch_size=4, device="cpu", semi_threshold=0.0)
+    result = fit(net, _photo_pool(8, True), cfg, unlabelled=_photo_pool(pool_size, False))
+    assert result.teacher is not None and result.teacher.updates == 4
+
+
+def test_a_pool_of_one_image_trains_supervised_with_a_warning() -> None:
+    mods = build_modalities([("sem", "segmentation", 2)])
+    torch.manual_seed(0)
+    net = build_network("padnet", mods, "tiny")
+    with pytest.warns(UserWarning, match="one unlabelled image"):
+        result = fit(net, _photo_pool(4, True), TrainConfig(epochs=1, batch_size=4, device="cpu"),
+                     unlabelled=_photo_pool(1, False))
+    assert result.teacher is None
+
+
+def test_class_balanced_keep_known_answer() -> None:
+    """Audit finding (issue #30): at threshold 0.95 a CamVid teacher's kept pixels were sky, building and road
+    only (steps.csv of scripts/semi_inspect.py); the class share keeps every predicted class's best pixels."""
+    confidence = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.6, 0.7, 0.8, 0.9])
+    classes = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert class_balanced_keep(confidence, classes, 0.95, 0.0).tolist() == [True] * 4 + [False] * 4
+    # share 0.5: class 1 keeps its top half (0.8, 0.9); class 0 keeps all (the global threshold is lower)
+    assert class_balanced_keep(confidence, classes, 0.95, 0.5).tolist() == [True] * 4 + [False, False, True, True]
+    # share 1: every pixel
+    assert class_balanced_keep(confidence, classes, 0.95, 1.0).all()
+
+
+def test_teacher_targets_keep_a_rare_class_with_a_class_share() -> None:
+    mods = build_modalities([("sem", "segmentation", 2)])
+
+    teacher = TinyNet(mods)
+    logits = torch.zeros(2, 2, 4, 4)
+    logits[:, 0] = 5.0
+    logits[:, :, :, :2] = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
+    logits[:, 1, 0, 0] = 2.0  # one pixel of class 1 more confident (p 0.88)
+    teacher.forward = lambda images, given=None, committee=False: MultiTaskOutput(final={"sem": logits})  # type: ignore[method-assign]
+    plain = teacher_targets(teacher, torch.zeros(2, 3, 4, 4), 0.95)["sem"]
+    balanced = teacher_targets(teacher, torch.zeros(2, 3, 4, 4), 0.95, class_share=0.25)["sem"]
+    assert (plain == 1).sum() == 0 and (plain == 0).sum() == 16  # only the frequent class survives 0.95
+    assert (balanced == 0).sum() == 16 and (balanced == 1).sum() >= 2  # class 1's best quarter kept
+    assert (balanced[:, 0, 0] == 1).all()
