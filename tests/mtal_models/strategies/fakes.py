@@ -25,14 +25,14 @@ class FakeNet(MultiTaskNet):
         super().__init__(modalities)
         torch.manual_seed(seed)
         self.stem = nn.Conv2d(3, 8, 1)
-        self.heads = nn.ModuleDict({k: nn.Conv2d(8, s.channels, 1) for k, s in self.modalities.items() if s.dense})
+        self.head_convs = nn.ModuleDict({k: nn.Conv2d(8, s.channels, 1) for k, s in self.modalities.items() if s.dense})
         self.n_det = next((s.channels for s in self.modalities.values() if s.kind == "detection"), 0)
 
     def _features(self, images: Tensor) -> Tensor:
         return F.relu(self.stem(images))
 
     def _heads(self, feat: Tensor) -> dict[str, Tensor]:
-        out = {k: h(feat) for k, h in self.heads.items()}
+        out = {k: h(feat) for k, h in self.head_convs.items()}
         if "normals" in out:
             out["normals"] = F.normalize(out["normals"], dim=1)
         return out
@@ -76,6 +76,6 @@ class FakeNet(MultiTaskNet):
             for x1, y1, x2, y2 in bx.round().long().tolist():
                 crop = img[:, y1:y2, x1:x2][None]
                 crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
-                crops.append(self.heads["semantic"](self._features(crop))[0].softmax(0))
+                crops.append(self.head_convs["semantic"](self._features(crop))[0].softmax(0))
             out.append(torch.stack(crops) if crops else torch.zeros(0, 3, size, size))
         return out

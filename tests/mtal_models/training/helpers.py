@@ -26,13 +26,13 @@ class TinyNet(MultiTaskNet):
     def __init__(self, modalities: Mapping[str, ModalitySpec], config: NetConfig | str = "tiny") -> None:
         super().__init__(modalities)
         self.config = get_config(config)
-        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-        self.heads = nn.ModuleDict({n: nn.Conv2d(8, s.channels, 1) for n, s in self.modalities.items()})
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head_convs = nn.ModuleDict({n: nn.Conv2d(8, s.channels, 1) for n, s in self.modalities.items()})
 
     def forward(self, images: Tensor, given: Labels | None = None, committee: bool = False) -> MultiTaskOutput:
         """images [B, 3, H, W] -> final [B, C_t, H, W] per modality; pooled [B, 8]."""
-        feats = self.trunk(images)
-        final = {n: head(feats) for n, head in self.heads.items()}
+        feats = self.body(images)
+        final = {n: head(feats) for n, head in self.head_convs.items()}
         return MultiTaskOutput(final=final, head_features=feats, pooled=feats.mean(dim=(2, 3)))
 
     def losses(

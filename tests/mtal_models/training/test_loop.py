@@ -84,7 +84,7 @@ def test_modality_present_nowhere_contributes_nothing() -> None:
     fit(b, garbage, CFG)
     for k, v in _params(a).items():
         assert torch.equal(v, _params(b)[k]), k
-    assert not torch.equal(_params(a)["heads.sem.weight"], _params(_net())["heads.sem.weight"])
+    assert not torch.equal(_params(a)["head_convs.sem.weight"], _params(_net())["head_convs.sem.weight"])
 
 
 def _grads(model: TinyNet, samples, weights=None) -> dict[str, torch.Tensor]:

@@ -28,8 +28,8 @@ def test_term_is_finite_and_reaches_the_unlabelled_heads() -> None:
     value = float(loss.detach())
     assert loss.dim() == 0 and math.isfinite(value) and value > 0
     loss.backward()
-    assert model.heads["depth"].weight.grad.abs().sum() > 0  # prediction of unlabelled s is supervised
-    assert model.heads["sem"].weight.grad is None  # labelled t enters only as ground truth
+    assert model.head_convs["depth"].weight.grad.abs().sum() > 0  # prediction of unlabelled s is supervised
+    assert model.head_convs["sem"].weight.grad is None  # labelled t enters only as ground truth
 
 
 def test_term_decreases_when_trained() -> None:
@@ -65,7 +65,7 @@ def test_fit_uses_term_only_when_weighted() -> None:
              progress=lambda e, s, v: with_term.append(v))  # fmt: skip
     fit(plain_net, samples, cfg, progress=lambda e, s, v: without.append(v))
     assert on.mtpsl is not None and with_term[0] > without[0]
-    assert not torch.equal(on_net.heads["depth"].weight, plain_net.heads["depth"].weight)
+    assert not torch.equal(on_net.head_convs["depth"].weight, plain_net.head_convs["depth"].weight)
 
 
 def test_single_dense_modality_warns_and_stays_off() -> None:
