@@ -122,12 +122,17 @@ def serve(handle: Any, name: str | None, burst: bool, max_wait_s: float = 30.0,
             if isinstance(worker, HeartbeatWorker):
                 worker.heartbeat_s = float(timing["maintenance_interval"])
             worker.work(burst=burst)
-            return
+            if burst or getattr(worker, "_stop_requested", True):  # drained, or SIGTERM / SIGINT
+                return
+            # RQ's loop quits on an unhandled exception (a Redis error inside a job's teardown) and returns
+            # normally when its own teardown then reaches the new Redis: serve again, as for a raised one
+            reason = "the worker loop quit (see the error above)"
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-            attempt += 1
-            log.warning("Redis unreachable (%s); serving again in %.0f s", redact(str(e)), wait)
-            time.sleep(wait)
-            wait = min(wait * 2, max_wait_s)
+            reason = f"Redis unreachable ({redact(str(e))})"
+        attempt += 1
+        log.warning("%s; serving again in %.0f s", reason, wait)
+        time.sleep(wait)
+        wait = min(wait * 2, max_wait_s)
 
 
 if __name__ == "__main__":

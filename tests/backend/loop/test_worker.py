@@ -49,3 +49,23 @@ def test_other_errors_still_stop_the_worker(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(worker, "SimpleWorker", Broken)
     with pytest.raises(RuntimeError, match="a bug"):
         worker.serve(Handle(), None, burst=True)
+
+
+def test_a_loop_that_quits_without_a_stop_request_serves_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RQ's loop quits on an unhandled exception and returns normally when its teardown then reaches the
+    restarted Redis (the fresh-clone CI run: the worker exited, the project stuck): serve again; a loop that
+    returns after SIGTERM (``_stop_requested``) ends the worker."""
+
+    class QuitsOnce(FlakyWorker):
+        def work(self, burst: bool = False) -> bool:
+            FlakyWorker.calls.append((self.name, burst))
+            self._stop_requested = len(FlakyWorker.calls) > 1  # the first return: the loop quit on an error
+            return False
+
+    waits: list[float] = []
+    monkeypatch.setattr(worker, "SimpleWorker", QuitsOnce)
+    monkeypatch.setattr(worker.time, "sleep", waits.append)
+    FlakyWorker.calls = []
+    worker.serve(Handle(), "gpu0", burst=False)
+    assert FlakyWorker.calls == [("gpu0", False), ("gpu0-1", False)]
+    assert waits == [1.0]
