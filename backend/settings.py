@@ -24,12 +24,6 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PRETRAINED_HEADS = ("coco",)  # MTAL_PRETRAINED_HEADS values
 
 
-def _strategy_names() -> list[str]:
-    from mtal_models.strategies import STRATEGIES
-
-    return sorted(STRATEGIES)
-
-
 @dataclass(frozen=True)
 class Settings:
     """All backend settings (environment variable in brackets).
@@ -199,8 +193,10 @@ class Settings:
         if self.image_max_size < self.image_size:
             raise SettingsError(f"MTAL_IMAGE_MAX_SIZE ({self.image_max_size}) must be >= MTAL_IMAGE_SIZE "
                                 f"({self.image_size})")
-        if self.strategy != "auto" and self.strategy not in _strategy_names():
-            raise SettingsError(f"MTAL_STRATEGY must be 'auto' or one of {_strategy_names()}, got {self.strategy!r}")
+        from mtal_models.strategies import STRATEGIES  # the registry, loaded only when settings are checked
+
+        if self.strategy != "auto" and self.strategy not in STRATEGIES:
+            raise SettingsError(f"MTAL_STRATEGY must be 'auto' or one of {sorted(STRATEGIES)}, got {self.strategy!r}")
         if self.train_threshold < 0:
             raise SettingsError(f"MTAL_TRAIN_THRESHOLD must be >= 0, got {self.train_threshold}")
         if self.keep_prediction_versions < 0:
